@@ -1,0 +1,23 @@
+"""jepa.ops: the one door to every compute backend (torch reference, C++, CUDA, Triton)."""
+
+from jepa.ops._backend import (
+    BACKENDS,
+    BackendUnavailableError,
+    available_backends,
+    requested_backend,
+    use_backend,
+)
+from jepa.ops.attention import attention, attention_reference
+from jepa.ops.ema import ema_update, ema_update_reference
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "attention",
+    "attention_reference",
+    "available_backends",
+    "ema_update",
+    "ema_update_reference",
+    "requested_backend",
+    "use_backend",
+]

@@ -1,0 +1,93 @@
+"""Backend selection: the one place in jepa that decides which implementation runs.
+
+Rules (DESIGN.md, "Ops and backends"):
+- ``auto`` (default): CUDA tensors -> the GPU kernel when importable, else torch;
+  CPU tensors -> the C++ path (jepa._C) where one exists, else torch.
+- ``JEPA_BACKEND=torch|triton|cuda|cpp`` or ``with jepa.ops.use_backend(name):`` forces one.
+  Forcing a backend that is unavailable (or that does not implement the op) raises
+  :class:`BackendUnavailableError`; it never silently falls back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from typing import Iterator
+
+BACKENDS = ("auto", "torch", "triton", "cuda", "cpp")
+
+_local = threading.local()
+
+
+class BackendUnavailableError(RuntimeError):
+    """A forced backend cannot run the requested op on the given tensors."""
+
+
+def _check_name(name: str, source: str) -> str:
+    if not isinstance(name, str) or name.lower() not in BACKENDS:
+        raise ValueError(f"{source}: unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    return name.lower()
+
+
+def requested_backend() -> str:
+    """The backend forced by ``use_backend`` (innermost wins), else ``$JEPA_BACKEND``, else ``auto``."""
+    stack = getattr(_local, "stack", None)
+    if stack:
+        return stack[-1]
+    env = os.environ.get("JEPA_BACKEND", "").strip()
+    if env:
+        return _check_name(env, "JEPA_BACKEND")
+    return "auto"
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[str]:
+    """Force ``name`` for every op called inside the ``with`` block (thread-local)."""
+    name = _check_name(name, "use_backend(name)")
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    stack.append(name)
+    try:
+        yield name
+    finally:
+        stack.pop()
+
+
+def native_module():
+    """The compiled extension ``jepa._C`` or ``None`` when it was not built."""
+    try:
+        from jepa import _C  # noqa: PLC0415  (optional extension)
+    except ImportError:
+        return None
+    return _C
+
+
+def cpp_available() -> bool:
+    return native_module() is not None
+
+
+def cuda_kernels_available() -> bool:
+    mod = native_module()
+    return mod is not None and bool(mod.has_cuda())
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
+
+
+def available_backends() -> list[str]:
+    """Backends usable in this process (a backend may still not implement every op)."""
+    out = ["torch"]
+    if cpp_available():
+        out.append("cpp")
+    if cuda_kernels_available():
+        out.append("cuda")
+    if triton_available():
+        out.append("triton")
+    return out
