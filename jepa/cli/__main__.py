@@ -1,0 +1,5 @@
+import sys
+
+from jepa.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,234 @@
+"""Command-line interface: ``jepa train | evaluate | config``.
+
+Bad flags, paths or config values print one line ``jepa: error: ...`` and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+USAGE_ERROR = 2
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return n
+
+
+def _positive_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return x
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="jepa", description="Train and evaluate JEPA models.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train a JEPA (no arguments: the default run on the embedded digits)")
+    train.add_argument("--config", help="YAML config file or shipped config name (default: 'default')")
+    train.add_argument("--epochs", type=_positive_int)
+    train.add_argument("--batch-size", type=_positive_int)
+    train.add_argument("--lr", type=_positive_float, help="learning rate")
+    train.add_argument("--output-dir", help="where checkpoints, metrics.json and plots go")
+    train.add_argument("--resume", help="checkpoint to continue from ('auto': the newest in <output-dir>/checkpoints)")
+    train.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    train.add_argument("--distributed", type=_bool, default=False, help="true|false (torchrun)")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    ev = sub.add_parser("evaluate", help="evaluate a checkpoint")
+    ev.add_argument("--checkpoint", required=True, help="trainer checkpoint (.pt)")
+    ev.add_argument("--output", help="write the metrics as JSON here")
+    ev.add_argument("--device", default="auto")
+
+    cfg = sub.add_parser("config", help="write the default config as YAML")
+    cfg.add_argument("--output", required=True, help="path of the YAML file to write")
+    cfg.add_argument("--name", default="default", help="shipped config to write")
+    return parser
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from jepa.config import load_config, save_config  # noqa: PLC0415
+
+    try:
+        config = load_config(args.name)
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from None
+    path = save_config(config, args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    if args.distributed:
+        raise CLIError("--distributed true is not implemented yet (it lands with the distributed-training issue)")
+    import torch  # noqa: PLC0415
+
+    from jepa.config import ConfigError, load_config, save_config  # noqa: PLC0415
+    from jepa.data import load_digits_split  # noqa: PLC0415
+    from jepa.trainer.builders import build_datasets, build_loaders, build_model, build_trainer  # noqa: PLC0415
+    from jepa.trainer.eval import probe_report  # noqa: PLC0415
+
+    try:
+        config = load_config(args.config or "default")
+    except (FileNotFoundError, ConfigError) as exc:
+        raise CLIError(str(exc)) from None
+    t = config.training
+    if args.epochs is not None:
+        t.epochs = args.epochs
+    if args.batch_size is not None:
+        t.batch_size = args.batch_size
+    if args.lr is not None:
+        t.learning_rate = args.lr
+    if args.device is not None:
+        t.device = args.device
+    if args.seed is not None:
+        t.seed = args.seed
+    if args.output_dir is not None:
+        config.logging.output_dir = args.output_dir
+    if args.no_progress:
+        config.logging.progress_bar = False
+    out_dir = Path(config.logging.output_dir)
+    ckpt_dir = out_dir / "checkpoints"
+
+    try:
+        train_set, val_set = build_datasets(config)
+        torch.manual_seed(t.seed)
+        model = build_model(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens)
+        torch.manual_seed(t.seed)
+        random_init = build_model(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens)
+        train_loader, val_loader = build_loaders(config, train_set, val_set)
+        trainer = build_trainer(config, model, save_dir=str(ckpt_dir))
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    if args.resume:
+        resume = args.resume
+        if resume == "auto":
+            candidates = sorted(ckpt_dir.glob("*.pt"), key=lambda p: p.stat().st_mtime)
+            resume = str(candidates[-1]) if candidates else None
+        if resume is not None:
+            if not Path(resume).is_file():
+                raise CLIError(f"--resume: checkpoint not found: {resume!r}")
+            trainer.load_checkpoint(resume)
+            print(f"resumed from {resume} at epoch {trainer.current_epoch}, step {trainer.global_step}")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "config.yaml")
+    print(
+        f"jepa: training a JEPA on '{config.data.dataset}' ({len(train_set)} train / {len(val_set)} val pairs, "
+        f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters) on {trainer.device}"
+    )
+    torch.manual_seed(t.seed + 1)
+    start = time.perf_counter()
+    history = trainer.train(train_loader, num_epochs=t.epochs, val_loader=val_loader)
+    train_seconds = time.perf_counter() - start
+
+    tr = load_digits_split("train", patch=config.data.patch_size, seed=config.data.split_seed)
+    te = load_digits_split("test", patch=config.data.patch_size, seed=config.data.split_seed)
+    report = probe_report(model, random_init, tr.tokens, tr.labels, te.tokens, te.labels, tr.images, te.images, labels_per_class=10, seed=t.seed)
+    report["train_seconds"] = round(train_seconds, 2)
+    report["final_train_loss"] = history["train_loss"][-1] if history["train_loss"] else None
+    report["final_val_loss"] = history["val_loss"][-1] if history["val_loss"] else None
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "history.json").write_text(json.dumps(history, indent=2))
+
+    probe = report["probe"]
+    rows = [["linear probe accuracy", "10 labels/class", "all labels"]]
+    for name, label in (("pretrained", "pretrained encoder"), ("random_init", "same arch, random init"), ("raw_input", "raw input pixels")):
+        rows.append([label, f"{100 * probe[name]['10_per_class']:.1f}%", f"{100 * probe[name]['all']:.1f}%"])
+    print()
+    print(_table(rows))
+    print(f"\neffective rank of the embeddings: {report['effective_rank']:.1f} of {report['embedding_dim']}")
+    print(f"trained {t.epochs} epochs in {train_seconds:.1f}s; metrics: {out_dir / 'metrics.json'}; checkpoints: {ckpt_dir}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader  # noqa: PLC0415
+
+    from jepa.data import DigitsPairs  # noqa: PLC0415
+    from jepa.io import CheckpointError  # noqa: PLC0415
+    from jepa.trainer.eval import JEPAEvaluator  # noqa: PLC0415
+
+    path = Path(args.checkpoint)
+    if not path.is_file():
+        raise CLIError(f"--checkpoint: file not found: {str(path)!r}")
+    try:
+        evaluator = JEPAEvaluator.from_checkpoint(path, device=args.device)
+    except (CheckpointError, ValueError) as exc:
+        raise CLIError(f"--checkpoint: {exc}") from None
+    encoder = evaluator.model.encoder
+    test = DigitsPairs("test", augment=False)
+    if getattr(encoder, "input_dim", None) != test.token_dim:
+        raise CLIError(
+            f"--checkpoint: the model expects tokens of size {getattr(encoder, 'input_dim', '?')}, the digits test set has {test.token_dim}"
+        )
+    metrics = evaluator.evaluate(DataLoader(test, batch_size=256))
+    rows = [["metric", "value"]] + [[k, f"{v:.4f}"] for k, v in metrics.items()]
+    print(_table(rows))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(metrics, indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``jepa`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return USAGE_ERROR
+    handler = {"train": _cmd_train, "evaluate": _cmd_evaluate, "config": _cmd_config}[args.command]
+    try:
+        return handler(args)
+    except CLIError as exc:
+        print(f"jepa: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print("jepa: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Typed configuration: dataclasses loaded from and saved to YAML.
+
+``load_config(path_or_name)`` reads a YAML file (or a shipped config by name, e.g. ``"default"``)
+into a :class:`Config`. Unknown keys are refused with the closest valid key suggested; values are
+checked against the field types (``1e-4`` written without a dot, which YAML reads as a string,
+becomes a float).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "defaults"
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the key path."""
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the encoder, predictor and target encoder."""
+
+    hidden_dim: int = 64
+    input_dim: int | None = None  # None: taken from the data
+    encoder_layers: int = 2
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    predictor: str = "mlp"  # "mlp" | "transformer"
+    predictor_layers: int = 2
+    predictor_dim: int | None = None
+    target_encoder: str = "ema"  # "ema" | "shared"
+    ema_momentum: float = 0.996
+    ema_momentum_end: float = 1.0
+
+
+@dataclass
+class LossConfig:
+    """The JEPA objective: prediction distance + anti-collapse regularizer."""
+
+    type: str = "smooth_l1"  # "smooth_l1" | "mse" | "l1"
+    normalize_target: bool = True
+    var_weight: float = 1.0
+    cov_weight: float = 0.04
+
+
+@dataclass
+class OptimizerConfig:
+    type: str = "adamw"
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class SchedulerConfig:
+    type: str = "cosine"
+    warmup_epochs: float = 0.0
+    min_lr: float = 1e-6
+
+
+@dataclass
+class ValidationConfig:
+    frequency: int = 1
+    patience: int | None = None
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation settings (the ``training:`` block of the YAML)."""
+
+    epochs: int = 100
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.05
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    mixed_precision: bool = False
+    gradient_clip: float | None = None
+    gradient_accumulation: int = 1
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Where the (state_t, state_t1) pairs come from; ``digits`` is the embedded default."""
+
+    dataset: str = "digits"
+    patch_size: int = 2
+    max_shift: int = 1
+    noise: float = 0.05
+    context_mask_ratio: float = 0.25
+    num_workers: int = 0
+    split_seed: int = 0
+
+
+@dataclass
+class LoggingConfig:
+    output_dir: str = "runs/default"
+    log_every_n_steps: int = 10
+    progress_bar: bool = True
+
+
+@dataclass
+class Config:
+    """Root configuration."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------- parsing
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{path}: got {value!r}, expected {' or '.join(_type_name(a) for a in args)}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: got {value!r}, expected a mapping of {tp.__name__} fields")
+        return _build(tp, value, path)
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: got {value!r}, expected a list")
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: got {value!r}, expected true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: got {value!r} ({type(value).__name__}), expected an int")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+            except ValueError:
+                pass
+        raise ConfigError(f"{path}: got {value!r} ({type(value).__name__}), expected a float")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path}: got {value!r} ({type(value).__name__}), expected a string")
+    raise ConfigError(f"{path}: unsupported field type {tp!r}")
+
+
+def _build(cls: type, data: dict[str, Any], path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"; did you mean {(f'{path}.' if path else '') + close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key {where!r}{hint}")
+        kwargs[key] = _coerce(value, hints[key], where)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any] | None) -> Config:
+    """Build a :class:`Config` from a nested dict (missing keys keep their defaults)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping at the top level, got {type(data).__name__}")
+    return _build(Config, data, "")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped with the package (``load_config(name)``)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_config(path_or_name: str | os.PathLike = "default") -> Config:
+    """Load a YAML file, or a shipped config by name (``"default"``)."""
+    path = Path(path_or_name)
+    if not path.is_file():
+        shipped = CONFIG_DIR / f"{path_or_name}.yaml"
+        if isinstance(path_or_name, str) and shipped.is_file():
+            path = shipped
+        else:
+            raise FileNotFoundError(
+                f"config {str(path_or_name)!r} is neither a file nor a shipped config ({', '.join(shipped_configs())}); "
+                "write the default with `jepa config --output PATH`"
+            )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{str(path)!r} is not valid YAML: {exc}") from exc
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def save_config(config: Config, path: str | os.PathLike) -> Path:
+    """Write ``config`` as YAML to ``path`` (parent folders are created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return path

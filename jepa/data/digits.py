@@ -1,0 +1,156 @@
+"""The embedded default dataset: scikit-learn's handwritten digits as JEPA pairs.
+
+1,797 8x8 grey images (values 0..16) with labels ship inside scikit-learn, so the default run needs
+no download. An image becomes a sequence of ``T = (8 / patch)**2`` tokens of ``patch*patch``
+pixels (patch=2: 16 tokens of 4 values). A training pair ``(state_t, state_t1)`` is two random
+views of the same image (a shift of up to ``max_shift`` pixels, pixel noise, and, for the context
+view only, a random fraction of hidden tokens set to zero), so the predictor must infer the target
+view's embedding from a partial, displaced context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+IMAGE_SIZE = 8
+
+
+def _load_images() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits  # noqa: PLC0415  (bundled with scikit-learn, no download)
+
+    bunch = load_digits()
+    images = bunch.images.astype(np.float32) / 16.0  # (N, 8, 8) in [0, 1]
+    return images, bunch.target.astype(np.int64)
+
+
+def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """``(B, H, W)`` -> ``(B, (H/patch)*(W/patch), patch*patch)`` tokens in raster order."""
+    b, h, w = images.shape
+    if h % patch or w % patch:
+        raise ValueError(f"patch={patch} must divide the image size {h}x{w}")
+    x = images.reshape(b, h // patch, patch, w // patch, patch).permute(0, 1, 3, 2, 4)
+    return x.reshape(b, (h // patch) * (w // patch), patch * patch)
+
+
+def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Translate each image by an integer offset in ``[-max_shift, max_shift]`` (zero fill)."""
+    if max_shift <= 0:
+        return images
+    b, h, w = images.shape
+    pad = torch.nn.functional.pad(images, (max_shift, max_shift, max_shift, max_shift))
+    dy = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, :, None].expand(b, h, w)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, :].expand(b, h, w)
+    return pad[torch.arange(b)[:, None, None], rows, cols]
+
+
+@dataclass
+class DigitsSplit:
+    """Images, tokens and labels of one split (for probes and evaluation)."""
+
+    images: torch.Tensor  # (N, 8, 8) float32 in [0, 1]
+    tokens: torch.Tensor  # (N, T, patch*patch)
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_digits_split(split: str = "train", *, patch: int = 2, test_fraction: float = 0.2, seed: int = 0) -> DigitsSplit:
+    """The fixed train/test split of the digits (stratified, decided by ``seed``)."""
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    images, labels = _load_images()
+    if split != "all":
+        rng = np.random.default_rng(seed)
+        test_idx = []
+        for c in np.unique(labels):  # stratified: the same fraction of every class
+            idx = np.flatnonzero(labels == c)
+            rng.shuffle(idx)
+            test_idx.append(idx[: int(round(len(idx) * test_fraction))])
+        test_mask = np.zeros(len(labels), dtype=bool)
+        test_mask[np.concatenate(test_idx)] = True
+        keep = test_mask if split == "test" else ~test_mask
+        images, labels = images[keep], labels[keep]
+    imgs = torch.from_numpy(images)
+    return DigitsSplit(images=imgs, tokens=patchify(imgs, patch), labels=torch.from_numpy(labels))
+
+
+class DigitsPairs(Dataset):
+    """``(state_t, state_t1)`` pairs of two random views of the same digit.
+
+    Each item is a pair of ``(T, patch*patch)`` float tensors. Views are drawn from torch's global
+    RNG (so ``torch.manual_seed`` and a restored RNG state reproduce them). With
+    ``augment=False`` both views are the clean image (for deterministic validation).
+
+    Args:
+        split: ``"train"``, ``"test"`` or ``"all"``.
+        patch: patch size (must divide 8).
+        max_shift: largest translation of a view, in pixels.
+        noise: std of Gaussian pixel noise added to each view.
+        context_mask_ratio: fraction of the context view's tokens set to zero.
+        augment: draw random views (True) or return the clean image twice (False).
+        seed: seed of the fixed train/test split.
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        *,
+        patch: int = 2,
+        max_shift: int = 1,
+        noise: float = 0.05,
+        context_mask_ratio: float = 0.25,
+        augment: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 <= context_mask_ratio < 1.0:
+            raise ValueError(f"context_mask_ratio must be in [0, 1), got {context_mask_ratio!r}")
+        if max_shift < 0 or noise < 0:
+            raise ValueError(f"max_shift and noise must be >= 0, got {max_shift!r}, {noise!r}")
+        self.data = load_digits_split(split, patch=patch, seed=seed)
+        self.patch = patch
+        self.max_shift = max_shift
+        self.noise = noise
+        self.context_mask_ratio = context_mask_ratio
+        self.augment = augment
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.data.labels
+
+    @property
+    def num_tokens(self) -> int:
+        return self.data.tokens.shape[1]
+
+    @property
+    def token_dim(self) -> int:
+        return self.data.tokens.shape[2]
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def _view(self, image: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+        img = random_shift(image[None], self.max_shift)[0]
+        if self.noise > 0:
+            img = img + self.noise * torch.randn_like(img)
+        tokens = patchify(img[None], self.patch)[0]
+        if mask_ratio > 0:
+            n = tokens.shape[0]
+            hidden = torch.randperm(n)[: int(round(mask_ratio * n))]
+            tokens[hidden] = 0.0
+        return tokens
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.data.images[index]
+        if not self.augment:
+            tokens = self.data.tokens[index]
+            return tokens, tokens.clone()
+        return self._view(image, self.context_mask_ratio), self._view(image, 0.0)

@@ -1,0 +1,221 @@
+"""JEPA: context encoder + predictor + target encoder (EMA or stop-gradient shared)."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+
+import torch
+from torch import nn
+
+from jepa import ops
+from jepa.models.base import BaseModel
+
+TARGET_MODES = ("ema", "shared")
+
+
+class JEPA(BaseModel):
+    """Joint-Embedding Predictive Architecture.
+
+    ``forward(state_t, state_t1)`` encodes ``state_t`` with the online encoder, predicts the
+    embedding of ``state_t1`` with the predictor, and encodes ``state_t1`` with the target
+    encoder (no gradient). Returns ``(prediction, target)``, both ``(B, T, D)`` for ``(B, T, ·)``
+    inputs (or ``(B, D)`` for ``(B, ·)`` inputs).
+
+    Args:
+        encoder: online (context) encoder.
+        predictor: maps context embeddings to predicted target embeddings (per token).
+        target_encoder: ``"ema"`` (I-JEPA: a frozen copy of the encoder updated as an exponential
+            moving average after every optimizer step) or ``"shared"`` (the encoder itself under
+            stop-gradient, as in the original docs' library).
+        momentum: EMA momentum at the start of training.
+        momentum_end: EMA momentum at the end; the schedule is a cosine from ``momentum`` to
+            ``momentum_end`` over the number of optimizer steps set by
+            :meth:`set_total_steps` (the trainer calls it).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        predictor: nn.Module,
+        target_encoder: str = "ema",
+        momentum: float = 0.996,
+        momentum_end: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(encoder, nn.Module):
+            raise TypeError(f"JEPA: encoder must be an nn.Module, got {type(encoder).__name__}")
+        if not isinstance(predictor, nn.Module):
+            raise TypeError(f"JEPA: predictor must be an nn.Module, got {type(predictor).__name__}")
+        if target_encoder not in TARGET_MODES:
+            raise ValueError(f"JEPA: target_encoder must be one of {TARGET_MODES}, got {target_encoder!r}")
+        for name, value in (("momentum", momentum), ("momentum_end", momentum_end)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"JEPA: {name} must be in [0, 1], got {value!r}")
+        self.encoder = encoder
+        self.predictor = predictor
+        self.target_mode = target_encoder
+        self.momentum_start = float(momentum)
+        self.momentum_end = float(momentum_end)
+        if target_encoder == "ema":
+            self.target_encoder = copy.deepcopy(encoder)
+            self.target_encoder.requires_grad_(False)
+        else:
+            self.target_encoder = None
+        # Saved with the weights so a resumed run continues the same momentum schedule.
+        self.register_buffer("ema_step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("ema_total_steps", torch.zeros((), dtype=torch.long))
+        self._encoder_takes_mask = _accepts(encoder, "mask")
+        self._predictor_takes_mask = _accepts(predictor, "mask")
+
+    # ------------------------------------------------------------------ forward
+    def encode_target(self, state: torch.Tensor) -> torch.Tensor:
+        """Target embeddings of ``state`` (no gradient)."""
+        with torch.no_grad():
+            enc = self.target_encoder if self.target_encoder is not None else self.encoder
+            return enc(state).detach()
+
+    def forward_features(
+        self, state_t: torch.Tensor, state_t1: torch.Tensor, *, context_mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Like :meth:`forward` but also returns the context embeddings (for regularizers).
+
+        ``context_mask`` (``(B, T)`` bool, True = hidden from the context encoder) is passed to
+        encoders/predictors that accept a ``mask`` argument.
+        """
+        if tuple(state_t.shape) != tuple(state_t1.shape) and state_t.shape[0] != state_t1.shape[0]:
+            raise ValueError(
+                f"JEPA: state_t and state_t1 must have the same batch size, got {tuple(state_t.shape)} and {tuple(state_t1.shape)}"
+            )
+        if context_mask is not None and self._encoder_takes_mask:
+            context = self.encoder(state_t, mask=context_mask)
+        else:
+            context = self.encoder(state_t)
+        if context_mask is not None and self._predictor_takes_mask:
+            prediction = self.predictor(context, mask=context_mask)
+        else:
+            prediction = self.predictor(context)
+        target = self.encode_target(state_t1)
+        return {"prediction": prediction, "target": target, "context": context}
+
+    def forward(self, state_t: torch.Tensor, state_t1: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.forward_features(state_t, state_t1, **kwargs)
+        return out["prediction"], out["target"]
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor, pooled: bool = True, use_target: bool = False) -> torch.Tensor:
+        """Embeddings for downstream use: mean over tokens when ``pooled``."""
+        enc = self.target_encoder if (use_target and self.target_encoder is not None) else self.encoder
+        z = enc(x)
+        return z.mean(dim=1) if pooled and z.dim() == 3 else z
+
+    # ------------------------------------------------------------------ EMA target
+    def set_total_steps(self, total_steps: int) -> None:
+        """Length of the momentum schedule in optimizer steps."""
+        if int(total_steps) < 0:
+            raise ValueError(f"JEPA.set_total_steps: total_steps must be >= 0, got {total_steps}")
+        self.ema_total_steps.fill_(int(total_steps))
+
+    def current_momentum(self) -> float:
+        """Momentum used by the next :meth:`update_target_encoder` call (cosine schedule)."""
+        total = int(self.ema_total_steps)
+        if total <= 0:
+            return self.momentum_start
+        progress = min(int(self.ema_step), total) / total
+        return self.momentum_end - (self.momentum_end - self.momentum_start) * (math.cos(math.pi * progress) + 1) / 2
+
+    @torch.no_grad()
+    def update_target_encoder(self, momentum: float | None = None) -> float:
+        """EMA step of the target encoder toward the online encoder; returns the momentum used.
+
+        Call once per optimizer step (the trainer does, also under gradient accumulation).
+        No-op (returns 0.0) with ``target_encoder="shared"``.
+        """
+        if self.target_encoder is None:
+            return 0.0
+        m = self.current_momentum() if momentum is None else float(momentum)
+        params_t = list(self.target_encoder.parameters())
+        params_o = list(self.encoder.parameters())
+        ops.ema_update(params_t, params_o, m)
+        for bt, bo in zip(self.target_encoder.buffers(), self.encoder.buffers()):
+            bt.copy_(bo)
+        self.ema_step += 1
+        return m
+
+    def online_modules(self) -> list[nn.Module]:
+        """The modules trained by the optimizer (the target encoder is not one of them)."""
+        return [self.encoder, self.predictor]
+
+
+class JEPAAction(BaseModel):
+    """Action-conditioned JEPA for ``(state_t, action_t, state_t1)`` batches.
+
+    The predictor sees the state embedding plus the action embedding (broadcast over tokens when
+    the action is one vector per sample) and predicts the target embedding of ``state_t1``.
+    """
+
+    def __init__(
+        self,
+        state_encoder: nn.Module,
+        action_encoder: nn.Module,
+        predictor: nn.Module,
+        target_encoder: str = "ema",
+        momentum: float = 0.996,
+        momentum_end: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.jepa = JEPA(state_encoder, predictor, target_encoder=target_encoder, momentum=momentum, momentum_end=momentum_end)
+        self.action_encoder = action_encoder
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.jepa.encoder
+
+    @property
+    def target_encoder(self) -> nn.Module | None:
+        return self.jepa.target_encoder
+
+    @property
+    def predictor(self) -> nn.Module:
+        return self.jepa.predictor
+
+    def forward_features(self, state_t: torch.Tensor, action_t: torch.Tensor, state_t1: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Prediction, target and context embeddings for one action-conditioned transition."""
+        context = self.jepa.encoder(state_t)
+        action = self.action_encoder(action_t)
+        if action.dim() == context.dim() - 1:
+            action = action.unsqueeze(1)
+        if action.shape[-1] != context.shape[-1]:
+            raise ValueError(
+                f"JEPAAction: action embedding size {action.shape[-1]} != state embedding size {context.shape[-1]}"
+            )
+        prediction = self.jepa.predictor(context + action)
+        target = self.jepa.encode_target(state_t1)
+        return {"prediction": prediction, "target": target, "context": context}
+
+    def forward(self, state_t: torch.Tensor, action_t: torch.Tensor, state_t1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.forward_features(state_t, action_t, state_t1)
+        return out["prediction"], out["target"]
+
+    def embed(self, x: torch.Tensor, pooled: bool = True, use_target: bool = False) -> torch.Tensor:
+        return self.jepa.embed(x, pooled=pooled, use_target=use_target)
+
+    def set_total_steps(self, total_steps: int) -> None:
+        self.jepa.set_total_steps(total_steps)
+
+    def current_momentum(self) -> float:
+        return self.jepa.current_momentum()
+
+    def update_target_encoder(self, momentum: float | None = None) -> float:
+        return self.jepa.update_target_encoder(momentum)
+
+    def online_modules(self) -> list[nn.Module]:
+        return [self.jepa.encoder, self.jepa.predictor, self.action_encoder]
+
+
+def _accepts(module: nn.Module, arg: str) -> bool:
+    try:
+        return arg in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False

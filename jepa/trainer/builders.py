@@ -1,0 +1,95 @@
+"""Build data, model, loss and trainer from a :class:`~jepa.config.Config`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from jepa.config import Config
+from jepa.data import DigitsPairs
+from jepa.models import JEPA, Encoder, Predictor, TransformerPredictor
+from jepa.trainer.losses import JEPALoss
+from jepa.trainer.trainer import JEPATrainer, create_trainer
+
+DATASETS = ("digits",)
+
+
+def build_datasets(config: Config) -> tuple[Dataset, Dataset]:
+    """Train and validation pair datasets named by ``config.data.dataset``."""
+    data = config.data
+    if data.dataset != "digits":
+        raise ValueError(f"data.dataset: unknown dataset {data.dataset!r}; available: {', '.join(DATASETS)}")
+    common = dict(patch=data.patch_size, max_shift=data.max_shift, noise=data.noise, context_mask_ratio=data.context_mask_ratio, seed=data.split_seed)
+    return DigitsPairs("train", **common), DigitsPairs("test", **common)
+
+
+def build_model(config: Config, input_dim: int, num_tokens: int) -> JEPA:
+    """The JEPA described by ``config.model`` for tokens of size ``input_dim``."""
+    m = config.model
+    encoder = Encoder(
+        hidden_dim=m.hidden_dim,
+        input_dim=m.input_dim or input_dim,
+        num_layers=m.encoder_layers,
+        num_heads=m.num_heads,
+        mlp_ratio=m.mlp_ratio,
+        dropout=m.dropout,
+        max_seq_len=num_tokens,
+    )
+    if m.predictor == "mlp":
+        predictor: torch.nn.Module = Predictor(hidden_dim=m.hidden_dim, num_layers=m.predictor_layers, mlp_dim=m.predictor_dim)
+    elif m.predictor == "transformer":
+        predictor = TransformerPredictor(
+            hidden_dim=m.hidden_dim, predictor_dim=m.predictor_dim, depth=m.predictor_layers, num_heads=m.num_heads, max_seq_len=num_tokens
+        )
+    else:
+        raise ValueError(f"model.predictor: unknown predictor {m.predictor!r}; expected 'mlp' or 'transformer'")
+    return JEPA(encoder=encoder, predictor=predictor, target_encoder=m.target_encoder, momentum=m.ema_momentum, momentum_end=m.ema_momentum_end)
+
+
+def build_loss(config: Config) -> JEPALoss:
+    lc = config.loss
+    return JEPALoss(loss=lc.type, normalize_target=lc.normalize_target, var_weight=lc.var_weight, cov_weight=lc.cov_weight)
+
+
+def build_loaders(config: Config, train_set: Dataset, val_set: Dataset | None) -> tuple[DataLoader, DataLoader | None]:
+    t = config.training
+    if t.batch_size < 1:
+        raise ValueError(f"training.batch_size must be >= 1, got {t.batch_size}")
+    if len(train_set) < t.batch_size:
+        raise ValueError(f"training.batch_size={t.batch_size} is larger than the training set ({len(train_set)} samples)")
+    train = DataLoader(train_set, batch_size=t.batch_size, shuffle=True, drop_last=True, num_workers=config.data.num_workers)
+    val = DataLoader(val_set, batch_size=t.batch_size, shuffle=False, num_workers=config.data.num_workers) if val_set is not None else None
+    return train, val
+
+
+def build_trainer(config: Config, model: JEPA, save_dir: str, **overrides: Any) -> JEPATrainer:
+    """``create_trainer`` with the optimizer/schedule/clipping of ``config.training``."""
+    t = config.training
+    if t.optimizer.type.lower() != "adamw":
+        raise ValueError(f"training.optimizer.type: only 'adamw' is available so far, got {t.optimizer.type!r}")
+    if t.scheduler.type.lower() != "cosine":
+        raise ValueError(f"training.scheduler.type: only 'cosine' is available so far, got {t.scheduler.type!r}")
+    if not t.learning_rate > 0:
+        raise ValueError(f"training.learning_rate must be > 0, got {t.learning_rate}")
+    if t.epochs < 1:
+        raise ValueError(f"training.epochs must be >= 1, got {t.epochs}")
+    warmup_fraction = min(0.5, t.scheduler.warmup_epochs / t.epochs) if t.scheduler.warmup_epochs else 0.05
+    kwargs: dict[str, Any] = dict(
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        betas=tuple(t.optimizer.betas),
+        eps=t.optimizer.eps,
+        device=t.device,
+        loss_fn=build_loss(config),
+        gradient_clip_norm=t.gradient_clip,
+        gradient_accumulation=t.gradient_accumulation,
+        progress_bar=config.logging.progress_bar,
+        save_dir=save_dir,
+        log_every_n_steps=config.logging.log_every_n_steps,
+        warmup_fraction=warmup_fraction,
+        min_lr_ratio=min(1.0, t.scheduler.min_lr / t.learning_rate),
+    )
+    kwargs.update(overrides)
+    return create_trainer(model, **kwargs)

@@ -1,0 +1,467 @@
+"""JEPATrainer: the training loop (optimizer steps, EMA target updates, checkpoints, progress)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from jepa import io as jio
+from jepa.models.base import BaseModel, build_model, load_state_dict_strict
+from jepa.trainer.losses import JEPALoss
+from jepa.trainer.schedulers import warmup_cosine_schedule
+
+log = logging.getLogger("jepa")
+
+CHECKPOINT_FORMAT = 1
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device: cannot parse {device!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Move tensors in a (nested) tuple/list/dict batch to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device) for v in batch) if not hasattr(batch, "_fields") else type(batch)(*(move_to_device(v, device) for v in batch))
+    return batch
+
+
+def unpack_batch(batch: Any) -> tuple[torch.Tensor, ...]:
+    """``(state_t, state_t1)`` or ``(state_t, action_t, state_t1)`` from a tuple, list or dict batch."""
+    if isinstance(batch, Mapping):
+        if "state_t" in batch and "state_t1" in batch:
+            if "action_t" in batch:
+                return batch["state_t"], batch["action_t"], batch["state_t1"]
+            return batch["state_t"], batch["state_t1"]
+        raise ValueError(f"batch dict must have keys 'state_t' and 'state_t1' (and optionally 'action_t'); got {sorted(batch)}")
+    if isinstance(batch, (list, tuple)):
+        if len(batch) not in (2, 3):
+            raise ValueError(
+                f"batch must be (state_t, state_t1) or (state_t, action_t, state_t1); got a {type(batch).__name__} of {len(batch)} items"
+            )
+        items = tuple(batch)
+    else:
+        raise TypeError(f"batch must be a tuple, list or dict of tensors, got {type(batch).__name__}")
+    for i, x in enumerate(items):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"batch item {i} must be a torch.Tensor, got {type(x).__name__}")
+    s_t, s_t1 = items[0], items[-1]
+    if s_t.shape != s_t1.shape:
+        raise ValueError(f"state_t and state_t1 must have the same shape, got {tuple(s_t.shape)} and {tuple(s_t1.shape)}")
+    if not torch.is_floating_point(s_t) or not torch.is_floating_point(s_t1):
+        raise TypeError(f"state_t and state_t1 must be floating-point tensors, got {s_t.dtype} and {s_t1.dtype}")
+    return items
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    npst = state["numpy"]
+    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class JEPATrainer:
+    """Trains a :class:`~jepa.models.JEPA` (or :class:`~jepa.models.JEPAAction`).
+
+    One optimizer step per ``gradient_accumulation`` batches; after each optimizer step the EMA
+    target encoder is updated (momentum on its cosine schedule) and a per-step scheduler steps.
+
+    Args:
+        model: the JEPA model.
+        optimizer: a torch optimizer over the model's trainable parameters.
+        scheduler: an LR scheduler instance; or ``"cosine"`` / a callable
+            ``(optimizer, total_steps) -> scheduler``, built at :meth:`train` once the number of
+            steps is known (that is what :func:`create_trainer` does).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
+        logger: None, a ``logging.Logger``, or any object with ``log_metrics(metrics, step)``.
+        loss_fn: ``loss_fn(prediction, target) -> loss``; objects with ``uses_context = True`` (like
+            :class:`~jepa.trainer.losses.JEPALoss`, the default) also receive the context embeddings.
+        gradient_clip_norm: clip the global gradient norm to this value (None: no clipping).
+        gradient_accumulation: batches per optimizer step.
+        progress_bar: show a tqdm bar with loss and lr.
+        save_dir: where :meth:`save_checkpoint` writes (``best_model.pt`` and ``last.pt`` too).
+        scheduler_interval: ``"step"`` or ``"epoch"``; default ``"step"`` for schedulers built by
+            the trainer, ``"epoch"`` for a scheduler instance you pass.
+        log_every_n_steps: how often the loss is read back to the host for the bar/logger.
+        save_best: write ``best_model.pt`` whenever the validation (else training) loss improves.
+        save_last: write ``last.pt`` at the end of :meth:`train`.
+        warmup_fraction, min_lr_ratio: shape of the ``"cosine"`` schedule (linear warmup over this
+            fraction of the steps, then cosine decay to ``min_lr_ratio`` times the base lr).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        device: str | torch.device = "auto",
+        logger: Any = None,
+        loss_fn: Callable[..., torch.Tensor] | None = None,
+        gradient_clip_norm: float | None = None,
+        gradient_accumulation: int = 1,
+        progress_bar: bool = True,
+        save_dir: str | os.PathLike = "./checkpoints",
+        *,
+        scheduler_interval: str | None = None,
+        log_every_n_steps: int = 10,
+        save_best: bool = True,
+        save_last: bool = True,
+        warmup_fraction: float = 0.05,
+        min_lr_ratio: float = 0.01,
+        distributed: bool = False,
+        world_size: int | None = None,
+        local_rank: int | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise NotImplementedError(
+                "JEPATrainer(config): building a trainer from a config object lands with the v0 API issue; "
+                f"pass an nn.Module as model (got {type(model).__name__})"
+            )
+        if distributed:
+            raise NotImplementedError("distributed=True is not implemented yet (it lands with the distributed-training issue)")
+        if optimizer is None:
+            raise ValueError("JEPATrainer: optimizer is required (or use jepa.trainer.create_trainer)")
+        if not isinstance(gradient_accumulation, int) or gradient_accumulation < 1:
+            raise ValueError(f"gradient_accumulation must be an int >= 1, got {gradient_accumulation!r}")
+        if gradient_clip_norm is not None and not gradient_clip_norm > 0:
+            raise ValueError(f"gradient_clip_norm must be > 0 or None, got {gradient_clip_norm!r}")
+        if scheduler_interval not in (None, "step", "epoch"):
+            raise ValueError(f"scheduler_interval must be 'step', 'epoch' or None, got {scheduler_interval!r}")
+        if not isinstance(log_every_n_steps, int) or log_every_n_steps < 1:
+            raise ValueError(f"log_every_n_steps must be an int >= 1, got {log_every_n_steps!r}")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.optimizer = optimizer
+        self._scheduler_spec = scheduler
+        if hasattr(scheduler, "step") and hasattr(scheduler, "state_dict"):
+            self.scheduler = scheduler
+            self.scheduler_interval = scheduler_interval or "epoch"
+        else:
+            if scheduler is not None and not (scheduler == "cosine" or callable(scheduler)):
+                raise ValueError(f"scheduler must be a scheduler instance, 'cosine', a callable or None; got {scheduler!r}")
+            self.scheduler = None
+            self.scheduler_interval = scheduler_interval or "step"
+        self.logger = logger
+        self.loss_fn = loss_fn if loss_fn is not None else JEPALoss()
+        self.gradient_clip_norm = gradient_clip_norm
+        self.gradient_accumulation = gradient_accumulation
+        self.progress_bar = progress_bar
+        self.save_dir = Path(save_dir)
+        self.log_every_n_steps = log_every_n_steps
+        self.save_best = save_best
+        self.save_last = save_last
+        self.current_epoch = 0
+        self.global_step = 0
+        self.best_loss = math.inf
+        self.history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "lr": []}
+        self._pending_scheduler_state: dict | None = None
+        self._resume_batch = 0
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction!r}")
+        self.warmup_fraction = warmup_fraction
+        self.min_lr_ratio = min_lr_ratio
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Loss terms of one batch; ``loss`` is what is minimised, other entries are logged."""
+        items = unpack_batch(batch)
+        model = self.model
+        if hasattr(model, "forward_features"):
+            out = model.forward_features(*items)
+            prediction, target, context = out["prediction"], out["target"], out.get("context")
+        else:
+            prediction, target = model(*items)
+            context = None
+        if hasattr(self.loss_fn, "terms"):
+            return self.loss_fn.terms(prediction, target, context)
+        if getattr(self.loss_fn, "uses_context", False):
+            return {"loss": self.loss_fn(prediction, target, context)}
+        return {"loss": self.loss_fn(prediction, target)}
+
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Loss terms of one validation batch (no gradient)."""
+        return self.training_step(batch, batch_idx)
+
+    # ------------------------------------------------------------------ loop
+    def _steps_per_epoch(self, loader: DataLoader) -> int:
+        try:
+            n = len(loader)
+        except TypeError as exc:
+            raise TypeError("train_loader must have a length (a DataLoader over a map-style Dataset)") from exc
+        if n == 0:
+            raise ValueError("train_loader yields no batches: the dataset is empty (or smaller than batch_size with drop_last=True)")
+        return math.ceil(n / self.gradient_accumulation)
+
+    def _build_scheduler(self, total_steps: int) -> None:
+        if self.scheduler is not None or self._scheduler_spec is None:
+            return
+        if self._scheduler_spec == "cosine":
+            warmup = int(round(self.warmup_fraction * total_steps))
+            self.scheduler = warmup_cosine_schedule(self.optimizer, total_steps, warmup, self.min_lr_ratio)
+        else:
+            self.scheduler = self._scheduler_spec(self.optimizer, total_steps)
+        if self._pending_scheduler_state is not None:
+            self.scheduler.load_state_dict(self._pending_scheduler_state)
+            self._pending_scheduler_state = None
+
+    def _log(self, metrics: dict[str, float], step: int) -> None:
+        if self.logger is None:
+            return
+        if isinstance(self.logger, logging.Logger):
+            self.logger.info("step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in metrics.items()))
+        elif hasattr(self.logger, "log_metrics"):
+            self.logger.log_metrics(metrics, step)
+        else:
+            raise TypeError(f"logger must be a logging.Logger or have log_metrics(metrics, step); got {type(self.logger).__name__}")
+
+    def current_lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _optimizer_step(self) -> None:
+        if self.gradient_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.gradient_clip_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if hasattr(self.model, "update_target_encoder"):
+            self.model.update_target_encoder()
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+        self.global_step += 1
+
+    def train(self, train_loader: DataLoader, num_epochs: int, val_loader: DataLoader | None = None) -> dict[str, list[float]]:
+        """Train until ``num_epochs`` epochs are done (continuing after a loaded checkpoint).
+
+        Returns the history: ``train_loss``, ``val_loss`` (when ``val_loader`` is given) and ``lr``,
+        one value per epoch.
+        """
+        if not isinstance(num_epochs, int) or isinstance(num_epochs, bool) or num_epochs < 1:
+            raise ValueError(f"num_epochs must be an int >= 1, got {num_epochs!r}")
+        steps_per_epoch = self._steps_per_epoch(train_loader)
+        total_steps = steps_per_epoch * num_epochs
+        self._build_scheduler(total_steps)
+        if hasattr(self.model, "set_total_steps"):
+            self.model.set_total_steps(total_steps)
+        bar = None
+        if self.progress_bar:
+            from tqdm.auto import tqdm  # noqa: PLC0415
+
+            bar = tqdm(total=total_steps, initial=min(self.global_step, total_steps), desc="train", unit="step", dynamic_ncols=True)
+        sync_every_step = self.device.type == "cpu"
+        try:
+            for epoch in range(self.current_epoch, num_epochs):
+                self.current_epoch = epoch
+                self.model.train()
+                running = torch.zeros((), device=self.device)
+                n_batches = 0
+                last_loss = float("nan")
+                skip = self._resume_batch
+                self._resume_batch = 0
+                for batch_idx, batch in enumerate(train_loader):
+                    if batch_idx < skip:
+                        continue
+                    batch = move_to_device(batch, self.device)
+                    terms = self.training_step(batch, batch_idx)
+                    loss = terms["loss"]
+                    if sync_every_step or (self.global_step % self.log_every_n_steps == 0):
+                        if not torch.isfinite(loss.detach()).item():
+                            bad = [k for k, v in terms.items() if isinstance(v, torch.Tensor) and not torch.isfinite(v).all()]
+                            raise FloatingPointError(
+                                f"non-finite loss at step {self.global_step} (epoch {epoch}, batch {batch_idx}); "
+                                f"non-finite terms: {', '.join(bad)}. The weights are those before this step."
+                            )
+                    (loss / self.gradient_accumulation).backward()
+                    running += loss.detach()
+                    n_batches += 1
+                    last_of_epoch = batch_idx + 1 == len(train_loader)
+                    if (batch_idx + 1) % self.gradient_accumulation == 0 or last_of_epoch:
+                        self._optimizer_step()
+                        if bar is not None:
+                            bar.update(1)
+                        if self.global_step % self.log_every_n_steps == 0 or last_of_epoch:
+                            last_loss = float(loss.detach())
+                            metrics = {k: float(v.detach()) for k, v in terms.items() if isinstance(v, torch.Tensor) and v.dim() == 0}
+                            metrics["lr"] = self.current_lr()
+                            if bar is not None:
+                                bar.set_postfix(epoch=epoch + 1, loss=f"{last_loss:.4f}", lr=f"{metrics['lr']:.2e}", refresh=False)
+                            self._log({f"train/{k}": v for k, v in metrics.items()}, self.global_step)
+                epoch_loss = float(running) / max(1, n_batches)
+                self.history["train_loss"].append(epoch_loss)
+                self.history["lr"].append(self.current_lr())
+                monitored = epoch_loss
+                if val_loader is not None:
+                    val_loss = self.validate(val_loader)
+                    self.history["val_loss"].append(val_loss)
+                    monitored = val_loss
+                    self._log({"val/loss": val_loss}, self.global_step)
+                if self.scheduler is not None and self.scheduler_interval == "epoch":
+                    self.scheduler.step()
+                self.current_epoch = epoch + 1
+                if self.save_best and monitored < self.best_loss:
+                    self.best_loss = monitored
+                    self.save_checkpoint("best_model.pt")
+            if self.save_last:
+                self.save_checkpoint("last.pt")
+        except KeyboardInterrupt:
+            path = self.save_checkpoint("interrupted.pt")
+            log.warning("training interrupted at step %d; state saved to %s", self.global_step, path)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.history
+
+    @torch.no_grad()
+    def validate(self, val_loader: DataLoader) -> float:
+        """Mean validation loss over ``val_loader``."""
+        was_training = self.model.training
+        self.model.eval()
+        total, count = torch.zeros((), device=self.device), 0
+        try:
+            for batch_idx, batch in enumerate(val_loader):
+                batch = move_to_device(batch, self.device)
+                total += self.validation_step(batch, batch_idx)["loss"].detach()
+                count += 1
+        finally:
+            self.model.train(was_training)
+        if count == 0:
+            raise ValueError("val_loader yields no batches")
+        return float(total) / count
+
+    # ------------------------------------------------------------------ checkpoints
+    def _resolve_path(self, name: str | os.PathLike) -> Path:
+        path = Path(name)
+        return path if path.is_absolute() or path.parent != Path(".") else self.save_dir / path
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything needed to continue the run exactly: weights, optimizer, scheduler, counters, RNG."""
+        state: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT,
+            "model": {k: v.detach() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.current_epoch,
+            "global_step": self.global_step,
+            "best_loss": self.best_loss,
+            "history": self.history,
+            "rng": _rng_state(),
+        }
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()
+        if isinstance(self.model, BaseModel):
+            state["model_class"] = type(self.model).__name__
+            state["model_config"] = json.dumps(self.model.config)
+        from jepa import __version__  # noqa: PLC0415
+
+        state["jepa_version"] = __version__
+        return state
+
+    def save_checkpoint(self, name: str | os.PathLike) -> Path:
+        """Write the full training state to ``save_dir/name`` (atomically); returns the path."""
+        path = self._resolve_path(name)
+        return jio.save(self.checkpoint_state(), path)
+
+    def load_checkpoint(self, name: str | os.PathLike, *, restore_rng: bool = True) -> dict[str, Any]:
+        """Restore model, target encoder, optimizer, scheduler, counters and RNG from a checkpoint.
+
+        ``name`` is a path or a file name inside ``save_dir``. A following :meth:`train` continues
+        the same run.
+        """
+        path = self._resolve_path(name)
+        if not path.is_file() and Path(name).is_file():
+            path = Path(name)
+        state = jio.load(path, map_location=self.device)
+        if "model" not in state:
+            raise jio.CheckpointError(f"{str(path)!r} is not a jepa trainer checkpoint (no 'model' entry)")
+        load_state_dict_strict(self.model, state["model"], source=str(path))
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if "scheduler" in state:
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            else:
+                self._pending_scheduler_state = state["scheduler"]
+        self.current_epoch = int(state.get("epoch", 0))
+        self.global_step = int(state.get("global_step", 0))
+        self.best_loss = float(state.get("best_loss", math.inf))
+        self.history = {k: list(v) for k, v in state.get("history", self.history).items()}
+        if restore_rng and "rng" in state:
+            _set_rng_state(state["rng"])
+        return state
+
+
+def model_from_checkpoint_state(state: Mapping[str, Any], source: str = "checkpoint") -> BaseModel:
+    """Rebuild the model recorded in a trainer checkpoint (class + config) and load its weights."""
+    if "model_class" not in state or "model_config" not in state:
+        raise jio.CheckpointError(f"{source}: no model class/config recorded; cannot rebuild the model without code")
+    model = build_model(state["model_class"], json.loads(state["model_config"]))
+    load_state_dict_strict(model, state["model"], source=source)
+    return model
+
+
+def create_trainer(
+    model: nn.Module,
+    learning_rate: float = 1e-3,
+    weight_decay: float = 0.05,
+    device: str | torch.device = "auto",
+    logger: Any = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    distributed: bool = False,
+    world_size: int | None = None,
+    local_rank: int | None = None,
+    *,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    **trainer_kwargs: Any,
+) -> JEPATrainer:
+    """A :class:`JEPATrainer` with AdamW (fused where supported; no decay on biases/norms) and a
+    warmup + cosine schedule sized to the real number of steps when :meth:`~JEPATrainer.train` runs.
+
+    Extra keyword arguments go to :class:`JEPATrainer` (``gradient_clip_norm``,
+    ``gradient_accumulation``, ``progress_bar``, ``save_dir``, ``warmup_fraction``, ...).
+    """
+    from jepa.trainer.optimizers import build_adamw  # noqa: PLC0415
+
+    if distributed:
+        raise NotImplementedError("distributed=True is not implemented yet (it lands with the distributed-training issue)")
+    dev = resolve_device(device)
+    model = model.to(dev)
+    optimizer = build_adamw(model, learning_rate=learning_rate, weight_decay=weight_decay, betas=tuple(betas), eps=eps, device=dev)
+    return JEPATrainer(model, optimizer, scheduler="cosine", device=dev, logger=logger, loss_fn=loss_fn, **trainer_kwargs)
