@@ -171,6 +171,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     report["final_val_loss"] = history["val_loss"][-1] if history["val_loss"] else None
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     (out_dir / "history.json").write_text(json.dumps(history, indent=2))
+    try:
+        from jepa.trainer.utils import plot_training_history  # noqa: PLC0415
+
+        plot_training_history(history, out_dir / "history.png")
+    except ImportError:
+        print("jepa: matplotlib not installed, skipping history.png (pip install 'jepa[plot]')")
 
     probe = report["probe"]
     rows = [["linear probe accuracy", "10 labels/class", "all labels"]]

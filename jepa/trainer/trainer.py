@@ -124,6 +124,7 @@ class JEPATrainer:
         log_every_n_steps: how often the loss is read back to the host for the bar/logger.
         save_best: write ``best_model.pt`` whenever the validation (else training) loss improves.
         save_last: write ``last.pt`` at the end of :meth:`train`.
+        checkpoint_every_n_epochs: also write ``epoch_<n>.pt`` every n epochs (resumable).
         warmup_fraction, min_lr_ratio: shape of the ``"cosine"`` schedule (linear warmup over this
             fraction of the steps, then cosine decay to ``min_lr_ratio`` times the base lr).
     """
@@ -145,6 +146,7 @@ class JEPATrainer:
         log_every_n_steps: int = 10,
         save_best: bool = True,
         save_last: bool = True,
+        checkpoint_every_n_epochs: int | None = None,
         warmup_fraction: float = 0.05,
         min_lr_ratio: float = 0.01,
         distributed: bool = False,
@@ -189,6 +191,9 @@ class JEPATrainer:
         self.log_every_n_steps = log_every_n_steps
         self.save_best = save_best
         self.save_last = save_last
+        if checkpoint_every_n_epochs is not None and (not isinstance(checkpoint_every_n_epochs, int) or checkpoint_every_n_epochs < 1):
+            raise ValueError(f"checkpoint_every_n_epochs must be an int >= 1 or None, got {checkpoint_every_n_epochs!r}")
+        self.checkpoint_every_n_epochs = checkpoint_every_n_epochs
         self.current_epoch = 0
         self.global_step = 0
         self.best_loss = math.inf
@@ -242,6 +247,10 @@ class JEPATrainer:
         if self._pending_scheduler_state is not None:
             self.scheduler.load_state_dict(self._pending_scheduler_state)
             self._pending_scheduler_state = None
+            # Building a scheduler resets the optimizer's lr to the step-0 value; put back the
+            # lr of the step the checkpoint was taken at.
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+                group["lr"] = lr
 
     def _log(self, metrics: dict[str, float], step: int) -> None:
         if self.logger is None:
@@ -338,6 +347,8 @@ class JEPATrainer:
                 if self.save_best and monitored < self.best_loss:
                     self.best_loss = monitored
                     self.save_checkpoint("best_model.pt")
+                if self.checkpoint_every_n_epochs and self.current_epoch % self.checkpoint_every_n_epochs == 0:
+                    self.save_checkpoint(f"epoch_{self.current_epoch}.pt")
             if self.save_last:
                 self.save_checkpoint("last.pt")
         except KeyboardInterrupt:

@@ -1,0 +1,38 @@
+import pytest
+
+from jepa.config import Config, ConfigError, config_from_dict, load_config, save_config, shipped_configs
+
+
+def test_default_config_ships_and_round_trips(tmp_path):
+    assert "default" in shipped_configs()
+    cfg = load_config("default")
+    assert isinstance(cfg, Config)
+    path = save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(path) == cfg
+
+
+def test_yaml_float_without_dot_becomes_float(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  learning_rate: 1e-4\n  weight_decay: 1e-2\n  optimizer:\n    eps: 1e-8\n")
+    cfg = load_config(path)
+    assert cfg.training.learning_rate == 1e-4 and isinstance(cfg.training.learning_rate, float)
+    assert cfg.training.optimizer.eps == 1e-8
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'training.learning_rat'.*did you mean 'training.learning_rate'"):
+        config_from_dict({"training": {"learning_rat": 0.1}})
+
+
+def test_wrong_type_names_path_value_and_type():
+    with pytest.raises(ConfigError, match=r"training.epochs: got 'ten' \(str\), expected an int"):
+        config_from_dict({"training": {"epochs": "ten"}})
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(FileNotFoundError, match="jepa config --output"):
+        load_config(tmp_path / "nope.yaml")

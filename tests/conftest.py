@@ -1,0 +1,24 @@
+import os
+
+import pytest
+import torch
+
+# Small, deterministic and quick: the suite runs on 2 CPU cores.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def pair_loader():
+    """A tiny TensorDataset of (state_t, state_t1) pairs shaped (N, T, D)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(48, 5, 16, generator=g)
+    y = x.roll(1, dims=1) + 0.1 * torch.randn(48, 5, 16, generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)

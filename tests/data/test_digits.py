@@ -1,0 +1,47 @@
+import torch
+
+from jepa.data import DigitsPairs, load_digits_split, patchify, random_shift
+
+
+def test_split_is_fixed_disjoint_and_stratified():
+    tr, te = load_digits_split("train"), load_digits_split("test")
+    assert len(tr) + len(te) == 1797
+    assert len(load_digits_split("test").labels) == len(te)
+    assert torch.equal(load_digits_split("train").images, tr.images)
+    # no test image appears in train
+    trs = {bytes(x.numpy().tobytes()) for x in tr.images}
+    assert sum(bytes(x.numpy().tobytes()) in trs for x in te.images) <= 5  # the digits hold a few exact duplicates
+    counts = torch.bincount(te.labels, minlength=10).float()
+    assert counts.min() >= 34 and counts.max() <= 38
+
+
+def test_patchify_by_hand():
+    img = torch.arange(16.0).reshape(1, 4, 4)
+    tokens = patchify(img, 2)
+    assert tokens.shape == (1, 4, 4)
+    assert tokens[0, 0].tolist() == [0, 1, 4, 5] and tokens[0, 3].tolist() == [10, 11, 14, 15]
+
+
+def test_random_shift_moves_pixels_with_zero_fill():
+    img = torch.zeros(1, 8, 8)
+    img[0, 4, 4] = 1.0
+    torch.manual_seed(0)
+    out = random_shift(img.repeat(50, 1, 1), 1)
+    assert torch.all(out.sum(dim=(1, 2)) == 1.0)
+    pos = out.flatten(1).argmax(1)
+    rows, cols = pos // 8, pos % 8
+    assert rows.min() >= 3 and rows.max() <= 5 and cols.min() >= 3 and cols.max() <= 5
+    assert len(set(pos.tolist())) > 3
+
+
+def test_pairs_are_two_views_of_one_image():
+    ds = DigitsPairs("train", max_shift=0, noise=0.0, context_mask_ratio=0.25)
+    s_t, s_t1 = ds[3]
+    assert s_t.shape == s_t1.shape == (16, 4)
+    assert torch.equal(s_t1, ds.data.tokens[3])
+    hidden = (s_t == 0).all(dim=1) & ~(s_t1 == 0).all(dim=1)
+    kept = ~(s_t == 0).all(dim=1)
+    assert torch.equal(s_t[kept], s_t1[kept]) and hidden.sum() <= 4
+    clean = DigitsPairs("test", augment=False)
+    a, b = clean[0]
+    assert torch.equal(a, b) and torch.equal(a, clean.data.tokens[0])
