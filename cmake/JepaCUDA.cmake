@@ -1,0 +1,51 @@
+# Optional CUDA support for jepa._C.
+#
+#   -DJEPA_CUDA=AUTO (default)  build the kernels in kernels/cuda when a working CUDA toolkit is found
+#   -DJEPA_CUDA=ON              require CUDA (configure fails without a working toolkit)
+#   -DJEPA_CUDA=OFF             CPU-only module, CUDA is not looked for
+#   -DJEPA_CUDA_ARCHS="80;90"   GPU architectures (CMAKE_CUDA_ARCHITECTURES syntax, e.g. "80;90a" or "native")
+#
+# Sets JEPA_WITH_CUDA (ON/OFF) and, when ON, enables the CUDA language. AUTO checks the compiler with
+# check_language(CUDA) (which compiles and links a tiny CUDA program), so a broken or partial toolkit
+# gives a CPU-only build instead of a failed one. CUDA 13 dropped sm_70 and older.
+
+set(JEPA_CUDA "AUTO" CACHE STRING "Build the CUDA kernels: AUTO, ON or OFF")
+set_property(CACHE JEPA_CUDA PROPERTY STRINGS AUTO ON OFF)
+set(JEPA_CUDA_ARCHS "80;90" CACHE STRING "CUDA architectures of the kernels (e.g. 80;90)")
+
+string(TOUPPER "${JEPA_CUDA}" _jepa_cuda_mode)
+if(_jepa_cuda_mode STREQUAL "TRUE" OR _jepa_cuda_mode STREQUAL "YES" OR _jepa_cuda_mode STREQUAL "1")
+  set(_jepa_cuda_mode ON)
+elseif(_jepa_cuda_mode STREQUAL "FALSE" OR _jepa_cuda_mode STREQUAL "NO" OR _jepa_cuda_mode STREQUAL "0")
+  set(_jepa_cuda_mode OFF)
+endif()
+if(NOT _jepa_cuda_mode MATCHES "^(AUTO|ON|OFF)$")
+  message(FATAL_ERROR "JEPA_CUDA must be AUTO, ON or OFF, got '${JEPA_CUDA}'")
+endif()
+
+set(JEPA_WITH_CUDA OFF)
+if(NOT _jepa_cuda_mode STREQUAL "OFF")
+  # The architectures must be known before the compiler check so that it compiles for them too
+  # (CUDA 13's default architecture list would otherwise be used).
+  if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+    set(CMAKE_CUDA_ARCHITECTURES "${JEPA_CUDA_ARCHS}")
+  endif()
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    if(NOT DEFINED CMAKE_CUDA_HOST_COMPILER AND CMAKE_CXX_COMPILER)
+      set(CMAKE_CUDA_HOST_COMPILER "${CMAKE_CXX_COMPILER}")
+    endif()
+    enable_language(CUDA)
+    set(JEPA_WITH_CUDA ON)
+    message(STATUS "jepa: CUDA ${CMAKE_CUDA_COMPILER_VERSION} found (${CMAKE_CUDA_COMPILER}), "
+                   "building kernels/cuda for architectures ${CMAKE_CUDA_ARCHITECTURES}")
+  elseif(_jepa_cuda_mode STREQUAL "ON")
+    message(FATAL_ERROR "JEPA_CUDA=ON but no working CUDA compiler was found "
+                        "(set CMAKE_CUDA_COMPILER or put nvcc on PATH; JEPA_CUDA=AUTO builds CPU-only)")
+  else()
+    message(STATUS "jepa: no working CUDA toolkit found, building jepa._C CPU-only (JEPA_CUDA=AUTO)")
+  endif()
+else()
+  message(STATUS "jepa: JEPA_CUDA=OFF, building jepa._C CPU-only")
+endif()

@@ -1,0 +1,237 @@
+// jepa._C: the Python bindings of the extension. This is the one place that lists every binding.
+//
+// The module does not link libtorch: Python passes raw buffers (data pointer as an int, element
+// count, dtype code) and, for CUDA, the stream handle as an int (torch.cuda.Stream.cuda_stream).
+// Only jepa/ops calls the compute functions below; it checks devices, dtypes and contiguity first.
+//
+//   has_cuda() -> bool                        True when the CUDA kernels (kernels/cuda/*.cu) are compiled in
+//   cuda_device_count() -> int                CUDA devices visible to the CUDA runtime (0 without CUDA)
+//   build_info() -> dict                      how the module was built (cuda, archs, compiler, ...)
+//   DTYPE_FLOAT32 = 0, DTYPE_FLOAT16 = 1, DTYPE_BFLOAT16 = 2      dtype codes
+//   dtype_size(dtype_code: int) -> int        element size in bytes
+//   class TensorTable(ptr_lists: list[list[int]], numels: list[int], dtype_code: int)
+//       validated table of `depth` parallel pointer lists (for the EMA: [target_ptrs, online_ptrs]);
+//       properties depth, num_tensors, total_numel, dtype_code; numels() -> list[int]
+//   same_objects(objects: list, ids: list[int]) -> bool
+//       True when len(objects) == len(ids) and id(objects[i]) == ids[i] for all i (a plan-cache check)
+//   ema_config() -> dict                      CPU EMA tuning: chunk_elements, min_elements_per_thread, ...
+//   ema_update(table: TensorTable, momentum: float, num_threads: int = 0) -> int
+//   ema_update(target_ptrs: list[int], online_ptrs: list[int], numels: list[int], dtype_code: int,
+//              momentum: float, num_threads: int = 0) -> int
+//       CPU: target <- momentum * target + (1 - momentum) * online for every pair; GIL released;
+//       num_threads <= 0 uses every hardware thread; returns the number of threads that ran
+//   ema_update_cuda(table: TensorTable, momentum: float, stream: int) -> None
+//   ema_update_cuda(target_ptrs: list[int], online_ptrs: list[int], numels: list[int], dtype_code: int,
+//                   momentum: float, stream: int) -> None
+//       the same on CUDA device pointers, one kernel launch on `stream` (current device); raises
+//       RuntimeError when the module was built without CUDA
+//
+// Errors: bad arguments raise ValueError (std::invalid_argument), CUDA failures RuntimeError.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "ema_cpu.h"
+#include "jepa/dtype.h"
+#include "jepa/ema_math.h"
+#include "jepa/tensor_table.h"
+#include "thread_pool.h"
+
+#if defined(JEPA_WITH_CUDA)
+#include "jepa/cuda_ops.h"
+#endif
+
+#ifndef JEPA_CUDA_ARCHS_STR
+#define JEPA_CUDA_ARCHS_STR ""
+#endif
+
+namespace py = pybind11;
+
+namespace {
+
+using jepa::TensorTable;
+using PtrList = std::vector<std::uintptr_t>;
+using NumelList = std::vector<std::int64_t>;
+
+std::shared_ptr<TensorTable> make_pair_table(PtrList targets, PtrList onlines, const NumelList& numels, int dtype) {
+  if (targets.size() != numels.size() || onlines.size() != numels.size()) {
+    throw std::invalid_argument("ema_update: target_ptrs, online_ptrs and numels must have the same length, got " +
+                                std::to_string(targets.size()) + ", " + std::to_string(onlines.size()) + ", " +
+                                std::to_string(numels.size()));
+  }
+  std::vector<PtrList> lists;
+  lists.push_back(std::move(targets));
+  lists.push_back(std::move(onlines));
+  return std::make_shared<TensorTable>(std::move(lists), numels, dtype);
+}
+
+void check_momentum(double momentum) {
+  if (!(momentum >= 0.0 && momentum <= 1.0)) {
+    throw std::invalid_argument("ema_update: momentum=" + std::to_string(momentum) + " must be in [0, 1]");
+  }
+}
+
+int cpu_ema(const TensorTable& table, double momentum, int num_threads) {
+  check_momentum(momentum);
+  py::gil_scoped_release release;
+  return jepa::cpu::ema_update(table, momentum, num_threads);
+}
+
+void cuda_ema(const TensorTable& table, double momentum, std::uintptr_t stream) {
+  check_momentum(momentum);
+#if defined(JEPA_WITH_CUDA)
+  if (table.depth() != 2) throw std::invalid_argument("ema_update_cuda: the table must hold 2 pointer lists");
+  py::gil_scoped_release release;
+  jepa::cuda::ema_update(table, jepa::ema_weight(momentum), stream);
+#else
+  (void)table;
+  (void)stream;
+  throw std::runtime_error("ema_update_cuda: jepa._C was built without CUDA (has_cuda() is False)");
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "jepa._C: C++/CUDA kernels of jepa on raw buffers (no libtorch); see csrc/bindings.cpp";
+
+  m.def(
+      "has_cuda",
+      []() {
+#if defined(JEPA_WITH_CUDA)
+        return true;
+#else
+        return false;
+#endif
+      },
+      "True when the CUDA kernels (kernels/cuda/*.cu) were compiled into this module.");
+
+  m.def(
+      "cuda_device_count",
+      []() {
+#if defined(JEPA_WITH_CUDA)
+        return jepa::cuda::device_count();
+#else
+        return 0;
+#endif
+      },
+      "Number of CUDA devices the CUDA runtime sees (0 without CUDA support, driver or device).");
+
+  m.def(
+      "build_info",
+      []() {
+        py::dict d;
+#if defined(JEPA_WITH_CUDA)
+        d["cuda"] = true;
+        d["cuda_runtime_version"] = jepa::cuda::runtime_version();
+#else
+        d["cuda"] = false;
+        d["cuda_runtime_version"] = py::none();
+#endif
+        d["cuda_archs"] = std::string(JEPA_CUDA_ARCHS_STR);
+#if defined(__clang__)
+        d["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+        d["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+        d["compiler"] = std::string("unknown");
+#endif
+        d["target_clones"] = static_cast<bool>(JEPA_HAS_TARGET_CLONES);
+        d["fp16_vector_path"] = jepa::cpu::fp16_vector_path();
+        d["hardware_threads"] = jepa::hardware_threads();
+        return d;
+      },
+      "How this module was built: CUDA support and archs, compiler, CPU vector paths.");
+
+  m.attr("DTYPE_FLOAT32") = static_cast<int>(jepa::kFloat32);
+  m.attr("DTYPE_FLOAT16") = static_cast<int>(jepa::kFloat16);
+  m.attr("DTYPE_BFLOAT16") = static_cast<int>(jepa::kBFloat16);
+
+  m.def(
+      "dtype_size",
+      [](int code) {
+        if (!jepa::dtype_valid(code)) throw std::invalid_argument("dtype_size: invalid dtype_code " + std::to_string(code));
+        return jepa::dtype_size(code);
+      },
+      py::arg("dtype_code"), "Element size in bytes of a dtype code.");
+
+  py::class_<TensorTable, std::shared_ptr<TensorTable>>(m, "TensorTable",
+                                                        "Validated table of parallel lists of raw buffers "
+                                                        "(data pointers as ints) with one element count per tensor.")
+      .def(py::init([](std::vector<PtrList> ptr_lists, const NumelList& numels, int dtype_code) {
+             return std::make_shared<TensorTable>(std::move(ptr_lists), numels, dtype_code);
+           }),
+           py::arg("ptr_lists"), py::arg("numels"), py::arg("dtype_code"))
+      .def_property_readonly("depth", &TensorTable::depth, "Number of pointer lists.")
+      .def_property_readonly("num_tensors", &TensorTable::size, "Number of tensors per list.")
+      .def_property_readonly("total_numel", &TensorTable::total, "Sum of the element counts.")
+      .def_property_readonly("dtype_code", &TensorTable::dtype, "Dtype code of every buffer.")
+      .def(
+          "numels",
+          [](const TensorTable& t) {
+            NumelList out(static_cast<std::size_t>(t.size()));
+            for (int i = 0; i < t.size(); ++i) out[static_cast<std::size_t>(i)] = t.numel(i);
+            return out;
+          },
+          "Element count of each tensor.");
+
+  m.def(
+      "same_objects",
+      [](py::list objects, py::list ids) {
+        const Py_ssize_t n = PyList_GET_SIZE(objects.ptr());
+        if (PyList_GET_SIZE(ids.ptr()) != n) return false;
+        for (Py_ssize_t i = 0; i < n; ++i) {
+          void* expected = PyLong_AsVoidPtr(PyList_GET_ITEM(ids.ptr(), i));
+          if (expected == nullptr && PyErr_Occurred()) throw py::error_already_set();
+          if (static_cast<void*>(PyList_GET_ITEM(objects.ptr(), i)) != expected) return false;
+        }
+        return true;
+      },
+      py::arg("objects"), py::arg("ids"),
+      "True when len(objects) == len(ids) and id(objects[i]) == ids[i] for every i.");
+
+  m.def(
+      "ema_config",
+      []() {
+        const auto t = jepa::cpu::ema_tuning();
+        py::dict d;
+        d["chunk_elements"] = t.chunk_elements;
+        d["min_elements_per_thread"] = t.min_elements_per_thread;
+        d["max_threads"] = jepa::ThreadPool::kMaxThreads;
+        return d;
+      },
+      "Tuning constants of the CPU EMA (chunk size, elements per thread below which fewer threads run).");
+
+  m.def("ema_update", &cpu_ema, py::arg("table"), py::arg("momentum"), py::arg("num_threads") = 0,
+        "CPU EMA over a TensorTable [targets, onlines]: target <- m * target + (1 - m) * online. "
+        "Releases the GIL; returns the number of threads that ran.");
+  m.def(
+      "ema_update",
+      [](PtrList target_ptrs, PtrList online_ptrs, const NumelList& numels, int dtype_code, double momentum,
+         int num_threads) {
+        check_momentum(momentum);
+        auto table = make_pair_table(std::move(target_ptrs), std::move(online_ptrs), numels, dtype_code);
+        return cpu_ema(*table, momentum, num_threads);
+      },
+      py::arg("target_ptrs"), py::arg("online_ptrs"), py::arg("numels"), py::arg("dtype_code"), py::arg("momentum"),
+      py::arg("num_threads") = 0,
+      "CPU EMA over raw buffers: target <- m * target + (1 - m) * online. Returns the number of threads that ran.");
+
+  m.def("ema_update_cuda", &cuda_ema, py::arg("table"), py::arg("momentum"), py::arg("stream"),
+        "CUDA EMA over a TensorTable of device pointers, one launch on `stream` (an int cudaStream_t).");
+  m.def(
+      "ema_update_cuda",
+      [](PtrList target_ptrs, PtrList online_ptrs, const NumelList& numels, int dtype_code, double momentum,
+         std::uintptr_t stream) {
+        check_momentum(momentum);
+        auto table = make_pair_table(std::move(target_ptrs), std::move(online_ptrs), numels, dtype_code);
+        cuda_ema(*table, momentum, stream);
+      },
+      py::arg("target_ptrs"), py::arg("online_ptrs"), py::arg("numels"), py::arg("dtype_code"), py::arg("momentum"),
+      py::arg("stream"), "CUDA EMA over raw device buffers, one launch on `stream` (an int cudaStream_t).");
+}

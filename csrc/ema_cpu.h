@@ -1,0 +1,26 @@
+// CPU multi-tensor EMA update (see ema_cpu.cpp).
+#pragma once
+
+#include <cstdint>
+
+#include "jepa/tensor_table.h"
+
+namespace jepa {
+namespace cpu {
+
+struct EmaTuning {
+  std::int64_t chunk_elements;           // work unit claimed by one thread at a time
+  std::int64_t min_elements_per_thread;  // below this many elements per thread, use fewer threads
+};
+EmaTuning ema_tuning();
+
+// Whether float16 buffers use the F16C/AVX2 vector path on this CPU.
+bool fp16_vector_path();
+
+// target <- momentum * target + (1 - momentum) * online for every tensor of `table` (depth 2:
+// list 0 = targets, list 1 = onlines), split across up to `num_threads` threads (<= 0: all hardware
+// threads). Safe to call without the GIL. Returns the number of threads that ran.
+int ema_update(const TensorTable& table, double momentum, int num_threads);
+
+}  // namespace cpu
+}  // namespace jepa

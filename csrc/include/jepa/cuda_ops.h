@@ -1,0 +1,25 @@
+// Host entry points of the CUDA kernels in kernels/cuda/*.cu. Compiled only when CMake enabled CUDA
+// (JEPA_WITH_CUDA); the bindings in csrc/bindings.cpp call them. Errors are thrown as
+// std::runtime_error / std::invalid_argument with the CUDA error string.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "jepa/tensor_table.h"
+
+namespace jepa {
+namespace cuda {
+
+// cudart version the module was built against, e.g. 13000 for 13.0.
+int runtime_version();
+// Number of visible CUDA devices; 0 when there is no driver or no device (never throws).
+int device_count();
+
+// target[i] <- lerp(target[i], online[i], weight) for every tensor of the depth-2 table, in one
+// kernel launch on `stream` (a cudaStream_t as an integer; 0 is the legacy default stream).
+// Uses the current CUDA device; the table's pointers must be device pointers on that device.
+void ema_update(const TensorTable& table, float weight, std::uintptr_t stream);
+
+}  // namespace cuda
+}  // namespace jepa

@@ -1,0 +1,84 @@
+// A validated table of raw tensor buffers: `depth` parallel lists of n data pointers (e.g. targets and
+// onlines) with one element count per tensor and one dtype. Built once from Python (pointers are ints
+// taken from torch.Tensor.data_ptr()), reused by the CPU and CUDA multi-tensor ops.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "jepa/dtype.h"
+
+namespace jepa {
+
+class TensorTable {
+ public:
+  // ptrs[k][i]: data pointer of tensor i in list k; numels[i]: its element count (same in every list).
+  // Throws std::invalid_argument on inconsistent sizes, negative counts, null or misaligned pointers.
+  TensorTable(std::vector<std::vector<std::uintptr_t>> ptrs, const std::vector<std::int64_t>& numels, int dtype)
+      : ptrs_(std::move(ptrs)), dtype_(dtype) {
+    if (!dtype_valid(dtype)) {
+      throw std::invalid_argument("TensorTable: dtype_code=" + std::to_string(dtype) +
+                                  " is not one of 0 (float32), 1 (float16), 2 (bfloat16)");
+    }
+    if (ptrs_.empty()) throw std::invalid_argument("TensorTable: needs at least one pointer list");
+    const std::size_t n = numels.size();
+    if (n > static_cast<std::size_t>(INT32_MAX - 1)) throw std::invalid_argument("TensorTable: too many tensors");
+    for (std::size_t k = 0; k < ptrs_.size(); ++k) {
+      if (ptrs_[k].size() != n) {
+        throw std::invalid_argument("TensorTable: pointer list " + std::to_string(k) + " has " +
+                                    std::to_string(ptrs_[k].size()) + " entries but numels has " + std::to_string(n));
+      }
+    }
+    const std::uintptr_t align = static_cast<std::uintptr_t>(dtype_size(dtype));
+    prefix_.resize(n + 1);
+    prefix_[0] = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::int64_t c = numels[i];
+      if (c < 0) throw std::invalid_argument("TensorTable: numels[" + std::to_string(i) + "]=" + std::to_string(c) + " is negative");
+      if (c > 0) {
+        for (std::size_t k = 0; k < ptrs_.size(); ++k) {
+          const std::uintptr_t p = ptrs_[k][i];
+          if (p == 0) {
+            throw std::invalid_argument("TensorTable: pointer list " + std::to_string(k) + " entry " + std::to_string(i) +
+                                        " is null for a tensor of " + std::to_string(c) + " elements");
+          }
+          if (p % align != 0) {
+            throw std::invalid_argument("TensorTable: pointer list " + std::to_string(k) + " entry " + std::to_string(i) +
+                                        " is not aligned to its element size " + std::to_string(align));
+          }
+        }
+      }
+      if (prefix_[i] > INT64_MAX - c) throw std::invalid_argument("TensorTable: total element count overflows int64");
+      prefix_[i + 1] = prefix_[i] + c;
+    }
+  }
+
+  int depth() const { return static_cast<int>(ptrs_.size()); }
+  int size() const { return static_cast<int>(prefix_.size()) - 1; }
+  int dtype() const { return dtype_; }
+  std::int64_t total() const { return prefix_.back(); }
+  const std::int64_t* prefix() const { return prefix_.data(); }
+  const std::uintptr_t* ptrs(int k) const { return ptrs_[static_cast<std::size_t>(k)].data(); }
+  std::int64_t numel(int i) const { return prefix_[static_cast<std::size_t>(i) + 1] - prefix_[static_cast<std::size_t>(i)]; }
+
+  // Device-side copy of the metadata, made and owned by the CUDA code (kernels/cuda); null on CPU.
+  struct DeviceCopy {
+    int device = -1;
+    std::shared_ptr<void> data;
+  };
+  std::mutex& device_mutex() const { return device_mu_; }
+  DeviceCopy& device_copy() const { return device_copy_; }
+
+ private:
+  std::vector<std::vector<std::uintptr_t>> ptrs_;
+  std::vector<std::int64_t> prefix_;
+  int dtype_;
+  mutable std::mutex device_mu_;
+  mutable DeviceCopy device_copy_;
+};
+
+}  // namespace jepa
