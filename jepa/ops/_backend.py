@@ -55,25 +55,36 @@ def use_backend(name: str) -> Iterator[str]:
         stack.pop()
 
 
+_UNSET = object()
+_native_cache: object = _UNSET
+
+
 def native_module():
-    """The compiled extension ``jepa._C`` or ``None`` when it was not built."""
-    try:
-        from jepa import _C  # noqa: PLC0415  (optional extension)
-    except ImportError:
-        return None
-    return _C
+    """The compiled extension ``jepa._C`` or ``None`` when it was not built (looked up once per process)."""
+    global _native_cache
+    mod = _native_cache
+    if mod is _UNSET:
+        try:
+            from jepa import _C as mod  # noqa: PLC0415  (optional extension)
+        except ImportError:
+            mod = None
+        _native_cache = mod
+    return mod
 
 
 def cpp_available() -> bool:
+    """True when ``jepa._C`` (the C++ CPU kernels) can be imported."""
     return native_module() is not None
 
 
 def cuda_kernels_available() -> bool:
+    """True when ``jepa._C`` was built with its CUDA kernels (``jepa._C.has_cuda()``)."""
     mod = native_module()
     return mod is not None and bool(mod.has_cuda())
 
 
 def triton_available() -> bool:
+    """True when the ``triton`` package can be imported."""
     try:
         import triton  # noqa: F401, PLC0415
     except ImportError:

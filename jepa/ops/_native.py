@@ -1,0 +1,162 @@
+"""Raw-buffer plumbing between jepa.ops and the extension jepa._C.
+
+jepa._C does not link libtorch: it receives data pointers (ints), element counts and a dtype code.
+This module turns lists of tensors into that form and caches the result:
+
+A :class:`TensorListPlan` records, for parallel lists of tensors (e.g. EMA targets and onlines), whether
+a native kernel may run on them (``route`` is ``"cpu"``, ``"cuda"`` or ``None`` with a ``reason``) and the
+validated pointers and sizes. Validating thousands of tensors in Python costs about as much as the
+update itself, so plans are cached and reused while the *same tensor objects* still have the *same
+data pointers* (checked on every call, so ``param.data = ...``, ``module.to(...)`` or a reallocation
+gives a fresh plan). A plan is dropped as soon as one of its tensors is garbage collected.
+Changing a tensor's shape, strides or dtype in place without moving its data (``t.as_strided_``,
+``t.data = t.data.t()``) is not detected: don't do that to tensors you pass to an op.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Callable, Sequence
+
+import torch
+
+from jepa.ops._backend import native_module
+
+__all__ = ["TensorListPlan", "dtype_code", "get_plan", "clear_plan_cache"]
+
+_DATA_PTR = torch.Tensor.data_ptr
+# Exact types whose data_ptr() is a real address (subclasses such as FakeTensor or DTensor are not).
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+_NATIVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_MAX_PLANS = 16
+_PLANS: dict[tuple, "TensorListPlan"] = {}
+
+
+def dtype_code(dtype: torch.dtype) -> int | None:
+    """The jepa._C dtype code of ``dtype`` (float32, float16, bfloat16), or None when unsupported."""
+    mod = native_module()
+    if mod is None:
+        return None
+    if dtype == torch.float32:
+        return int(mod.DTYPE_FLOAT32)
+    if dtype == torch.float16:
+        return int(mod.DTYPE_FLOAT16)
+    if dtype == torch.bfloat16:
+        return int(mod.DTYPE_BFLOAT16)
+    return None
+
+
+class TensorListPlan:
+    """Validated facts about parallel lists of tensors, reused across calls on the same tensors.
+
+    ``route``: ``"cpu"`` or ``"cuda"`` when every tensor is a plain, contiguous tensor of one supported
+    dtype on one device of that type, else ``None`` and ``reason`` says why.
+    """
+
+    __slots__ = ("ids", "ptrs", "numels", "route", "reason", "device", "dtype", "_table", "_refs", "__weakref__")
+
+    def __init__(self, lists: Sequence[list[torch.Tensor]]) -> None:
+        self.ids = [list(map(id, lst)) for lst in lists]
+        self.ptrs: list[list[int]] | None = None
+        self.numels: list[int] = []
+        self.route: str | None = None
+        self.reason = ""
+        self.device: torch.device | None = None
+        self.dtype: torch.dtype | None = None
+        self._table = None
+        self._refs: list = []
+        self._classify(lists)
+
+    def _classify(self, lists: Sequence[list[torch.Tensor]]) -> None:
+        names = ("targets", "onlines") if len(lists) == 2 else tuple(f"lists[{k}]" for k in range(len(lists)))
+        first = lists[0][0]
+        self.device, self.dtype = first.device, first.dtype
+        for name, lst in zip(names, lists):
+            for i, t in enumerate(lst):
+                if type(t) not in _PLAIN_TYPES:
+                    self.reason = f"{name}[{i}] is a {type(t).__name__}, not a plain torch.Tensor"
+                    return
+                if t.dtype != self.dtype:
+                    self.reason = f"mixed dtypes ({self.dtype} and {t.dtype} at {name}[{i}])"
+                    return
+                if t.device != self.device:
+                    self.reason = f"mixed devices ({self.device} and {t.device} at {name}[{i}])"
+                    return
+                if not t.is_contiguous():
+                    self.reason = f"{name}[{i}] is not contiguous"
+                    return
+        self.ptrs = [list(map(_DATA_PTR, lst)) for lst in lists]
+        self.numels = [t.numel() for t in lists[0]]
+        if self.dtype not in _NATIVE_DTYPES:
+            self.reason = f"dtype {self.dtype} is not supported by the native kernels (float32, float16, bfloat16)"
+            return
+        if self.device.type not in ("cpu", "cuda"):
+            self.reason = f"device type {self.device.type!r} has no native kernel"
+            return
+        self.route = self.device.type
+
+    def matches(self, lists: Sequence[list[torch.Tensor]]) -> bool:
+        """True when ``lists`` holds the same tensor objects with the same data pointers as at planning."""
+        if self.ptrs is None:
+            return False
+        mod = native_module()
+        for lst, ids in zip(lists, self.ids):
+            if mod is not None:
+                if not mod.same_objects(lst, ids):
+                    return False
+            elif list(map(id, lst)) != ids:
+                return False
+        for lst, ptrs in zip(lists, self.ptrs):
+            if list(map(_DATA_PTR, lst)) != ptrs:
+                return False
+        return True
+
+    def table(self):
+        """The ``jepa._C.TensorTable`` of this plan's pointers (built on first use)."""
+        if self._table is None:
+            mod = native_module()
+            code = dtype_code(self.dtype) if self.dtype is not None else None
+            if mod is None or code is None or self.ptrs is None:
+                raise RuntimeError(f"no native table for this plan: {self.reason or 'jepa._C is not built'}")
+            self._table = mod.TensorTable(self.ptrs, self.numels, code)
+        return self._table
+
+
+def _forget(key: tuple, plan_ref: "weakref.ref[TensorListPlan]") -> Callable[[object], None]:
+    def callback(_dead: object) -> None:
+        # Runs when one of the plan's tensors is collected (possibly inside another call): no locks here.
+        plan = plan_ref()
+        if plan is not None and _PLANS.get(key) is plan:
+            _PLANS.pop(key, None)
+
+    return callback
+
+
+def get_plan(
+    op: str,
+    lists: Sequence[list[torch.Tensor]],
+    validate: Callable[[Sequence[list[torch.Tensor]]], None],
+) -> TensorListPlan:
+    """The cached plan for ``lists`` (non-empty, equal lengths), validating them with ``validate`` first
+    when no plan matches. ``validate`` raises ``TypeError``/``ValueError`` on bad input."""
+    key = (op, len(lists[0])) + tuple(id(lst[0]) for lst in lists)
+    plan = _PLANS.get(key)
+    if plan is not None and plan.matches(lists):
+        return plan
+    validate(lists)
+    plan = TensorListPlan(lists)
+    if plan.ptrs is not None:  # only plain tensors are cached (their ids and pointers are checkable)
+        try:
+            callback = _forget(key, weakref.ref(plan))
+            plan._refs = [weakref.ref(t, callback) for lst in lists for t in lst]
+        except TypeError:  # an object without weak reference support: don't cache
+            return plan
+        while len(_PLANS) >= _MAX_PLANS:
+            _PLANS.pop(next(iter(_PLANS)), None)
+        _PLANS[key] = plan
+    return plan
+
+
+def clear_plan_cache() -> None:
+    """Forget every cached plan (they are also dropped when one of their tensors is collected)."""
+    _PLANS.clear()
