@@ -1,0 +1,261 @@
+"""Shared benchmark harness: timing (warmup, repeat, median), a results table and JSON output.
+
+Each benchmarks/bench_<op>.py builds a :class:`Report`, adds rows with :meth:`Report.add` (times from
+:func:`measure`), and ends with :meth:`Report.finish`, which prints
+
+    name | ours | reference | ratio | floor
+
+(``ratio`` = reference / ours, so > 1 means ours is faster; ``floor`` = the hardware limit for that
+row, e.g. bytes moved over measured memory bandwidth) and writes the rows as JSON to ``--out``.
+
+Example::
+
+    parser = make_parser("my op")
+    args = parser.parse_args()
+    report = Report("my_op", args)
+    ours = measure(lambda: my_op(x), warmup=args.warmup, repeat=args.repeat)
+    ref = measure(lambda: torch_ref(x), warmup=args.warmup, repeat=args.repeat)
+    report.add("my_op 1M fp32", ours, ref, floor_s=bytes_moved / bandwidth)
+    report.finish()
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["Timing", "Report", "make_parser", "measure", "environment", "cuda_sync"]
+
+
+@dataclass
+class Timing:
+    """Wall-clock seconds of ``repeat`` timed calls (after ``warmup`` untimed ones)."""
+
+    median: float
+    min: float
+    max: float
+    repeat: int
+    values: list[float] = field(repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"median_s": self.median, "min_s": self.min, "max_s": self.max, "repeat": self.repeat}
+
+
+def cuda_sync() -> None:
+    """Wait for queued CUDA work (no-op without CUDA)."""
+    import torch  # noqa: PLC0415
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def measure(
+    fn: Callable[[], Any],
+    *,
+    warmup: int = 3,
+    repeat: int = 15,
+    setup: Callable[[], Any] | None = None,
+    sync: Callable[[], None] | None = None,
+) -> Timing:
+    """Time ``fn()``: ``warmup`` untimed calls, then ``repeat`` timed ones; returns their median/min/max.
+
+    ``setup`` runs before every call, untimed; ``sync`` (e.g. :func:`cuda_sync`) runs after every call,
+    inside the timed region, so asynchronous GPU work is counted.
+    """
+    if repeat < 1:
+        raise ValueError(f"measure: repeat must be >= 1, got {repeat}")
+    if warmup < 0:
+        raise ValueError(f"measure: warmup must be >= 0, got {warmup}")
+    for _ in range(warmup):
+        if setup is not None:
+            setup()
+        fn()
+        if sync is not None:
+            sync()
+    values = []
+    for _ in range(repeat):
+        if setup is not None:
+            setup()
+        t0 = time.perf_counter()
+        fn()
+        if sync is not None:
+            sync()
+        values.append(time.perf_counter() - t0)
+    return Timing(statistics.median(values), min(values), max(values), repeat, values)
+
+
+def _seconds(x: Timing | float | None) -> float | None:
+    if x is None:
+        return None
+    return x.median if isinstance(x, Timing) else float(x)
+
+
+def _fmt_time(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s >= 1.0:
+        return f"{s:.3f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s * 1e6:.1f} us"
+
+
+def environment() -> dict[str, Any]:
+    """Where the numbers come from: versions, threads, CPU, load, jepa._C build."""
+    import torch  # noqa: PLC0415
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "cuda_available": torch.cuda.is_available(),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    env["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    if hasattr(os, "getloadavg"):
+        env["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+    try:
+        from jepa import _C  # noqa: PLC0415
+
+        env["jepa_C"] = dict(_C.build_info())
+    except ImportError as exc:
+        env["jepa_C"] = f"not built: {exc}"
+    return env
+
+
+def make_parser(description: str) -> argparse.ArgumentParser:
+    """Common options: --out JSON path, --warmup, --repeat, --quick (fewer repeats / smaller sizes)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON to this file")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (default 3)")
+    p.add_argument("--repeat", type=int, default=15, help="timed calls; the median is reported (default 15)")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and smaller problems (smoke run)")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when a target is missed")
+    return p
+
+
+class Report:
+    """Rows of one benchmark script; prints the table and writes JSON on :meth:`finish`."""
+
+    COLUMNS = ("name", "ours", "reference", "ratio", "floor")
+
+    def __init__(self, benchmark: str, args: argparse.Namespace | None = None) -> None:
+        self.benchmark = benchmark
+        self.args = args
+        self.rows: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, str]] = []
+        self.targets: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+        self.env = environment()
+
+    def add(
+        self,
+        name: str,
+        ours: Timing | float,
+        reference: Timing | float | None,
+        *,
+        floor_s: float | None = None,
+        reference_name: str | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Add a row; ``ours``/``reference`` are Timings or seconds, ``floor_s`` the hardware limit."""
+        o, r = _seconds(ours), _seconds(reference)
+        row: dict[str, Any] = {
+            "name": name,
+            "ours_s": o,
+            "reference_s": r,
+            "reference_name": reference_name,
+            "ratio": (r / o) if (r is not None and o) else None,
+            "floor_s": floor_s,
+            "ours_over_floor": (o / floor_s) if (floor_s and o is not None) else None,
+        }
+        if isinstance(ours, Timing):
+            row["ours_timing"] = ours.to_json()
+        if isinstance(reference, Timing):
+            row["reference_timing"] = reference.to_json()
+        row.update(extra)
+        self.rows.append(row)
+        return row
+
+    def skip(self, name: str, reason: str) -> None:
+        """Record a part that did not run (e.g. ``"no GPU: skipped"``) and print it."""
+        self.skipped.append({"name": name, "reason": reason})
+        print(f"{name}: {reason}", flush=True)
+
+    def target(self, description: str, value: float, limit: float, *, higher_is_better: bool) -> bool:
+        """Record whether ``value`` meets ``limit`` (>= when higher_is_better, else <=)."""
+        ok = value >= limit if higher_is_better else value <= limit
+        self.targets.append(
+            {"target": description, "value": value, "limit": limit, "higher_is_better": higher_is_better, "met": ok}
+        )
+        return ok
+
+    def note(self, text: str) -> None:
+        """A line printed under the table and kept in the JSON."""
+        self.notes.append(text)
+
+    def table(self) -> str:
+        """The rows as a ``name | ours | reference | ratio | floor`` table."""
+        cells = [list(self.COLUMNS)]
+        for row in self.rows:
+            ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None else "-"
+            ref = _fmt_time(row["reference_s"])
+            if row.get("reference_name"):
+                ref = f"{ref} ({row['reference_name']})"
+            cells.append([row["name"], _fmt_time(row["ours_s"]), ref, ratio, _fmt_time(row["floor_s"])])
+        widths = [max(len(c[i]) for c in cells) for i in range(len(self.COLUMNS))]
+        lines = [" | ".join(c[i].ljust(widths[i]) for i in range(len(widths))).rstrip() for c in cells]
+        lines.insert(1, "-|-".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "benchmark": self.benchmark,
+            "columns": list(self.COLUMNS),
+            "ratio": "reference / ours (> 1: ours is faster)",
+            "rows": self.rows,
+            "skipped": self.skipped,
+            "targets": self.targets,
+            "notes": self.notes,
+            "environment": self.env,
+            "args": {k: str(v) for k, v in vars(self.args).items()} if self.args is not None else {},
+        }
+
+    def finish(self) -> int:
+        """Print the table, targets and notes; write JSON to ``--out``; return the exit status."""
+        if hasattr(os, "getloadavg"):
+            self.env["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
+        print(f"\n== {self.benchmark} ==")
+        print(self.table())
+        for t in self.targets:
+            op = ">=" if t["higher_is_better"] else "<="
+            print(f"target {'met   ' if t['met'] else 'MISSED'}: {t['target']}: {t['value']:.3f} {op} {t['limit']}")
+        for n in self.notes:
+            print(n)
+        out = getattr(self.args, "out", None)
+        if out is not None:
+            out = Path(out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(self.to_json(), indent=2, default=str) + "\n")
+            print(f"wrote {out}")
+        sys.stdout.flush()
+        strict = bool(getattr(self.args, "strict", False))
+        return 1 if strict and not all(t["met"] for t in self.targets) else 0

@@ -1,0 +1,55 @@
+"""Run every benchmarks/bench_*.py, each writing its JSON into --out-dir.
+
+Usage: python benchmarks/run_all.py [--out-dir bench-results] [--quick] [--only NAME ...]
+Exit status: 1 when a benchmark crashed (or, with --strict, missed a target), else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="Run every benchmarks/bench_*.py")
+    p.add_argument("--out-dir", type=Path, default=Path("bench-results"), help="folder for the JSON files")
+    p.add_argument("--quick", action="store_true", help="pass --quick to every benchmark (smoke run)")
+    p.add_argument("--strict", action="store_true", help="pass --strict: a missed target fails the run")
+    p.add_argument("--only", nargs="*", default=None, help="run only these benchmarks (e.g. ema_update)")
+    args = p.parse_args()
+
+    scripts = sorted(HERE.glob("bench_*.py"))
+    if args.only:
+        wanted = {name.removeprefix("bench_").removesuffix(".py") for name in args.only}
+        scripts = [s for s in scripts if s.stem.removeprefix("bench_") in wanted]
+    if not scripts:
+        print("run_all: no benchmarks to run", file=sys.stderr)
+        return 1
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    failed = []
+    for script in scripts:
+        cmd = [sys.executable, str(script), "--out", str(args.out_dir / f"{script.stem}.json")]
+        if args.quick:
+            cmd.append("--quick")
+        if args.strict:
+            cmd.append("--strict")
+        print(f"\n### {script.name}", flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.call(cmd)
+        print(f"### {script.name}: exit {rc} in {time.perf_counter() - t0:.1f} s", flush=True)
+        if rc != 0:
+            failed.append(script.name)
+    print(f"\nrun_all: {len(scripts) - len(failed)} of {len(scripts)} benchmarks ok; JSON in {args.out_dir}")
+    if failed:
+        print("run_all: failed: " + ", ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
