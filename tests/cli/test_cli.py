@@ -1,18 +1,13 @@
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args, cwd=None, timeout=300):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "jepa.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
+    """``python -m jepa.cli ARGS`` with the installed package (the same as the ``jepa`` script)."""
+    return subprocess.run([sys.executable, "-m", "jepa.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
 
 
 def test_train_writes_metrics_table_and_checkpoints(tmp_path):
