@@ -77,10 +77,29 @@ def cpp_available() -> bool:
     return native_module() is not None
 
 
+_cuda_usable_cache: bool | None = None
+
+
 def cuda_kernels_available() -> bool:
-    """True when ``jepa._C`` was built with its CUDA kernels (``jepa._C.has_cuda()``)."""
+    """True when ``jepa._C`` was built with its CUDA kernels (``jepa._C.has_cuda()``) and its CUDA
+    runtime sees a device (a driver too old for the toolkit it was built with sees none)."""
+    global _cuda_usable_cache
+    if _cuda_usable_cache is None:
+        mod = native_module()
+        _cuda_usable_cache = mod is not None and bool(mod.has_cuda()) and int(mod.cuda_device_count()) > 0
+    return _cuda_usable_cache
+
+
+def cuda_unavailable_reason() -> str:
+    """Why the ``cuda`` backend cannot run here ("" when it can)."""
     mod = native_module()
-    return mod is not None and bool(mod.has_cuda())
+    if mod is None:
+        return "jepa._C is not built or failed to import"
+    if not mod.has_cuda():
+        return "jepa._C is built without CUDA (jepa._C.has_cuda() is False)"
+    if not cuda_kernels_available():
+        return "jepa._C's CUDA runtime sees no device (no GPU, or a driver older than its CUDA toolkit)"
+    return ""
 
 
 def triton_available() -> bool:

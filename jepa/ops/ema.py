@@ -25,6 +25,7 @@ from jepa.ops._backend import (
     BackendUnavailableError,
     cpp_available,
     cuda_kernels_available,
+    cuda_unavailable_reason,
     native_module,
     requested_backend,
 )
@@ -119,9 +120,7 @@ def ema_update(targets: Iterable[torch.Tensor], onlines: Iterable[torch.Tensor],
     if backend == "cpp" and not cpp_available():
         raise BackendUnavailableError("ema_update: backend 'cpp' is unavailable: jepa._C is not built or failed to import")
     if backend == "cuda" and not cuda_kernels_available():
-        raise BackendUnavailableError(
-            "ema_update: backend 'cuda' is unavailable: jepa._C is not built with CUDA (jepa._C.has_cuda() is False)"
-        )
+        raise BackendUnavailableError(f"ema_update: backend 'cuda' is unavailable: {cuda_unavailable_reason()}")
     if not targets:
         return
     plan = _native.get_plan("ema_update", (targets, onlines), _validate)

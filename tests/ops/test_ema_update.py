@@ -304,6 +304,7 @@ def test_forcing_cpp_on_inapplicable_tensors_raises(native, case, match):
 
 def test_without_extension_auto_uses_torch_and_forced_cpp_raises(monkeypatch):
     monkeypatch.setattr(_backend, "_native_cache", None)  # as if jepa._C were not built
+    monkeypatch.setattr(_backend, "_cuda_usable_cache", None)
     spy = _Spy(monkeypatch)
     t, o = _pair()
     refs = _reference64(t, o, 0.25)
@@ -438,9 +439,12 @@ def test_native_binding_validates_its_arguments(native):
 def test_has_cuda_is_consistent(native):
     info = native.build_info()
     assert native.has_cuda() is info["cuda"]
-    assert _backend.cuda_kernels_available() is native.has_cuda()
-    assert ("cuda" in ops.available_backends()) is native.has_cuda()
+    usable = native.has_cuda() and native.cuda_device_count() > 0
+    assert _backend.cuda_kernels_available() is usable
+    assert ("cuda" in ops.available_backends()) is usable
     assert "cpp" in ops.available_backends()
+    if not usable:
+        assert _backend.cuda_unavailable_reason()
     if native.has_cuda():
         assert info["cuda_runtime_version"] > 0
         assert info["cuda_archs"]
