@@ -14,7 +14,7 @@
 //       properties depth, num_tensors, total_numel, dtype_code; numels() -> list[int]
 //   same_objects(objects: list, ids: list[int]) -> bool
 //       True when len(objects) == len(ids) and id(objects[i]) == ids[i] for all i (a plan-cache check)
-//   ema_config() -> dict                      CPU EMA tuning: chunk_elements, min_elements_per_thread, ...
+//   ema_config() -> dict                      CPU EMA tuning: min/max_chunk_elements, min_elements_per_thread
 //   ema_update(table: TensorTable, momentum: float, num_threads: int = 0) -> int
 //   ema_update(target_ptrs: list[int], online_ptrs: list[int], numels: list[int], dtype_code: int,
 //              momentum: float, num_threads: int = 0) -> int
@@ -200,12 +200,13 @@ PYBIND11_MODULE(_C, m) {
       []() {
         const auto t = jepa::cpu::ema_tuning();
         py::dict d;
-        d["chunk_elements"] = t.chunk_elements;
+        d["min_chunk_elements"] = t.min_chunk_elements;
+        d["max_chunk_elements"] = t.max_chunk_elements;
         d["min_elements_per_thread"] = t.min_elements_per_thread;
         d["max_threads"] = jepa::ThreadPool::kMaxThreads;
         return d;
       },
-      "Tuning constants of the CPU EMA (chunk size, elements per thread below which fewer threads run).");
+      "Tuning constants of the CPU EMA (chunk size bounds, elements per thread below which fewer threads run).");
 
   m.def("ema_update", &cpu_ema, py::arg("table"), py::arg("momentum"), py::arg("num_threads") = 0,
         "CPU EMA over a TensorTable [targets, onlines]: target <- m * target + (1 - m) * online. "

@@ -31,10 +31,16 @@ namespace cpu {
 
 namespace {
 
-// Tuned on a 2-core x86-64 VM (benchmarks/bench_ema_update.py): waking a worker costs a few
-// microseconds, which pays off from about 64K elements per thread.
-constexpr std::int64_t kChunkElements = std::int64_t{1} << 16;
-constexpr std::int64_t kMinElementsPerThread = std::int64_t{1} << 16;
+// Measured on a 2-core x86-64 KVM guest (AMD EPYC, benchmarks/bench_ema_update.py): waking a
+// sleeping pool worker costs tens of microseconds there, and one core alone already saturates DRAM
+// bandwidth, so a second thread pays off for cache-resident totals from ~1M float32 elements (512K
+// per thread); below that one thread runs. Workers sleep between calls rather than spin, so they
+// never take cycles from torch's own threads. Threads claim chunks of total / (8 * threads)
+// elements, clamped to [16K, 1M], so the work stays balanced when a core is busy with something else.
+constexpr std::int64_t kMinElementsPerThread = std::int64_t{1} << 19;
+constexpr std::int64_t kMinChunkElements = std::int64_t{16} * 1024;
+constexpr std::int64_t kMaxChunkElements = std::int64_t{1} << 20;
+constexpr std::int64_t kChunksPerThread = 8;
 
 using SpanFn = void (*)(void* target, const void* online, std::int64_t n, float w);
 
@@ -144,7 +150,13 @@ SpanFn span_for(int dtype) {
 
 }  // namespace
 
-EmaTuning ema_tuning() { return EmaTuning{kChunkElements, kMinElementsPerThread}; }
+EmaTuning ema_tuning() { return EmaTuning{kMinChunkElements, kMaxChunkElements, kMinElementsPerThread}; }
+
+std::int64_t chunk_elements(std::int64_t total, int threads) {
+  std::int64_t chunk = total / (kChunksPerThread * std::max(1, threads));
+  chunk = std::min(kMaxChunkElements, std::max(kMinChunkElements, chunk));
+  return (chunk + 1023) / 1024 * 1024;
+}
 
 bool fp16_vector_path() {
   static const bool vec = detect_fp16_vector_path();
@@ -184,14 +196,15 @@ int ema_update(const TensorTable& table, double momentum, int num_threads) {
     run_range(0, total);
     return 1;
   }
-  const std::int64_t nchunks = (total + kChunkElements - 1) / kChunkElements;
+  const std::int64_t chunk = chunk_elements(total, threads);
+  const std::int64_t nchunks = (total + chunk - 1) / chunk;
   std::atomic<std::int64_t> next{0};
   const std::function<void(int)> job = [&](int) {
     for (;;) {
       const std::int64_t c = next.fetch_add(1, std::memory_order_relaxed);
       if (c >= nchunks) return;
-      const std::int64_t begin = c * kChunkElements;
-      run_range(begin, std::min(begin + kChunkElements, total));
+      const std::int64_t begin = c * chunk;
+      run_range(begin, std::min(begin + chunk, total));
     }
   };
   return ThreadPool::instance().run(threads, job);

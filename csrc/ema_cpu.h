@@ -9,10 +9,14 @@ namespace jepa {
 namespace cpu {
 
 struct EmaTuning {
-  std::int64_t chunk_elements;           // work unit claimed by one thread at a time
+  std::int64_t min_chunk_elements;       // bounds of the work unit claimed by one thread at a time
+  std::int64_t max_chunk_elements;
   std::int64_t min_elements_per_thread;  // below this many elements per thread, use fewer threads
 };
 EmaTuning ema_tuning();
+
+// Chunk size for `total` elements on `threads` threads: total / (8 * threads) clamped to the bounds.
+std::int64_t chunk_elements(std::int64_t total, int threads);
 
 // Whether float16 buffers use the F16C/AVX2 vector path on this CPU.
 bool fp16_vector_path();

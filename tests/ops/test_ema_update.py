@@ -28,8 +28,10 @@ def _code(native, dtype):
 
 def _sizes(native, gen):
     """Odd sizes: empty, one element, primes, a tensor bigger than one chunk, many small ones."""
-    chunk = native.ema_config()["chunk_elements"]
-    sizes = [0, 1, 2, 3, 7, 31, 33, 1000, 4097, chunk + 13, 0, 1, 2 * chunk + 5]
+    cfg = native.ema_config()
+    big = 2 * cfg["min_elements_per_thread"] + 13  # the call runs on several threads, this tensor spans chunks
+    assert big > 4 * cfg["min_chunk_elements"]
+    sizes = [0, 1, 2, 3, 7, 31, 33, 1000, 4097, big, 0, 1, cfg["min_chunk_elements"] + 5]
     sizes += torch.randint(0, 70, (300,), generator=gen).tolist()
     return sizes
 
@@ -137,7 +139,8 @@ def test_list_binding_matches_table_binding(native):
 def test_concurrent_calls_from_python_threads(native):
     """The GIL is released and the thread pool is shared: concurrent callers must all be correct."""
     gen = torch.Generator().manual_seed(21)
-    jobs = [_make([200003, 17, 65536 * 2], torch.float32, gen) for _ in range(4)]
+    per_thread = native.ema_config()["min_elements_per_thread"]
+    jobs = [_make([2 * per_thread + 3, 17, 4099], torch.float32, gen) for _ in range(4)]  # each wants 2 threads
     refs = [_reference64(t, o, 0.6) for t, o in jobs]
     errors = []
 
@@ -158,25 +161,26 @@ def test_concurrent_calls_from_python_threads(native):
         assert _rel_err(targets, ref) <= 1e-5
 
 
-def _child_ema(queue):
+def _child_ema(queue, n):
     # torch's own OpenMP pool cannot be used in a forked child once the parent used it (GNU OpenMP
     # limitation, hence torch.set_num_threads(1) here as in DataLoader workers); jepa._C's pool can.
     torch.set_num_threads(1)
     from jepa import _C  # noqa: PLC0415
 
-    t = torch.full((300001,), 2.0)
-    o = torch.full((300001,), 4.0)
+    t = torch.full((n,), 2.0)
+    o = torch.full((n,), 4.0)
     used = _C.ema_update([t.data_ptr()], [o.data_ptr()], [t.numel()], _C.DTYPE_FLOAT32, 0.5, 2)
     queue.put((used, float(t.double().sum())))
 
 
 def test_works_in_forked_child_after_threads_ran(native):
-    big_t, big_o = torch.randn(400000), torch.randn(400000)
-    used = native.ema_update([big_t.data_ptr()], [big_o.data_ptr()], [400000], native.DTYPE_FLOAT32, 0.5, 2)
+    n = 3 * native.ema_config()["min_elements_per_thread"] + 1
+    big_t, big_o = torch.randn(n), torch.randn(n)
+    used = native.ema_update([big_t.data_ptr()], [big_o.data_ptr()], [n], native.DTYPE_FLOAT32, 0.5, 2)
     assert used == 2  # the parent's pool has a worker thread now
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child_ema, args=(queue,))
+    proc = ctx.Process(target=_child_ema, args=(queue, n))
     proc.start()
     proc.join(timeout=60)
     if proc.is_alive():  # pragma: no cover - a deadlock in the child
@@ -185,7 +189,7 @@ def test_works_in_forked_child_after_threads_ran(native):
     assert proc.exitcode == 0
     used_child, total = queue.get(timeout=5)
     assert used_child == 2
-    assert total == pytest.approx(3.0 * 300001)
+    assert total == pytest.approx(3.0 * n)
 
 
 # ----------------------------------------------------------------------------- dispatch
