@@ -141,6 +141,21 @@ def environment() -> dict[str, Any]:
     return env
 
 
+def _cpu_snapshot() -> tuple[float, float] | None:
+    """(machine busy CPU seconds, this process's CPU seconds incl. threads) or None off Linux."""
+    try:
+        import resource  # noqa: PLC0415
+
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        ticks = os.sysconf("SC_CLK_TCK")
+        busy = (sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)) / ticks
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return busy, ru.ru_utime + ru.ru_stime
+    except (OSError, ValueError, ImportError, AttributeError):
+        return None
+
+
 def make_parser(description: str) -> argparse.ArgumentParser:
     """Common options: --out JSON path, --warmup, --repeat, --quick (fewer repeats / smaller sizes)."""
     p = argparse.ArgumentParser(description=description)
@@ -165,6 +180,8 @@ class Report:
         self.targets: list[dict[str, Any]] = []
         self.notes: list[str] = []
         self.env = environment()
+        self._cpu0 = _cpu_snapshot()
+        self._wall0 = time.perf_counter()
 
     def add(
         self,
@@ -243,6 +260,17 @@ class Report:
         """Print the table, targets and notes; write JSON to ``--out``; return the exit status."""
         if hasattr(os, "getloadavg"):
             self.env["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
+        cpu1 = _cpu_snapshot()
+        if self._cpu0 is not None and cpu1 is not None:
+            # CPU used by *other* processes while this benchmark ran, in cores: noise in the numbers.
+            wall = max(time.perf_counter() - self._wall0, 1e-9)
+            foreign = max(0.0, (cpu1[0] - self._cpu0[0]) - (cpu1[1] - self._cpu0[1])) / wall
+            self.env["other_processes_cores"] = round(foreign, 2)
+            if foreign > 0.2:
+                self.note(
+                    f"warning: other processes used {foreign:.2f} cores on average during this run; "
+                    "timings are noisy, rerun on an idle machine"
+                )
         print(f"\n== {self.benchmark} ==")
         print(self.table())
         for t in self.targets:
