@@ -1,6 +1,8 @@
 #include "thread_pool.h"
 
+#if !defined(_WIN32)
 #include <pthread.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -13,6 +15,8 @@ namespace {
 
 std::atomic<ThreadPool*> g_pool{nullptr};
 std::mutex g_create_mu;
+
+#if !defined(_WIN32)
 std::once_flag g_atfork_once;
 
 void after_fork_in_child() {
@@ -21,6 +25,7 @@ void after_fork_in_child() {
   g_pool.store(nullptr, std::memory_order_relaxed);
   new (&g_create_mu) std::mutex();
 }
+#endif
 
 }  // namespace
 
@@ -32,7 +37,9 @@ int hardware_threads() {
 ThreadPool& ThreadPool::instance() {
   ThreadPool* p = g_pool.load(std::memory_order_acquire);
   if (p != nullptr) return *p;
+#if !defined(_WIN32)
   std::call_once(g_atfork_once, [] { pthread_atfork(nullptr, nullptr, &after_fork_in_child); });
+#endif
   std::lock_guard<std::mutex> lock(g_create_mu);
   p = g_pool.load(std::memory_order_acquire);
   if (p == nullptr) {
