@@ -142,7 +142,7 @@ PYBIND11_MODULE(_C, m) {
         d["compiler"] = std::string("unknown");
 #endif
         d["target_clones"] = static_cast<bool>(JEPA_HAS_TARGET_CLONES);
-        d["fp16_vector_path"] = jepa::cpu::fp16_vector_path();
+        d["avx2_half_path"] = jepa::cpu::avx2_vector_path();
         d["hardware_threads"] = jepa::hardware_threads();
         return d;
       },

@@ -4,7 +4,7 @@
 // thread, tensor after tensor; a large one is cut into fixed-size chunks that the pool's threads
 // claim from an atomic counter, so 2,000 tiny tensors cost one call and one big tensor is shared by
 // every thread. The inner loops are plain indexable loops the compiler vectorizes (compiled for
-// baseline x86-64 and x86-64-v3 via target_clones); float16 uses F16C intrinsics when present.
+// baseline x86-64 and x86-64-v3 via target_clones); float16 and bfloat16 use AVX2/F16C intrinsics when present.
 // Results do not depend on the thread count: every element gets the same instruction sequence.
 #include "ema_cpu.h"
 
@@ -108,13 +108,58 @@ JEPA_F16C_TARGET void ema_span_f16_f16c(std::uint16_t* __restrict t, const std::
   }
 }
 
+// bfloat16, 16 at a time: widen (shift), jepa::lerp fused as above, round to nearest even, NaN -> 0x7FC0
+// (jepa::float_to_bf16_bits on 8 lanes). Written out because compilers vectorize the scalar loop poorly.
+JEPA_F16C_TARGET inline __m256i ema_bf16x8_f32(const std::uint16_t* tp, const std::uint16_t* op, bool small, __m256 vw,
+                                               __m256 v1mw) {
+  const __m256 a = _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tp))), 16));
+  const __m256 b = _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(op))), 16));
+  const __m256 d = _mm256_sub_ps(b, a);
+  const __m256 r = small ? _mm256_fmadd_ps(vw, d, a) : _mm256_fnmadd_ps(d, v1mw, b);
+  const __m256i u = _mm256_castps_si256(r);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+  const __m256i is_nan =
+      _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7FFFFFFF)), _mm256_set1_epi32(0x7F800000));
+  return _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0), is_nan);  // 8 x uint32 holding bf16 bits
+}
+
+JEPA_F16C_TARGET inline void ema_step_bf16x16(std::uint16_t* tp, const std::uint16_t* op, bool small, __m256 vw,
+                                              __m256 v1mw) {
+  const __m256i lo = ema_bf16x8_f32(tp, op, small, vw, v1mw);
+  const __m256i hi = ema_bf16x8_f32(tp + 8, op + 8, small, vw, v1mw);
+  // packus works within 128-bit lanes: [lo0 hi0 lo1 hi1] -> reorder the 64-bit quarters to [lo0 lo1 hi0 hi1]
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xD8);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(tp), packed);
+}
+
+JEPA_F16C_TARGET void ema_span_bf16_avx2(std::uint16_t* __restrict t, const std::uint16_t* __restrict o, std::int64_t n,
+                                         float w) {
+  const bool small = (w < 0.5f && w > -0.5f);
+  const __m256 vw = _mm256_set1_ps(w);
+  const __m256 v1mw = _mm256_set1_ps(1.0f - w);
+  std::int64_t i = 0;
+  for (; i + 16 <= n; i += 16) ema_step_bf16x16(t + i, o + i, small, vw, v1mw);
+  if (i < n) {  // same vector code on a padded copy: results do not depend on where a chunk ends
+    alignas(32) std::uint16_t ta[16] = {};
+    alignas(32) std::uint16_t oa[16] = {};
+    const std::size_t rest = static_cast<std::size_t>(n - i);
+    std::memcpy(ta, t + i, rest * 2);
+    std::memcpy(oa, o + i, rest * 2);
+    ema_step_bf16x16(ta, oa, small, vw, v1mw);
+    std::memcpy(t + i, ta, rest * 2);
+  }
+}
+
 bool cpu_has_f16c() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
 #endif
 
-bool detect_fp16_vector_path() {
+bool detect_avx2_path() {
 #if JEPA_X86_F16C_PATH
   return cpu_has_f16c();
 #else
@@ -126,11 +171,18 @@ void span_f32(void* t, const void* o, std::int64_t n, float w) {
   ema_span_f32(static_cast<float*>(t), static_cast<const float*>(o), n, w);
 }
 void span_bf16(void* t, const void* o, std::int64_t n, float w) {
+#if JEPA_X86_F16C_PATH
+  static const bool vec = detect_avx2_path();  // AVX2 + FMA (+ F16C)
+  if (vec) {
+    ema_span_bf16_avx2(static_cast<std::uint16_t*>(t), static_cast<const std::uint16_t*>(o), n, w);
+    return;
+  }
+#endif
   ema_span_bf16(static_cast<std::uint16_t*>(t), static_cast<const std::uint16_t*>(o), n, w);
 }
 void span_f16(void* t, const void* o, std::int64_t n, float w) {
 #if JEPA_X86_F16C_PATH
-  static const bool vec = detect_fp16_vector_path();
+  static const bool vec = detect_avx2_path();
   if (vec) {
     ema_span_f16_f16c(static_cast<std::uint16_t*>(t), static_cast<const std::uint16_t*>(o), n, w);
     return;
@@ -158,8 +210,8 @@ std::int64_t chunk_elements(std::int64_t total, int threads) {
   return (chunk + 1023) / 1024 * 1024;
 }
 
-bool fp16_vector_path() {
-  static const bool vec = detect_fp16_vector_path();
+bool avx2_vector_path() {
+  static const bool vec = detect_avx2_path();
   return vec;
 }
 

@@ -18,8 +18,8 @@ EmaTuning ema_tuning();
 // Chunk size for `total` elements on `threads` threads: total / (8 * threads) clamped to the bounds.
 std::int64_t chunk_elements(std::int64_t total, int threads);
 
-// Whether float16 buffers use the F16C/AVX2 vector path on this CPU.
-bool fp16_vector_path();
+// Whether float16/bfloat16 buffers use the AVX2/FMA/F16C intrinsics path on this CPU.
+bool avx2_vector_path();
 
 // target <- momentum * target + (1 - momentum) * online for every tensor of `table` (depth 2:
 // list 0 = targets, list 1 = onlines), split across up to `num_threads` threads (<= 0: all hardware
