@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["Timing", "Report", "make_parser", "measure", "environment", "cuda_sync"]
+__all__ = ["Timing", "Report", "apply_threads", "make_parser", "measure", "environment", "cuda_sync"]
 
 
 @dataclass
@@ -164,7 +164,21 @@ def make_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=15, help="timed calls; the median is reported (default 15)")
     p.add_argument("--quick", action="store_true", help="fewer repeats and smaller problems (smoke run)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when a target is missed")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads(N) first (the C++ ops use the same count)"
+    )
     return p
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """Apply ``--threads`` (call before timing anything)."""
+    n = getattr(args, "threads", None)
+    if n is not None:
+        if n < 1:
+            raise SystemExit(f"--threads must be >= 1, got {n}")
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(n)
 
 
 class Report:

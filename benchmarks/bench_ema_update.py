@@ -5,7 +5,7 @@
     ours (jepa.ops.ema_update -> jepa._C) vs the I-JEPA per-parameter loop
     ``t.mul_(m).add_(o, alpha=1 - m)`` vs ``torch._foreach_lerp_``, next to the memory-bandwidth
     floor: the EMA reads target and online and writes target (3x the bytes of one set), timed as an
-    in-place ``add_`` of two flat buffers of the same size.
+    in-place float32 ``add_`` of two flat buffers of the same bytes.
 (b) 2,000 small tensors (1000 x Linear(32, 32) weights and biases): ours vs ``_foreach_lerp_``;
     here per-tensor overhead dominates.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Report, cuda_sync, make_parser, measure  # noqa: E402
+from _harness import Report, apply_threads, cuda_sync, make_parser, measure  # noqa: E402
 
 import jepa.ops as ops  # noqa: E402
 from jepa.ops import _backend  # noqa: E402
@@ -58,10 +58,13 @@ def foreach_lerp(targets, onlines, m):
         torch._foreach_lerp_(targets, onlines, 1.0 - m)
 
 
-def floor_time(numel, dtype, device, args, sync):
-    """Median time of an in-place add_ over two flat buffers of `numel` elements (3x bytes moved)."""
-    a = torch.ones(numel, dtype=dtype, device=device)
-    b = torch.ones(numel, dtype=dtype, device=device)
+def floor_time(nbytes, device, args, sync):
+    """Memory-bandwidth floor of a pass that reads two buffers of `nbytes` and writes one back: the
+    median time of an in-place float32 ``a.add_(b)`` over flat buffers of the same bytes (float32 so
+    that the floor measures memory, not a slow half-precision add)."""
+    numel = max(1, (nbytes + 3) // 4)
+    a = torch.ones(numel, dtype=torch.float32, device=device)
+    b = torch.ones(numel, dtype=torch.float32, device=device)
     t = measure(lambda: a.add_(b), warmup=args.warmup, repeat=args.repeat, sync=sync)
     del a, b
     return t.median
@@ -81,7 +84,7 @@ def big_set(report, args, device, dtype, shapes, *, with_loop, sync):
             lambda: per_param_loop(targets, onlines, MOMENTUM), warmup=args.warmup, repeat=args.repeat, sync=sync
         )
     del targets, onlines
-    floor = floor_time(numel, dtype, device, args, sync)
+    floor = floor_time(numel * esize, device, args, sync)
     bandwidth = 3 * numel * esize / floor
     extra = {"numel": numel, "tensors": len(shapes), "bytes_moved": 3 * numel * esize, "bandwidth_GBps": bandwidth / 1e9}
     if ref_loop is not None:
@@ -104,7 +107,7 @@ def small_set(report, args, device, sync, n_layers=1000):
                     setup=ops._native.clear_plan_cache)
     ours = measure(lambda: ops.ema_update(targets, onlines, MOMENTUM), warmup=warm, repeat=reps, sync=sync)
     ref = measure(lambda: foreach_lerp(targets, onlines, MOMENTUM), warmup=warm, repeat=reps, sync=sync)
-    floor = floor_time(numel, torch.float32, device, argparse_like(warm, reps), sync)
+    floor = floor_time(numel * 4, device, argparse_like(warm, reps), sync)
     report.add(
         label, ours, ref, floor_s=floor, reference_name="_foreach_lerp_", numel=numel, tensors=len(targets),
         ours_us_per_tensor=ours.median / len(targets) * 1e6, reference_us_per_tensor=ref.median / len(targets) * 1e6,
@@ -125,9 +128,10 @@ class argparse_like:  # noqa: N801 - a tiny stand-in for the parsed args of floo
 def main() -> int:
     parser = make_parser(__doc__.splitlines()[0])
     args = parser.parse_args()
+    apply_threads(args)
     if args.quick:
         args.repeat, args.warmup = min(args.repeat, 5), min(args.warmup, 1)
-    report = Report("ema_update", args)
+    report = Report("ema_update", args)  # after apply_threads: the environment records the thread count
     shapes = vit_b_shapes(depth=2 if args.quick else 12)
     native = _backend.native_module()
     if native is None:

@@ -21,6 +21,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="pass --quick to every benchmark (smoke run)")
     p.add_argument("--strict", action="store_true", help="pass --strict: a missed target fails the run")
     p.add_argument("--only", nargs="*", default=None, help="run only these benchmarks (e.g. ema_update)")
+    p.add_argument("--threads", type=int, default=None, help="pass --threads N (torch.set_num_threads) to each")
     args = p.parse_args()
 
     scripts = sorted(HERE.glob("bench_*.py"))
@@ -38,6 +39,8 @@ def main() -> int:
             cmd.append("--quick")
         if args.strict:
             cmd.append("--strict")
+        if args.threads is not None:
+            cmd += ["--threads", str(args.threads)]
         print(f"\n### {script.name}", flush=True)
         t0 = time.perf_counter()
         rc = subprocess.call(cmd)

@@ -460,3 +460,33 @@ def test_has_cuda_is_consistent(native):
             native.ema_update_cuda([0], [0], [0], native.DTYPE_FLOAT32, 0.5, 0)
     if torch.cuda.is_available() and native.has_cuda():
         assert native.cuda_device_count() == torch.cuda.device_count()
+
+
+_PORTABLE_CHILD = r"""
+import math, torch
+from jepa import _C
+assert not _C.build_info()["avx2_half_path"], "JEPA_CPU_DISABLE_AVX2 was not honoured"
+gen = torch.Generator().manual_seed(3)
+for dtype, code, tol in ((torch.float32, 0, 1e-5), (torch.float16, 1, 1e-2), (torch.bfloat16, 2, 1e-2)):
+    sizes = [0, 1, 5, 17, 1000, 70001]
+    ts = [torch.randn(n, generator=gen, dtype=torch.float64).to(dtype) for n in sizes]
+    os_ = [torch.randn(n, generator=gen, dtype=torch.float64).to(dtype) for n in sizes]
+    ref = [t.double() * 0.7 + o.double() * 0.3 for t, o in zip(ts, os_)]
+    _C.ema_update([t.data_ptr() for t in ts], [o.data_ptr() for o in os_], sizes, code, 0.7, 2)
+    num = math.sqrt(sum(float(((t.double() - r) ** 2).sum()) for t, r in zip(ts, ref)))
+    den = math.sqrt(sum(float((r ** 2).sum()) for r in ref))
+    assert num / den <= tol, (dtype, num / den)
+print("portable ok")
+"""
+
+
+def test_portable_loops_without_avx2(native):
+    """The non-intrinsics loops (CPUs without AVX2/F16C) against the float64 reference, in a subprocess."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    env = dict(os.environ, JEPA_CPU_DISABLE_AVX2="1")
+    proc = subprocess.run([sys.executable, "-c", _PORTABLE_CHILD], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "portable ok" in proc.stdout
