@@ -70,8 +70,10 @@ void ThreadPool::worker_loop(int index, std::uint64_t seen) {
       std::unique_lock<std::mutex> lock(mu_);
       cv_work_.wait(lock, [&] { return generation_ != seen; });
       seen = generation_;
-      if (index > active_) continue;
+      if (index > active_ || !open_) continue;  // not invited, or the caller already finished the job
       job = job_;
+      ++running_;
+      ++joined_;
     }
     try {
       (*job)(index);
@@ -80,7 +82,7 @@ void ThreadPool::worker_loop(int index, std::uint64_t seen) {
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (--remaining_ == 0) cv_done_.notify_one();
+      if (--running_ == 0) cv_done_.notify_one();
     }
   }
 }
@@ -102,7 +104,9 @@ int ThreadPool::run(int participants, const std::function<void(int)>& job) {
     std::lock_guard<std::mutex> lock(mu_);
     job_ = &job;
     active_ = workers;
-    remaining_ = workers;
+    open_ = true;
+    running_ = 0;
+    joined_ = 0;
     ++generation_;
   }
   cv_work_.notify_all();
@@ -112,14 +116,18 @@ int ThreadPool::run(int participants, const std::function<void(int)>& job) {
   } catch (...) {
     error = std::current_exception();
   }
+  int joined = 0;
   {
-    // Always wait: the workers hold a pointer to `job`, which lives in the caller's frame.
+    // The caller has claimed or finished all work: close the generation so late wakers skip it, then
+    // wait for the workers inside the job (they hold a pointer to `job`, which lives in our frame).
     std::unique_lock<std::mutex> lock(mu_);
-    cv_done_.wait(lock, [&] { return remaining_ == 0; });
+    open_ = false;
+    cv_done_.wait(lock, [&] { return running_ == 0; });
     job_ = nullptr;
+    joined = joined_;
   }
   if (error) std::rethrow_exception(error);
-  return participants;
+  return 1 + joined;
 }
 
 }  // namespace jepa

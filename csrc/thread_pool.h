@@ -17,10 +17,11 @@ class ThreadPool {
   static ThreadPool& instance();
 
   // Runs job(participant) on up to `participants` threads, the calling thread being participant 0,
-  // and returns when every participant has returned. Jobs must split their work dynamically (e.g. an
-  // atomic chunk counter) because fewer participants may run than asked for: when another thread is
-  // already using the pool, the caller runs the job alone instead of waiting.
-  // Returns the number of participants that ran.
+  // and returns when every participant that started has returned. Jobs must split their work
+  // dynamically (e.g. an atomic chunk counter) because fewer participants may run than asked for:
+  // a worker that wakes up only after the caller has finished the job does not join (so a slow
+  // wake-up or a busy core never delays the caller), and when another thread is already using the
+  // pool the caller runs the job alone instead of waiting. Returns the number of participants that ran.
   int run(int participants, const std::function<void(int)>& job);
 
   ThreadPool(const ThreadPool&) = delete;
@@ -41,8 +42,10 @@ class ThreadPool {
   std::vector<std::thread> threads_;
   const std::function<void(int)>* job_ = nullptr;
   std::uint64_t generation_ = 0;
-  int active_ = 0;     // workers (1-based indices) taking part in the current generation
-  int remaining_ = 0;  // workers of the current generation still running
+  int active_ = 0;     // workers (1-based indices) invited to the current generation
+  bool open_ = false;  // whether invited workers may still join the current generation
+  int running_ = 0;    // workers of the current generation inside job_
+  int joined_ = 0;     // workers that joined the current generation
 };
 
 // Number of hardware threads (at least 1).
