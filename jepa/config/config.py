@@ -42,6 +42,8 @@ class ModelConfig:
     target_encoder: str = "ema"  # "ema" | "shared"
     ema_momentum: float = 0.996
     ema_momentum_end: float = 1.0
+    projector_hidden_dim: int = 256  # VICReg-style expander the regularizer acts on; 0 disables it
+    projector_dim: int = 256
 
 
 @dataclass
@@ -50,8 +52,13 @@ class LossConfig:
 
     type: str = "smooth_l1"  # "smooth_l1" | "mse" | "l1"
     normalize_target: bool = True
+    target_norm: str = "batch"  # "layer" (I-JEPA) | "batch" | "none"
+    token_weight: float = 0.0  # per-token prediction term
+    global_weight: float = 1.0  # token-pooled prediction term
     var_weight: float = 1.0
-    cov_weight: float = 0.04
+    var_gamma: float = 1.0
+    cov_weight: float = 4.0
+    regularize: str = "pooled"  # "pooled" | "tokens" | "prediction"
 
 
 @dataclass
@@ -65,7 +72,7 @@ class OptimizerConfig:
 class SchedulerConfig:
     type: str = "cosine"
     warmup_epochs: float = 0.0
-    min_lr: float = 1e-6
+    min_lr: float = 1e-5
 
 
 @dataclass
@@ -101,6 +108,10 @@ class DataConfig:
     max_shift: int = 1
     noise: float = 0.05
     context_mask_ratio: float = 0.25
+    mask_mode: str = "random"  # "random" | "block"
+    max_rotation: float = 8.0
+    max_scale: float = 0.0
+    clean_target: bool = True
     num_workers: int = 0
     split_seed: int = 0
 

@@ -10,10 +10,12 @@ view's embedding from a partial, displaced context.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 IMAGE_SIZE = 8
@@ -47,6 +49,53 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
     rows = (dy[:, None] + torch.arange(h)[None, :])[:, :, None].expand(b, h, w)
     cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, :].expand(b, h, w)
     return pad[torch.arange(b)[:, None, None], rows, cols]
+
+
+def random_affine(
+    images: torch.Tensor, max_rotation: float = 0.0, max_scale: float = 0.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Rotate each image by an angle in ``[-max_rotation, max_rotation]`` degrees and scale it by a
+    factor in ``[1 - max_scale, 1 + max_scale]`` about its centre (bilinear, zero fill)."""
+    if max_rotation < 0 or not 0 <= max_scale < 1:
+        raise ValueError(f"random_affine: need max_rotation >= 0 and 0 <= max_scale < 1, got {max_rotation!r}, {max_scale!r}")
+    if max_rotation == 0 and max_scale == 0:
+        return images
+    b = images.shape[0]
+    angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(max_rotation)
+    scale = 1 + (torch.rand(b, generator=generator) * 2 - 1) * max_scale
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale  # grid maps output -> input coords
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+    grid = F.affine_grid(theta, (b, 1, *images.shape[1:]), align_corners=False)
+    return F.grid_sample(images[:, None], grid, align_corners=False, padding_mode="zeros")[:, 0]
+
+
+def token_mask(num_tokens: int, ratio: float, mode: str = "random", generator: torch.Generator | None = None) -> torch.Tensor:
+    """Bool mask (True = hidden) over ``num_tokens`` raster-ordered tokens of a square grid.
+
+    ``"random"`` hides ``round(ratio * num_tokens)`` tokens anywhere; ``"block"`` hides one random
+    axis-aligned rectangle of about that many tokens (I-JEPA-style block masking).
+    """
+    count = int(round(ratio * num_tokens))
+    mask = torch.zeros(num_tokens, dtype=torch.bool)
+    if count == 0:
+        return mask
+    if mode == "random":
+        mask[torch.randperm(num_tokens, generator=generator)[:count]] = True
+        return mask
+    if mode != "block":
+        raise ValueError(f"mask mode must be 'random' or 'block', got {mode!r}")
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens:
+        raise ValueError(f"block masking needs a square token grid, got {num_tokens} tokens")
+    # pick a height, then the width whose area is closest to ``count``
+    h = int(torch.randint(max(1, -(-count // side)), min(side, count) + 1, (1,), generator=generator))
+    w = min(side, max(1, round(count / h)))
+    top = int(torch.randint(0, side - h + 1, (1,), generator=generator))
+    left = int(torch.randint(0, side - w + 1, (1,), generator=generator))
+    grid = mask.view(side, side)
+    grid[top : top + h, left : left + w] = True
+    return mask
 
 
 @dataclass
@@ -98,6 +147,10 @@ class DigitsPairs(Dataset):
         context_mask_ratio: fraction of the context view's tokens set to zero.
         augment: draw random views (True) or return the clean image twice (False).
         seed: seed of the fixed train/test split.
+        max_rotation: largest rotation of a view, in degrees (0: none).
+        max_scale: largest relative zoom of a view (0.1: factors in [0.9, 1.1]).
+        mask_mode: ``"random"`` tokens or one ``"block"`` (rectangle) hidden in the context.
+        clean_target: the target view is the unaugmented image (only the context is perturbed).
     """
 
     def __init__(
@@ -110,17 +163,29 @@ class DigitsPairs(Dataset):
         context_mask_ratio: float = 0.25,
         augment: bool = True,
         seed: int = 0,
+        max_rotation: float = 0.0,
+        max_scale: float = 0.0,
+        mask_mode: str = "random",
+        clean_target: bool = False,
     ) -> None:
         if not 0.0 <= context_mask_ratio < 1.0:
             raise ValueError(f"context_mask_ratio must be in [0, 1), got {context_mask_ratio!r}")
         if max_shift < 0 or noise < 0:
             raise ValueError(f"max_shift and noise must be >= 0, got {max_shift!r}, {noise!r}")
+        if max_rotation < 0 or not 0.0 <= max_scale < 1.0:
+            raise ValueError(f"need max_rotation >= 0 and 0 <= max_scale < 1, got {max_rotation!r}, {max_scale!r}")
+        if mask_mode not in ("random", "block"):
+            raise ValueError(f"mask_mode must be 'random' or 'block', got {mask_mode!r}")
         self.data = load_digits_split(split, patch=patch, seed=seed)
         self.patch = patch
         self.max_shift = max_shift
         self.noise = noise
         self.context_mask_ratio = context_mask_ratio
         self.augment = augment
+        self.max_rotation = max_rotation
+        self.max_scale = max_scale
+        self.mask_mode = mask_mode
+        self.clean_target = clean_target
 
     @property
     def labels(self) -> torch.Tensor:
@@ -138,14 +203,13 @@ class DigitsPairs(Dataset):
         return len(self.data)
 
     def _view(self, image: torch.Tensor, mask_ratio: float) -> torch.Tensor:
-        img = random_shift(image[None], self.max_shift)[0]
+        img = random_affine(image[None], self.max_rotation, self.max_scale)
+        img = random_shift(img, self.max_shift)[0]
         if self.noise > 0:
             img = img + self.noise * torch.randn_like(img)
         tokens = patchify(img[None], self.patch)[0]
         if mask_ratio > 0:
-            n = tokens.shape[0]
-            hidden = torch.randperm(n)[: int(round(mask_ratio * n))]
-            tokens[hidden] = 0.0
+            tokens[token_mask(tokens.shape[0], mask_ratio, self.mask_mode)] = 0.0
         return tokens
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,4 +217,5 @@ class DigitsPairs(Dataset):
         if not self.augment:
             tokens = self.data.tokens[index]
             return tokens, tokens.clone()
-        return self._view(image, self.context_mask_ratio), self._view(image, 0.0)
+        target = self.data.tokens[index].clone() if self.clean_target else self._view(image, 0.0)
+        return self._view(image, self.context_mask_ratio), target

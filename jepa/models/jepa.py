@@ -42,6 +42,7 @@ class JEPA(BaseModel):
         target_encoder: str = "ema",
         momentum: float = 0.996,
         momentum_end: float = 1.0,
+        projector: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(encoder, nn.Module):
@@ -53,8 +54,11 @@ class JEPA(BaseModel):
         for name, value in (("momentum", momentum), ("momentum_end", momentum_end)):
             if not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"JEPA: {name} must be in [0, 1], got {value!r}")
+        if projector is not None and not isinstance(projector, nn.Module):
+            raise TypeError(f"JEPA: projector must be an nn.Module or None, got {type(projector).__name__}")
         self.encoder = encoder
         self.predictor = predictor
+        self.projector = projector
         self.target_mode = target_encoder
         self.momentum_start = float(momentum)
         self.momentum_end = float(momentum_end)
@@ -97,7 +101,10 @@ class JEPA(BaseModel):
         else:
             prediction = self.predictor(context)
         target = self.encode_target(state_t1)
-        return {"prediction": prediction, "target": target, "context": context}
+        out = {"prediction": prediction, "target": target, "context": context}
+        if self.projector is not None:
+            out["projection"] = self.projector(context.mean(dim=1) if context.dim() == 3 else context)
+        return out
 
     def forward(self, state_t: torch.Tensor, state_t1: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.forward_features(state_t, state_t1, **kwargs)
@@ -145,7 +152,7 @@ class JEPA(BaseModel):
 
     def online_modules(self) -> list[nn.Module]:
         """The modules trained by the optimizer (the target encoder is not one of them)."""
-        return [self.encoder, self.predictor]
+        return [m for m in (self.encoder, self.predictor, self.projector) if m is not None]
 
 
 class JEPAAction(BaseModel):

@@ -79,3 +79,23 @@ class TransformerPredictor(BaseModel):
             h = block(h)
         out = self.out(self.norm(h))
         return out.squeeze(1) if squeezed else out
+
+
+class Projector(BaseModel):
+    """VICReg-style expander for the anti-collapse regularizer: ``(B, in_dim) -> (B, out_dim)``.
+
+    Linear -> BatchNorm -> ReLU -> Linear. The regularizer acts on its output, so the encoder's
+    own embedding is free of the variance/covariance constraint's scale (a LayerNorm-ed, pooled
+    embedding cannot reach unit per-dimension std without distorting itself).
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int = 256, out_dim: int = 256) -> None:
+        super().__init__()
+        for name, value in (("in_dim", in_dim), ("hidden_dim", hidden_dim), ("out_dim", out_dim)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"Projector: {name} must be a positive int, got {value!r}")
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

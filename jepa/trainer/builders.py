@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from jepa.config import Config
 from jepa.data import DigitsPairs
-from jepa.models import JEPA, Encoder, Predictor, TransformerPredictor
+from jepa.models import JEPA, Encoder, Predictor, Projector, TransformerPredictor
 from jepa.trainer.losses import JEPALoss
 from jepa.trainer.trainer import JEPATrainer, create_trainer
 
@@ -21,7 +21,17 @@ def build_datasets(config: Config) -> tuple[Dataset, Dataset]:
     data = config.data
     if data.dataset != "digits":
         raise ValueError(f"data.dataset: unknown dataset {data.dataset!r}; available: {', '.join(DATASETS)}")
-    common = dict(patch=data.patch_size, max_shift=data.max_shift, noise=data.noise, context_mask_ratio=data.context_mask_ratio, seed=data.split_seed)
+    common = dict(
+        patch=data.patch_size,
+        max_shift=data.max_shift,
+        noise=data.noise,
+        context_mask_ratio=data.context_mask_ratio,
+        mask_mode=data.mask_mode,
+        max_rotation=data.max_rotation,
+        max_scale=data.max_scale,
+        clean_target=data.clean_target,
+        seed=data.split_seed,
+    )
     return DigitsPairs("train", **common), DigitsPairs("test", **common)
 
 
@@ -45,12 +55,32 @@ def build_model(config: Config, input_dim: int, num_tokens: int) -> JEPA:
         )
     else:
         raise ValueError(f"model.predictor: unknown predictor {m.predictor!r}; expected 'mlp' or 'transformer'")
-    return JEPA(encoder=encoder, predictor=predictor, target_encoder=m.target_encoder, momentum=m.ema_momentum, momentum_end=m.ema_momentum_end)
+    if m.projector_hidden_dim < 0 or m.projector_dim < 0:
+        raise ValueError(f"model.projector_hidden_dim / projector_dim must be >= 0, got {m.projector_hidden_dim}, {m.projector_dim}")
+    projector = Projector(m.hidden_dim, m.projector_hidden_dim, m.projector_dim) if m.projector_hidden_dim and m.projector_dim else None
+    return JEPA(
+        encoder=encoder,
+        predictor=predictor,
+        target_encoder=m.target_encoder,
+        momentum=m.ema_momentum,
+        momentum_end=m.ema_momentum_end,
+        projector=projector,
+    )
 
 
 def build_loss(config: Config) -> JEPALoss:
     lc = config.loss
-    return JEPALoss(loss=lc.type, normalize_target=lc.normalize_target, var_weight=lc.var_weight, cov_weight=lc.cov_weight)
+    return JEPALoss(
+        loss=lc.type,
+        normalize_target=lc.normalize_target,
+        target_norm=lc.target_norm,
+        token_weight=lc.token_weight,
+        global_weight=lc.global_weight,
+        var_weight=lc.var_weight,
+        var_gamma=lc.var_gamma,
+        cov_weight=lc.cov_weight,
+        regularize=lc.regularize,
+    )
 
 
 def build_loaders(config: Config, train_set: Dataset, val_set: Dataset | None) -> tuple[DataLoader, DataLoader | None]:

@@ -210,14 +210,17 @@ class JEPATrainer:
         """Loss terms of one batch; ``loss`` is what is minimised, other entries are logged."""
         items = unpack_batch(batch)
         model = self.model
+        extra = {}
         if hasattr(model, "forward_features"):
             out = model.forward_features(*items)
             prediction, target, context = out["prediction"], out["target"], out.get("context")
+            if out.get("projection") is not None:
+                extra["projection"] = out["projection"]
         else:
             prediction, target = model(*items)
             context = None
         if hasattr(self.loss_fn, "terms"):
-            return self.loss_fn.terms(prediction, target, context)
+            return self.loss_fn.terms(prediction, target, context, **extra)
         if getattr(self.loss_fn, "uses_context", False):
             return {"loss": self.loss_fn(prediction, target, context)}
         return {"loss": self.loss_fn(prediction, target)}

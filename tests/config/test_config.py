@@ -36,3 +36,8 @@ def test_not_yaml_and_missing_file(tmp_path):
         load_config(bad)
     with pytest.raises(FileNotFoundError, match="jepa config --output"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_shipped_default_yaml_matches_dataclass_defaults():
+    # the YAML users get from `jepa config` and the defaults in code must not drift apart
+    assert load_config("default") == Config()

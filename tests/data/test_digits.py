@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from jepa.data import DigitsPairs, load_digits_split, patchify, random_shift
@@ -45,3 +46,31 @@ def test_pairs_are_two_views_of_one_image():
     clean = DigitsPairs("test", augment=False)
     a, b = clean[0]
     assert torch.equal(a, b) and torch.equal(a, clean.data.tokens[0])
+
+
+def test_clean_target_and_block_mask():
+    from jepa.data.digits import token_mask
+
+    ds = DigitsPairs("train", clean_target=True, max_rotation=8.0)
+    _, target = ds[5]
+    assert torch.equal(target, ds.data.tokens[5])
+    torch.manual_seed(0)
+    for _ in range(20):
+        m = token_mask(16, 0.25, "block").view(4, 4)
+        rows, cols = m.any(1).nonzero().flatten(), m.any(0).nonzero().flatten()
+        # one filled rectangle of about 4 tokens
+        assert m.sum() == len(rows) * len(cols) and 2 <= m.sum() <= 6
+        assert (rows.diff() == 1).all() and (cols.diff() == 1).all()
+
+
+def test_random_affine_identity_and_rotation():
+    from jepa.data.digits import random_affine
+
+    img = torch.rand(3, 8, 8)
+    assert torch.equal(random_affine(img, 0.0, 0.0), img)
+    out = random_affine(img, 10.0, 0.1)
+    assert out.shape == img.shape and not torch.equal(out, img)
+    # mass is roughly preserved by a small rotation/zoom of a centred blob
+    blob = torch.zeros(1, 8, 8)
+    blob[0, 3:5, 3:5] = 1.0
+    assert random_affine(blob, 8.0, 0.0).sum().item() == pytest.approx(4.0, rel=0.25)

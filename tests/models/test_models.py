@@ -160,3 +160,18 @@ def test_config_is_recorded_and_rebuilds():
     clone = build_model("JEPA", copy.deepcopy(model.config))
     assert isinstance(clone, JEPA) and clone.momentum_start == 0.99
     assert isinstance(clone, BaseModel)
+
+
+def test_projector_output_and_rebuild(tmp_path):
+    from jepa.models import Projector
+
+    model = JEPA(encoder=Encoder(hidden_dim=8, num_layers=1, num_heads=2), predictor=Predictor(hidden_dim=8), projector=Projector(8, 32, 16))
+    out = model.forward_features(torch.randn(4, 3, 8), torch.randn(4, 3, 8))
+    assert out["projection"].shape == (4, 16)
+    assert model.projector in model.online_modules()
+    model.save_pretrained(tmp_path / "p")
+    rebuilt = JEPA.from_pretrained(tmp_path / "p")
+    assert isinstance(rebuilt.projector, Projector)
+    assert torch.equal(rebuilt.projector.net[0].weight, model.projector.net[0].weight)
+    with pytest.raises(ValueError, match="hidden_dim"):
+        Projector(8, 0, 4)

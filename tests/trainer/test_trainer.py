@@ -207,3 +207,24 @@ def test_logger_receives_metrics(tmp_path, pair_loader):
     trainer.train(pair_loader, num_epochs=1, val_loader=pair_loader)
     assert any("train/loss" in m for _, m in rec.rows) and any("val/loss" in m for _, m in rec.rows)
     assert [s for s, m in rec.rows if "train/loss" in m] == list(range(1, len(pair_loader) + 1))
+
+
+def test_jepa_action_trains_on_triples(tmp_path):
+    from jepa.models import JEPAAction
+
+    model = JEPAAction(
+        state_encoder=Encoder(hidden_dim=16, num_layers=1, num_heads=2),
+        action_encoder=Predictor(hidden_dim=2, output_dim=16),
+        predictor=Predictor(hidden_dim=16),
+    )
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(32, 4, 16, generator=g)
+    a = torch.randn(32, 2, generator=g)
+    s1 = s + a.sum(dim=1, keepdim=True)[:, :, None]
+    loader = DataLoader(TensorDataset(s, a, s1), batch_size=8)
+    trainer = _trainer(tmp_path, model=model)
+    before = model.action_encoder.net[0].weight.clone()
+    history = trainer.train(loader, num_epochs=2)
+    assert len(history["train_loss"]) == 2
+    assert not torch.equal(before, model.action_encoder.net[0].weight)  # the action path is trained
+    assert int(model.jepa.ema_step) == trainer.global_step == 8
