@@ -12,8 +12,9 @@
 //   class TensorTable(ptr_lists: list[list[int]], numels: list[int], dtype_code: int)
 //       validated table of `depth` parallel pointer lists (for the EMA: [target_ptrs, online_ptrs]);
 //       properties depth, num_tensors, total_numel, dtype_code; numels() -> list[int]
-//   same_objects(objects: list, ids: list[int]) -> bool
-//       True when len(objects) == len(ids) and id(objects[i]) == ids[i] for all i (a plan-cache check)
+//   class ObjectIds(objects: list)            the identities (addresses) of a list's objects, kept as ints
+//       matches(objects: list) -> bool        same length and objects[i] is the i-th recorded object
+//       (a plan-cache check; holds no references, so the caller must know the objects are alive)
 //   ema_config() -> dict                      CPU EMA tuning: min/max_chunk_elements, min_elements_per_thread
 //   ema_update(table: TensorTable, momentum: float, num_threads: int = 0) -> int
 //   ema_update(target_ptrs: list[int], online_ptrs: list[int], numels: list[int], dtype_code: int,
@@ -55,6 +56,29 @@ namespace py = pybind11;
 namespace {
 
 using jepa::TensorTable;
+
+// Addresses of a list's objects: checking that a list still holds the same objects costs one pointer
+// comparison per item (used by jepa/ops/_native.py to reuse validated tensor tables).
+class ObjectIds {
+ public:
+  explicit ObjectIds(py::list objects) {
+    const Py_ssize_t n = PyList_GET_SIZE(objects.ptr());
+    ids_.reserve(static_cast<std::size_t>(n));
+    for (Py_ssize_t i = 0; i < n; ++i) ids_.push_back(PyList_GET_ITEM(objects.ptr(), i));
+  }
+  bool matches(py::list objects) const {
+    const Py_ssize_t n = PyList_GET_SIZE(objects.ptr());
+    if (static_cast<std::size_t>(n) != ids_.size()) return false;
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      if (PyList_GET_ITEM(objects.ptr(), i) != ids_[static_cast<std::size_t>(i)]) return false;
+    }
+    return true;
+  }
+  std::size_t size() const { return ids_.size(); }
+
+ private:
+  std::vector<const PyObject*> ids_;  // compared, never dereferenced
+};
 using PtrList = std::vector<std::uintptr_t>;
 using NumelList = std::vector<std::int64_t>;
 
@@ -180,20 +204,11 @@ PYBIND11_MODULE(_C, m) {
           },
           "Element count of each tensor.");
 
-  m.def(
-      "same_objects",
-      [](py::list objects, py::list ids) {
-        const Py_ssize_t n = PyList_GET_SIZE(objects.ptr());
-        if (PyList_GET_SIZE(ids.ptr()) != n) return false;
-        for (Py_ssize_t i = 0; i < n; ++i) {
-          void* expected = PyLong_AsVoidPtr(PyList_GET_ITEM(ids.ptr(), i));
-          if (expected == nullptr && PyErr_Occurred()) throw py::error_already_set();
-          if (static_cast<void*>(PyList_GET_ITEM(objects.ptr(), i)) != expected) return false;
-        }
-        return true;
-      },
-      py::arg("objects"), py::arg("ids"),
-      "True when len(objects) == len(ids) and id(objects[i]) == ids[i] for every i.");
+  py::class_<ObjectIds>(m, "ObjectIds", "Identities of the objects of a list (no references held).")
+      .def(py::init<py::list>(), py::arg("objects"))
+      .def("matches", &ObjectIds::matches, py::arg("objects"),
+           "True when `objects` has the same length and the same object at every position.")
+      .def("__len__", [](const ObjectIds& ids) { return ids.size(); });
 
   m.def(
       "ema_config",

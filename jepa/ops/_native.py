@@ -56,7 +56,9 @@ class TensorListPlan:
     __slots__ = ("ids", "ptrs", "numels", "route", "reason", "device", "dtype", "_table", "_refs", "__weakref__")
 
     def __init__(self, lists: Sequence[list[torch.Tensor]]) -> None:
-        self.ids = [list(map(id, lst)) for lst in lists]
+        mod = native_module()
+        # Object identities, checked on reuse (C++ when available: one pointer compare per tensor).
+        self.ids = [mod.ObjectIds(lst) if mod is not None else list(map(id, lst)) for lst in lists]
         self.ptrs: list[list[int]] | None = None
         self.numels: list[int] = []
         self.route: str | None = None
@@ -85,13 +87,14 @@ class TensorListPlan:
                 if not t.is_contiguous():
                     self.reason = f"{name}[{i}] is not contiguous"
                     return
+        if self.device.type not in ("cpu", "cuda"):
+            self.reason = f"device type {self.device.type!r} has no native kernel"
+            return
+        # Plain CPU/CUDA tensors have real addresses: record them (this also makes the plan cacheable).
         self.ptrs = [list(map(_DATA_PTR, lst)) for lst in lists]
         self.numels = [t.numel() for t in lists[0]]
         if self.dtype not in _NATIVE_DTYPES:
             self.reason = f"dtype {self.dtype} is not supported by the native kernels (float32, float16, bfloat16)"
-            return
-        if self.device.type not in ("cpu", "cuda"):
-            self.reason = f"device type {self.device.type!r} has no native kernel"
             return
         self.route = self.device.type
 
@@ -99,12 +102,11 @@ class TensorListPlan:
         """True when ``lists`` holds the same tensor objects with the same data pointers as at planning."""
         if self.ptrs is None:
             return False
-        mod = native_module()
         for lst, ids in zip(lists, self.ids):
-            if mod is not None:
-                if not mod.same_objects(lst, ids):
+            if isinstance(ids, list):
+                if list(map(id, lst)) != ids:
                     return False
-            elif list(map(id, lst)) != ids:
+            elif not ids.matches(lst):
                 return False
         for lst, ptrs in zip(lists, self.ptrs):
             if list(map(_DATA_PTR, lst)) != ptrs:

@@ -19,6 +19,7 @@ import numbers
 from typing import Iterable, Sequence
 
 import torch
+from torch.autograd.graph import increment_version
 
 from jepa.ops import _native
 from jepa.ops._backend import (
@@ -34,8 +35,9 @@ __all__ = ["ema_update", "ema_update_reference"]
 
 
 def ema_update_reference(targets: Sequence[torch.Tensor], onlines: Sequence[torch.Tensor], momentum: float) -> None:
-    """Torch reference: ``torch._foreach_lerp_(targets, onlines, 1 - momentum)``."""
-    torch._foreach_lerp_(list(targets), list(onlines), 1.0 - float(momentum))
+    """Torch reference: ``torch._foreach_lerp_(targets, onlines, 1 - momentum)`` (without autograd)."""
+    with torch.no_grad():
+        torch._foreach_lerp_(list(targets), list(onlines), 1.0 - float(momentum))
 
 
 def _check_momentum(momentum: object) -> float:
@@ -88,7 +90,14 @@ def _run_cuda(plan: _native.TensorListPlan, momentum: float) -> None:
         native_module().ema_update_cuda(plan.table(), momentum, stream)
 
 
-@torch.no_grad()
+def _mark_modified(targets: list[torch.Tensor]) -> None:
+    # The kernels write through raw pointers; bump the version counters as torch's in-place ops do,
+    # so autograd still refuses to backpropagate through a value saved before the update. Done just
+    # before the kernel, while the plan check has the tensors' metadata in cache (a spurious bump,
+    # should the kernel fail, is harmless).
+    increment_version(targets)
+
+
 def ema_update(targets: Iterable[torch.Tensor], onlines: Iterable[torch.Tensor], momentum: float) -> None:
     """In-place EMA of ``targets`` toward ``onlines``: ``t <- momentum * t + (1 - momentum) * o``.
 
@@ -131,15 +140,19 @@ def ema_update(targets: Iterable[torch.Tensor], onlines: Iterable[torch.Tensor],
         if plan.route != "cpu":
             why = plan.reason or f"the tensors are on {plan.device}, not the CPU"
             raise BackendUnavailableError(f"ema_update: backend 'cpp' cannot run on these tensors: {why}")
+        _mark_modified(targets)
         _run_cpp(plan, m)
     elif backend == "cuda":
         if plan.route != "cuda":
             why = plan.reason or f"the tensors are on {plan.device}, not a CUDA device"
             raise BackendUnavailableError(f"ema_update: backend 'cuda' cannot run on these tensors: {why}")
+        _mark_modified(targets)
         _run_cuda(plan, m)
     elif plan.route == "cpu" and cpp_available():
+        _mark_modified(targets)
         _run_cpp(plan, m)
     elif plan.route == "cuda" and cuda_kernels_available():
+        _mark_modified(targets)
         _run_cuda(plan, m)
     else:
         ema_update_reference(targets, onlines, m)

@@ -507,3 +507,25 @@ def test_portable_loops_without_avx2(native):
     proc = subprocess.run([sys.executable, "-c", _PORTABLE_CHILD], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "portable ok" in proc.stdout
+
+
+def test_meta_tensors_use_the_reference(native):
+    t, o = [torch.empty(3, 4, device="meta")], [torch.empty(3, 4, device="meta")]
+    ops.ema_update(t, o, 0.5)  # auto: no native kernel for meta, torch handles it
+    with ops.use_backend("cpp"), pytest.raises(BackendUnavailableError, match="meta"):
+        ops.ema_update(t, o, 0.5)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_update_is_visible_to_autograd(native, backend):
+    """Like any in-place op, the update bumps version counters: a value saved for backward before the
+    update makes backward fail instead of silently using the new values."""
+    target = torch.nn.Parameter(torch.randn(8))
+    x = torch.randn(8, requires_grad=True)
+    loss = (x * target).sum()  # saves `target` for x's gradient
+    before = target._version
+    with ops.use_backend(backend):
+        ops.ema_update([target], [torch.randn(8)], 0.9)
+    assert target._version > before
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
