@@ -497,14 +497,18 @@ print("portable ok")
 """
 
 
-def test_portable_loops_without_avx2(native):
+def test_portable_loops_without_avx2(native, tmp_path):
     """The non-intrinsics loops (CPUs without AVX2/F16C) against the float64 reference, in a subprocess."""
     import os  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
     import sys  # noqa: PLC0415
 
     env = dict(os.environ, JEPA_CPU_DISABLE_AVX2="1")
-    proc = subprocess.run([sys.executable, "-c", _PORTABLE_CHILD], env=env, capture_output=True, text=True, timeout=120)
+    # cwd outside the repository: `python -c` puts the cwd first on sys.path, and a source checkout's
+    # jepa/ (without the compiled _C) would shadow the installed package.
+    proc = subprocess.run(
+        [sys.executable, "-c", _PORTABLE_CHILD], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "portable ok" in proc.stdout
 
