@@ -1,9 +1,9 @@
 // CPU multi-tensor EMA: target <- lerp(target, online, 1 - momentum) over a TensorTable.
 //
 // The tensors form one virtual index space (jepa/multi_tensor.h). A small total runs on the calling
-// thread, tensor after tensor; a large one is cut into fixed-size chunks that the pool's threads
-// claim from an atomic counter, so 2,000 tiny tensors cost one call and one big tensor is shared by
-// every thread. The inner loops are plain indexable loops the compiler vectorizes (compiled for
+// thread, tensor after tensor; a large one is cut into chunks (total / (8 * threads) elements) that
+// the pool's threads claim from an atomic counter, so 2,000 tiny tensors cost one call and one big
+// tensor is shared by every thread. The inner loops are plain indexable loops the compiler vectorizes (compiled for
 // baseline x86-64 and x86-64-v3 via target_clones); float16 and bfloat16 use AVX2/F16C intrinsics when present.
 // Results do not depend on the thread count: every element gets the same instruction sequence.
 #include "ema_cpu.h"
