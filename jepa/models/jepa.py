@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from jepa import ops
+from jepa.models._flat import flatten_pairs, still_flat
 from jepa.models.base import BaseModel
 
 TARGET_MODES = ("ema", "shared")
@@ -72,6 +73,10 @@ class JEPA(BaseModel):
         self.register_buffer("ema_total_steps", torch.zeros((), dtype=torch.long))
         self._encoder_takes_mask = _accepts(encoder, "mask")
         self._predictor_takes_mask = _accepts(predictor, "mask")
+        self._ema_layout = None
+        self._ema_calls = 0
+        # load_state_dict(assign=True) swaps parameter objects: rebuild the flat EMA layout after it.
+        self.register_load_state_dict_post_hook(_reset_ema_layout_hook)
 
     # ------------------------------------------------------------------ forward
     def encode_target(self, state: torch.Tensor) -> torch.Tensor:
@@ -138,17 +143,70 @@ class JEPA(BaseModel):
 
         Call once per optimizer step (the trainer does, also under gradient accumulation).
         No-op (returns 0.0) with ``target_encoder="shared"``.
+
+        On the first call the parameters of the encoder and of its EMA copy are laid out as views
+        of one flat buffer per device and dtype, so every later update is a single
+        :func:`jepa.ops.ema_update` call over a few flat tensors, however many parameters the
+        encoder has. ``model.to(...)``/``.half()`` and ``load_state_dict`` rebuild the layout; if you
+        assign ``param.data`` of the encoder yourself, call :meth:`reset_ema_layout` afterwards (a
+        check every ``EMA_LAYOUT_CHECK_EVERY`` updates raises if the layout was broken).
         """
         if self.target_encoder is None:
             return 0.0
         m = self.current_momentum() if momentum is None else float(momentum)
-        params_t = list(self.target_encoder.parameters())
-        params_o = list(self.encoder.parameters())
-        ops.ema_update(params_t, params_o, m)
-        for bt, bo in zip(self.target_encoder.buffers(), self.encoder.buffers()):
+        layout = self._ema_layout
+        if layout is None:
+            layout = self._ema_layout = self._build_ema_layout()
+        elif self._ema_calls % self.EMA_LAYOUT_CHECK_EVERY == 0:
+            self._check_ema_layout(layout)
+        self._ema_calls += 1
+        flat_t, flat_o, params_t, params_o, buffers = layout
+        if flat_t is not None:
+            ops.ema_update(flat_t, flat_o, m)
+        else:
+            ops.ema_update(params_t, params_o, m)
+        for bt, bo in buffers:
             bt.copy_(bo)
         self.ema_step += 1
         return m
+
+    EMA_LAYOUT_CHECK_EVERY = 64
+
+    def reset_ema_layout(self) -> None:
+        """Forget the flat EMA layout; the next update rebuilds it from the current parameters."""
+        self._ema_layout = None
+        self._ema_calls = 0
+
+    def _build_ema_layout(self):
+        params_t = list(self.target_encoder.parameters())
+        params_o = list(self.encoder.parameters())
+        if len(params_t) != len(params_o):
+            raise RuntimeError(
+                f"JEPA: the target encoder has {len(params_t)} parameters but the encoder has {len(params_o)}; "
+                "they must have the same structure"
+            )
+        flats = flatten_pairs(params_t, params_o)
+        buffers = list(zip(self.target_encoder.buffers(), self.encoder.buffers()))
+        if flats is None:
+            return None, None, params_t, params_o, buffers
+        return flats[0], flats[1], params_t, params_o, buffers
+
+    def _check_ema_layout(self, layout) -> None:
+        flat_t, flat_o, params_t, params_o, _ = layout
+        current = list(self.encoder.parameters())
+        same_objects = len(current) == len(params_o) and all(a is b for a, b in zip(current, params_o))
+        if not same_objects or (flat_t is not None and not (still_flat(params_o, flat_o) and still_flat(params_t, flat_t))):
+            raise RuntimeError(
+                "JEPA: encoder parameters were replaced since the EMA layout was built (e.g. param.data = ... "
+                "or load_state_dict(assign=True) on a sub-module), so recent EMA updates missed them; call "
+                "model.reset_ema_layout() right after replacing parameters"
+            )
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to(), .cuda(), .half(), ... may move parameters to new storage: rebuild the flat layout.
+        out = super()._apply(fn, recurse)
+        self.reset_ema_layout()
+        return out
 
     def online_modules(self) -> list[nn.Module]:
         """The modules trained by the optimizer (the target encoder is not one of them)."""
@@ -219,6 +277,10 @@ class JEPAAction(BaseModel):
 
     def online_modules(self) -> list[nn.Module]:
         return [self.jepa.encoder, self.jepa.predictor, self.action_encoder]
+
+
+def _reset_ema_layout_hook(module: "JEPA", incompatible_keys) -> None:
+    module.reset_ema_layout()
 
 
 def _accepts(module: nn.Module, arg: str) -> bool:

@@ -175,3 +175,66 @@ def test_projector_output_and_rebuild(tmp_path):
     assert torch.equal(rebuilt.projector.net[0].weight, model.projector.net[0].weight)
     with pytest.raises(ValueError, match="hidden_dim"):
         Projector(8, 0, 4)
+
+
+def _ema_model(n_layers=5, momentum=0.9):
+    enc = nn.Sequential(*[nn.Linear(3, 3) for _ in range(n_layers)])
+    model = JEPA(encoder=enc, predictor=nn.Identity(), momentum=momentum, momentum_end=momentum)
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.add_(torch.randn_like(p))
+    return model
+
+
+def test_ema_uses_one_flat_buffer_and_stays_exact():
+    model = _ema_model()
+    online_objects = list(model.encoder.parameters())
+    for step in range(3):
+        before = [p.clone() for p in model.target_encoder.parameters()]
+        online = [p.clone() for p in model.encoder.parameters()]
+        model.update_target_encoder()
+        for t, b, o in zip(model.target_encoder.parameters(), before, online):
+            torch.testing.assert_close(t, 0.9 * b + 0.1 * o, rtol=1e-6, atol=1e-7)
+        # the optimizer keeps working on the same Parameter objects, now views of one buffer
+        with torch.no_grad():
+            for p in model.encoder.parameters():
+                p.mul_(1.5)
+    assert all(a is b for a, b in zip(online_objects, model.encoder.parameters()))
+    storages = {p.untyped_storage().data_ptr() for p in model.encoder.parameters()}
+    assert len(storages) == 1
+    assert {p.untyped_storage().data_ptr() for p in model.target_encoder.parameters()} != storages
+
+
+def test_ema_layout_rebuilt_after_to_and_load_state_dict():
+    model = _ema_model()
+    model.update_target_encoder()
+    model.to(torch.float64)
+    before = [p.clone() for p in model.target_encoder.parameters()]
+    online = [p.clone() for p in model.encoder.parameters()]
+    model.update_target_encoder()
+    for t, b, o in zip(model.target_encoder.parameters(), before, online):
+        assert t.dtype == torch.float64
+        torch.testing.assert_close(t, 0.9 * b + 0.1 * o)
+    state = {k: v.clone() + 1 for k, v in model.state_dict().items()}
+    model.load_state_dict(state, assign=True)
+    before = [p.clone() for p in model.target_encoder.parameters()]
+    online = [p.clone() for p in model.encoder.parameters()]
+    model.update_target_encoder()
+    for t, b, o in zip(model.target_encoder.parameters(), before, online):
+        torch.testing.assert_close(t, 0.9 * b + 0.1 * o)
+
+
+def test_replacing_param_data_behind_the_models_back_is_detected():
+    model = _ema_model()
+    model.update_target_encoder()
+    first = next(model.encoder.parameters())
+    first.data = first.data.clone()  # leaves the flat buffer
+    with pytest.raises(RuntimeError, match="reset_ema_layout"):
+        for _ in range(JEPA.EMA_LAYOUT_CHECK_EVERY + 1):
+            model.update_target_encoder()
+    model.reset_ema_layout()
+    before = [p.clone() for p in model.target_encoder.parameters()]
+    online = [p.clone() for p in model.encoder.parameters()]
+    model.update_target_encoder()
+    for t, b, o in zip(model.target_encoder.parameters(), before, online):
+        torch.testing.assert_close(t, 0.9 * b + 0.1 * o)
