@@ -118,9 +118,15 @@ class DataConfig:
 
 @dataclass
 class LoggingConfig:
+    """Where runs go and which logger backends receive metrics."""
+
     output_dir: str = "runs/default"
     log_every_n_steps: int = 10
     progress_bar: bool = True
+    loggers: list[str] = field(default_factory=lambda: ["csv"])  # console | csv | tensorboard | wandb
+    experiment_name: str = "jepa"
+    wandb_project: str | None = None
+    wandb_mode: str = "offline"  # offline | online | disabled
 
 
 @dataclass
