@@ -138,6 +138,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     data: DataConfig = field(default_factory=DataConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    task_weights: dict[str, float] = field(default_factory=dict)  # MultiTaskTrainer: loss weight per task
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -167,6 +168,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: got {value!r}, expected a mapping of {tp.__name__} fields")
         return _build(tp, value, path)
+    if origin is dict:
+        _, val_tp = typing.get_args(tp) or (str, Any)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: got {value!r}, expected a mapping")
+        return {str(k): _coerce(v, val_tp, f"{path}.{k}") for k, v in value.items()}
     if origin is list:
         (item,) = typing.get_args(tp) or (Any,)
         if not isinstance(value, (list, tuple)):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -97,15 +99,8 @@ def build_loaders(config: Config, train_set: Dataset, val_set: Dataset | None) -
 def build_trainer(config: Config, model: JEPA, save_dir: str, **overrides: Any) -> JEPATrainer:
     """``create_trainer`` with the optimizer/schedule/clipping of ``config.training``."""
     t = config.training
-    if t.optimizer.type.lower() != "adamw":
-        raise ValueError(f"training.optimizer.type: only 'adamw' is available so far, got {t.optimizer.type!r}")
-    if t.scheduler.type.lower() != "cosine":
-        raise ValueError(f"training.scheduler.type: only 'cosine' is available so far, got {t.scheduler.type!r}")
-    if not t.learning_rate > 0:
-        raise ValueError(f"training.learning_rate must be > 0, got {t.learning_rate}")
-    if t.epochs < 1:
-        raise ValueError(f"training.epochs must be >= 1, got {t.epochs}")
-    warmup_fraction = min(0.5, t.scheduler.warmup_epochs / t.epochs) if t.scheduler.warmup_epochs else 0.05
+    _check_training(config)
+    warmup_fraction = _warmup_fraction(config)
     kwargs: dict[str, Any] = dict(
         learning_rate=t.learning_rate,
         weight_decay=t.weight_decay,
@@ -123,3 +118,87 @@ def build_trainer(config: Config, model: JEPA, save_dir: str, **overrides: Any) 
     )
     kwargs.update(overrides)
     return create_trainer(model, **kwargs)
+
+
+def as_config(config: Any) -> Config:
+    """A :class:`Config` from a Config, a YAML path / shipped config name, or a nested dict."""
+    from jepa.config import config_from_dict, load_config  # noqa: PLC0415
+
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, (str, os.PathLike)):
+        return load_config(config)
+    if isinstance(config, dict):
+        return config_from_dict(config)
+    raise TypeError(f"expected a Config, a YAML path, a shipped config name or a dict; got {type(config).__name__}")
+
+
+def from_config(config: Any, save_dir: str | None = None) -> dict[str, Any]:
+    """Everything a trainer needs, built from ``config``: data loaders, model, optimizer, schedule
+    spec, loss, logger and callbacks (early stopping when ``training.validation.patience`` is set)."""
+    from jepa.trainer.callbacks import EarlyStopping  # noqa: PLC0415
+    from jepa.trainer.optimizers import build_adamw  # noqa: PLC0415
+    from jepa.trainer.trainer import resolve_device  # noqa: PLC0415
+
+    config = as_config(config)
+    t = config.training
+    _check_training(config)
+    train_set, val_set = build_datasets(config)
+    torch.manual_seed(t.seed)
+    model = build_model(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens)
+    train_loader, val_loader = build_loaders(config, train_set, val_set)
+    device = resolve_device(t.device)
+    model = model.to(device)
+    optimizer = build_adamw(model, t.learning_rate, t.weight_decay, tuple(t.optimizer.betas), t.optimizer.eps, device=device)
+    callbacks = []
+    if t.validation.patience is not None:
+        callbacks.append(EarlyStopping(monitor="val_loss", patience=t.validation.patience))
+    logger = None
+    if config.logging.loggers:
+        try:
+            from jepa.loggers import create_logger  # noqa: PLC0415
+        except ImportError:
+            create_logger = None
+        if create_logger is not None:
+            logger = create_logger(config)
+    return {
+        "config": config,
+        "train_loader": train_loader,
+        "val_loader": val_loader,
+        "num_epochs": t.epochs,
+        "model": model,
+        "optimizer": optimizer,
+        "scheduler": "cosine",
+        "device": device,
+        "loss_fn": build_loss(config),
+        "gradient_clip_norm": t.gradient_clip,
+        "gradient_accumulation": t.gradient_accumulation,
+        "progress_bar": config.logging.progress_bar,
+        "save_dir": save_dir or str(Path(config.logging.output_dir) / "checkpoints"),
+        "log_every_n_steps": config.logging.log_every_n_steps,
+        "warmup_fraction": _warmup_fraction(config),
+        "min_lr_ratio": min(1.0, t.scheduler.min_lr / t.learning_rate),
+        "mixed_precision": "bf16" if t.mixed_precision else None,
+        "val_every_n_epochs": t.validation.frequency,
+        "logger": logger,
+        "callbacks": callbacks,
+    }
+
+
+def _warmup_fraction(config: Config) -> float:
+    t = config.training
+    return min(0.5, t.scheduler.warmup_epochs / t.epochs) if t.scheduler.warmup_epochs else 0.05
+
+
+def _check_training(config: Config) -> None:
+    t = config.training
+    if t.optimizer.type.lower() != "adamw":
+        raise ValueError(f"training.optimizer.type: only 'adamw' is available so far, got {t.optimizer.type!r}")
+    if t.scheduler.type.lower() != "cosine":
+        raise ValueError(f"training.scheduler.type: only 'cosine' is available so far, got {t.scheduler.type!r}")
+    if not t.learning_rate > 0:
+        raise ValueError(f"training.learning_rate must be > 0, got {t.learning_rate}")
+    if t.epochs < 1:
+        raise ValueError(f"training.epochs must be >= 1, got {t.epochs}")
+    if t.batch_size < 1:
+        raise ValueError(f"training.batch_size must be >= 1, got {t.batch_size}")

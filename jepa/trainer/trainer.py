@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -99,8 +100,15 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class JEPATrainer:
-    """Trains a :class:`~jepa.models.JEPA` (or :class:`~jepa.models.JEPAAction`).
+class BaseTrainer:
+    """The training loop. Subclass it and override :meth:`training_step` (and optionally
+    :meth:`validation_step`, :meth:`compute_regularization`) for a custom objective; the loop,
+    callbacks, checkpoints, progress bar and logging stay.
+
+    Build it from a model and optimizer (v1 API) or from a config (v0 API): ``BaseTrainer(config)``
+    with a :class:`~jepa.config.Config`, a YAML path or a shipped config name builds the data
+    (the embedded digits when the config names no other dataset), the model, the loss, AdamW and
+    the schedule from the config; then ``train()`` needs no arguments.
 
     One optimizer step per ``gradient_accumulation`` batches; after each optimizer step the EMA
     target encoder is updated (momentum on its cosine schedule) and a per-step scheduler steps.
@@ -127,11 +135,15 @@ class JEPATrainer:
         checkpoint_every_n_epochs: also write ``epoch_<n>.pt`` every n epochs (resumable).
         warmup_fraction, min_lr_ratio: shape of the ``"cosine"`` schedule (linear warmup over this
             fraction of the steps, then cosine decay to ``min_lr_ratio`` times the base lr).
+        callbacks: :class:`~jepa.trainer.callbacks.BaseCallback` instances.
+        mixed_precision: None, ``"bf16"`` or ``"fp16"`` (autocast; fp16 also scales the loss with a
+            GradScaler; bf16 needs none). ``True`` means bf16.
+        val_every_n_epochs: validate every n epochs (when a validation loader is given).
     """
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Any = None,
         optimizer: torch.optim.Optimizer | None = None,
         scheduler: Any = None,
         device: str | torch.device = "auto",
@@ -149,15 +161,35 @@ class JEPATrainer:
         checkpoint_every_n_epochs: int | None = None,
         warmup_fraction: float = 0.05,
         min_lr_ratio: float = 0.01,
+        callbacks: list | None = None,
+        mixed_precision: str | bool | None = None,
+        val_every_n_epochs: int = 1,
         distributed: bool = False,
         world_size: int | None = None,
         local_rank: int | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise NotImplementedError(
-                "JEPATrainer(config): building a trainer from a config object lands with the v0 API issue; "
-                f"pass an nn.Module as model (got {type(model).__name__})"
-            )
+        self.config = None
+        self.train_loader = self.val_loader = None
+        self.num_epochs: int | None = None
+        if model is None or not isinstance(model, nn.Module):
+            if model is None:
+                raise TypeError(f"{type(self).__name__}: pass a config (Config, YAML path or shipped name) or a model")
+            from jepa.trainer.builders import from_config  # noqa: PLC0415  (builders imports this module)
+
+            built = from_config(model, save_dir=None if save_dir == "./checkpoints" else save_dir)
+            self.config = built.pop("config")
+            self.train_loader, self.val_loader = built.pop("train_loader"), built.pop("val_loader")
+            self.num_epochs = built.pop("num_epochs")
+            model, optimizer, scheduler = built.pop("model"), built.pop("optimizer"), built.pop("scheduler")
+            device, loss_fn, gradient_clip_norm = built.pop("device"), built.pop("loss_fn"), built.pop("gradient_clip_norm")
+            gradient_accumulation, progress_bar, save_dir = built.pop("gradient_accumulation"), built.pop("progress_bar"), built.pop("save_dir")
+            log_every_n_steps, warmup_fraction, min_lr_ratio = built.pop("log_every_n_steps"), built.pop("warmup_fraction"), built.pop("min_lr_ratio")
+            if mixed_precision is None:
+                mixed_precision = built.pop("mixed_precision")
+            val_every_n_epochs = built.pop("val_every_n_epochs")
+            if logger is None:
+                logger = built.pop("logger")
+            callbacks = list(callbacks or []) + built.pop("callbacks")
         if distributed:
             raise NotImplementedError("distributed=True is not implemented yet (it lands with the distributed-training issue)")
         if optimizer is None:
@@ -199,11 +231,31 @@ class JEPATrainer:
         self.best_loss = math.inf
         self.history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "lr": []}
         self._pending_scheduler_state: dict | None = None
-        self._resume_batch = 0
         if not 0.0 <= warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction!r}")
         self.warmup_fraction = warmup_fraction
         self.min_lr_ratio = min_lr_ratio
+        from jepa.trainer.callbacks import BaseCallback  # noqa: PLC0415
+
+        self.callbacks = list(callbacks or [])
+        for cb in self.callbacks:
+            if not isinstance(cb, BaseCallback):
+                raise TypeError(f"callbacks must be BaseCallback instances, got {type(cb).__name__}")
+        if not isinstance(val_every_n_epochs, int) or val_every_n_epochs < 1:
+            raise ValueError(f"val_every_n_epochs must be an int >= 1, got {val_every_n_epochs!r}")
+        self.val_every_n_epochs = val_every_n_epochs
+        self.should_stop = False
+        self.max_epochs: int | None = self.num_epochs
+        if mixed_precision is True:
+            mixed_precision = "bf16"
+        if mixed_precision in (False, None, "no", "fp32", "none"):
+            mixed_precision = None
+        if mixed_precision not in (None, "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be None, 'bf16' or 'fp16', got {mixed_precision!r}")
+        self.mixed_precision = mixed_precision
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+        # fp16 needs loss scaling (tiny gradients underflow); bf16 has fp32's range and needs none.
+        self.scaler = torch.amp.GradScaler(self.device.type) if mixed_precision == "fp16" else None
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
@@ -225,9 +277,27 @@ class JEPATrainer:
             return {"loss": self.loss_fn(prediction, target, context)}
         return {"loss": self.loss_fn(prediction, target)}
 
-    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        """Loss terms of one validation batch (no gradient)."""
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor] | None:
+        """Loss terms of one validation batch (no gradient); returning None skips the batch."""
         return self.training_step(batch, batch_idx)
+
+    def compute_regularization(self) -> torch.Tensor:
+        """Weight regularization: half the sum of squared trainable weight matrices (biases, norms
+        and 1-d parameters excluded). Add it to a custom ``training_step`` loss with a weight."""
+        total = torch.zeros((), device=self.device)
+        for p in self.model.parameters():
+            if p.requires_grad and p.ndim > 1:
+                total = total + 0.5 * p.pow(2).sum()
+        return total
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _callback(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
 
     # ------------------------------------------------------------------ loop
     def _steps_per_epoch(self, loader: DataLoader) -> int:
@@ -269,9 +339,15 @@ class JEPATrainer:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def _optimizer_step(self) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         if self.gradient_clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.gradient_clip_norm)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when the gradients hold inf/NaN
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if hasattr(self.model, "update_target_encoder"):
             self.model.update_target_encoder()
@@ -279,14 +355,28 @@ class JEPATrainer:
             self.scheduler.step()
         self.global_step += 1
 
-    def train(self, train_loader: DataLoader, num_epochs: int, val_loader: DataLoader | None = None) -> dict[str, list[float]]:
+    def train(
+        self, train_loader: DataLoader | None = None, num_epochs: int | None = None, val_loader: DataLoader | None = None
+    ) -> dict[str, list[float]]:
         """Train until ``num_epochs`` epochs are done (continuing after a loaded checkpoint).
 
-        Returns the history: ``train_loss``, ``val_loss`` (when ``val_loader`` is given) and ``lr``,
-        one value per epoch.
+        With a trainer built from a config, every argument defaults to the config's data and
+        ``training.epochs``. Returns the history: ``train_loss``, ``val_loss`` (when validation
+        ran) and ``lr``, one value per epoch.
         """
+        if train_loader is None:
+            if self.train_loader is None:
+                raise TypeError("train() needs a train_loader (only a trainer built from a config has a default one)")
+            train_loader = self.train_loader
+            val_loader = val_loader if val_loader is not None else self.val_loader
+        if num_epochs is None:
+            if self.num_epochs is None:
+                raise TypeError("train() needs num_epochs (only a trainer built from a config has a default)")
+            num_epochs = self.num_epochs
         if not isinstance(num_epochs, int) or isinstance(num_epochs, bool) or num_epochs < 1:
             raise ValueError(f"num_epochs must be an int >= 1, got {num_epochs!r}")
+        self.max_epochs = num_epochs
+        self.should_stop = False
         steps_per_epoch = self._steps_per_epoch(train_loader)
         total_steps = steps_per_epoch * num_epochs
         self._build_scheduler(total_steps)
@@ -298,20 +388,21 @@ class JEPATrainer:
 
             bar = tqdm(total=total_steps, initial=min(self.global_step, total_steps), desc="train", unit="step", dynamic_ncols=True)
         sync_every_step = self.device.type == "cpu"
+        self._callback("on_train_start", self.model)
         try:
             for epoch in range(self.current_epoch, num_epochs):
                 self.current_epoch = epoch
                 self.model.train()
+                self._callback("on_epoch_start", self.model)
                 running = torch.zeros((), device=self.device)
                 n_batches = 0
-                last_loss = float("nan")
-                skip = self._resume_batch
-                self._resume_batch = 0
                 for batch_idx, batch in enumerate(train_loader):
-                    if batch_idx < skip:
-                        continue
                     batch = move_to_device(batch, self.device)
-                    terms = self.training_step(batch, batch_idx)
+                    self._callback("on_batch_start", self.model, batch, batch_idx)
+                    with self._autocast():
+                        terms = self.training_step(batch, batch_idx)
+                    if not isinstance(terms, Mapping) or "loss" not in terms:
+                        raise TypeError(f"training_step must return a dict with a 'loss' tensor, got {type(terms).__name__}")
                     loss = terms["loss"]
                     if sync_every_step or (self.global_step % self.log_every_n_steps == 0):
                         if not torch.isfinite(loss.detach()).item():
@@ -320,8 +411,9 @@ class JEPATrainer:
                                 f"non-finite loss at step {self.global_step} (epoch {epoch}, batch {batch_idx}); "
                                 f"non-finite terms: {', '.join(bad)}. The weights are those before this step."
                             )
-                    (loss / self.gradient_accumulation).backward()
-                    running += loss.detach()
+                    scaled = loss / self.gradient_accumulation
+                    (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+                    running += loss.detach().float()
                     n_batches += 1
                     last_of_epoch = batch_idx + 1 == len(train_loader)
                     if (batch_idx + 1) % self.gradient_accumulation == 0 or last_of_epoch:
@@ -329,31 +421,44 @@ class JEPATrainer:
                         if bar is not None:
                             bar.update(1)
                         if self.global_step % self.log_every_n_steps == 0 or last_of_epoch:
-                            last_loss = float(loss.detach())
                             metrics = {k: float(v.detach()) for k, v in terms.items() if isinstance(v, torch.Tensor) and v.dim() == 0}
                             metrics["lr"] = self.current_lr()
                             if bar is not None:
-                                bar.set_postfix(epoch=epoch + 1, loss=f"{last_loss:.4f}", lr=f"{metrics['lr']:.2e}", refresh=False)
+                                bar.set_postfix(epoch=epoch + 1, loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", refresh=False)
                             self._log({f"train/{k}": v for k, v in metrics.items()}, self.global_step)
+                    if self.callbacks:
+                        outputs = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in terms.items()}
+                        self._callback("on_batch_end", self.model, outputs, batch, batch_idx)
                 epoch_loss = float(running) / max(1, n_batches)
                 self.history["train_loss"].append(epoch_loss)
                 self.history["lr"].append(self.current_lr())
                 monitored = epoch_loss
-                if val_loader is not None:
+                epoch_metrics: dict[str, Any] = {"epoch": epoch + 1, "train_loss": epoch_loss, "lr": self.current_lr()}
+                if val_loader is not None and (epoch + 1) % self.val_every_n_epochs == 0:
                     val_loss = self.validate(val_loader)
-                    self.history["val_loss"].append(val_loss)
-                    monitored = val_loss
-                    self._log({"val/loss": val_loss}, self.global_step)
+                    if val_loss is not None:
+                        self.history["val_loss"].append(val_loss)
+                        monitored = val_loss
+                        epoch_metrics["val_loss"] = val_loss
+                        self._log({"val/loss": val_loss}, self.global_step)
                 if self.scheduler is not None and self.scheduler_interval == "epoch":
-                    self.scheduler.step()
+                    if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                        self.scheduler.step(monitored)
+                    else:
+                        self.scheduler.step()
                 self.current_epoch = epoch + 1
+                self._callback("on_validation_end", self.model, epoch_metrics)
                 if self.save_best and monitored < self.best_loss:
                     self.best_loss = monitored
                     self.save_checkpoint("best_model.pt")
                 if self.checkpoint_every_n_epochs and self.current_epoch % self.checkpoint_every_n_epochs == 0:
                     self.save_checkpoint(f"epoch_{self.current_epoch}.pt")
+                self._callback("on_epoch_end", self.model)
+                if self.should_stop:
+                    break
             if self.save_last:
                 self.save_checkpoint("last.pt")
+            self._callback("on_train_end", self.model)
         except KeyboardInterrupt:
             path = self.save_checkpoint("interrupted.pt")
             log.warning("training interrupted at step %d; state saved to %s", self.global_step, path)
@@ -364,21 +469,32 @@ class JEPATrainer:
         return self.history
 
     @torch.no_grad()
-    def validate(self, val_loader: DataLoader) -> float:
-        """Mean validation loss over ``val_loader``."""
+    def validate(self, val_loader: DataLoader | None = None) -> float | None:
+        """Mean validation loss over ``val_loader`` (None when ``validation_step`` returned None
+        for every batch)."""
+        if val_loader is None:
+            val_loader = self.val_loader
+            if val_loader is None:
+                raise TypeError("validate() needs a val_loader (only a trainer built from a config has a default one)")
         was_training = self.model.training
         self.model.eval()
         total, count = torch.zeros((), device=self.device), 0
         try:
+            n_batches = 0
             for batch_idx, batch in enumerate(val_loader):
+                n_batches += 1
                 batch = move_to_device(batch, self.device)
-                total += self.validation_step(batch, batch_idx)["loss"].detach()
+                with self._autocast():
+                    out = self.validation_step(batch, batch_idx)
+                if out is None:
+                    continue
+                total += out["loss"].detach().float()
                 count += 1
         finally:
             self.model.train(was_training)
-        if count == 0:
+        if n_batches == 0:
             raise ValueError("val_loader yields no batches")
-        return float(total) / count
+        return float(total) / count if count else None
 
     # ------------------------------------------------------------------ checkpoints
     def _resolve_path(self, name: str | os.PathLike) -> Path:
@@ -399,6 +515,8 @@ class JEPATrainer:
         }
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
+        if self.scaler is not None:
+            state["grad_scaler"] = self.scaler.state_dict()
         if isinstance(self.model, BaseModel):
             state["model_class"] = type(self.model).__name__
             state["model_config"] = json.dumps(self.model.config)
@@ -409,8 +527,9 @@ class JEPATrainer:
 
     def save_checkpoint(self, name: str | os.PathLike) -> Path:
         """Write the full training state to ``save_dir/name`` (atomically); returns the path."""
-        path = self._resolve_path(name)
-        return jio.save(self.checkpoint_state(), path)
+        path = jio.save(self.checkpoint_state(), self._resolve_path(name))
+        self._callback("on_save_checkpoint", path)
+        return path
 
     def load_checkpoint(self, name: str | os.PathLike, *, restore_rng: bool = True) -> dict[str, Any]:
         """Restore model, target encoder, optimizer, scheduler, counters and RNG from a checkpoint.
@@ -432,6 +551,8 @@ class JEPATrainer:
                 self.scheduler.load_state_dict(state["scheduler"])
             else:
                 self._pending_scheduler_state = state["scheduler"]
+        if "grad_scaler" in state and self.scaler is not None:
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.current_epoch = int(state.get("epoch", 0))
         self.global_step = int(state.get("global_step", 0))
         self.best_loss = float(state.get("best_loss", math.inf))
@@ -439,6 +560,32 @@ class JEPATrainer:
         if restore_rng and "rng" in state:
             _set_rng_state(state["rng"])
         return state
+
+
+    def evaluate(self, loader: DataLoader | None = None) -> dict[str, float]:
+        """Prediction metrics of the current model on ``loader`` (default: the config's held-out
+        data): ``loss``, ``mse`` and ``cosine_similarity`` (see :class:`~jepa.trainer.eval.JEPAEvaluator`)."""
+        from jepa.trainer.eval import JEPAEvaluator  # noqa: PLC0415
+
+        if loader is None:
+            loader = self.val_loader
+            if loader is None:
+                raise TypeError("evaluate() needs a loader (only a trainer built from a config has a default one)")
+        was_training = self.model.training
+        try:
+            return JEPAEvaluator(self.model, device=self.device, loss_fn=self.loss_fn).evaluate(loader)
+        finally:
+            self.model.train(was_training)
+
+
+class JEPATrainer(BaseTrainer):
+    """Trains a :class:`~jepa.models.JEPA` (or :class:`~jepa.models.JEPAAction`).
+
+    ``JEPATrainer(model, optimizer, ...)`` (v1) or ``JEPATrainer(config, callbacks=[...])`` (v0);
+    see :class:`BaseTrainer` for every argument. Its ``training_step`` is the JEPA objective:
+    the model's prediction/target (and context and projection embeddings) through ``loss_fn``
+    (:class:`~jepa.trainer.losses.JEPALoss` by default).
+    """
 
 
 def model_from_checkpoint_state(state: Mapping[str, Any], source: str = "checkpoint") -> BaseModel:

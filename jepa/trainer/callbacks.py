@@ -1,0 +1,252 @@
+"""Training callbacks: hooks the trainer calls at fixed points of the loop (Lightning-style).
+
+Hooks (all optional; override the ones you need):
+
+- ``on_train_start(trainer, model)`` / ``on_train_end(trainer, model)``
+- ``on_epoch_start(trainer, model)`` / ``on_epoch_end(trainer, model)``
+- ``on_batch_start(trainer, model, batch, batch_idx)``
+- ``on_batch_end(trainer, model, outputs, batch, batch_idx)`` (``outputs``: the dict returned by
+  ``training_step``, detached)
+- ``on_validation_end(trainer, model, metrics)`` (``metrics``: ``epoch``, ``train_loss`` and, when
+  validation ran, ``val_loss``; called every epoch)
+- ``on_save_checkpoint(trainer, path)``
+
+A callback stops training by setting ``trainer.should_stop = True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["BaseCallback", "CustomLogging", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint"]
+
+log = logging.getLogger("jepa")
+
+_MODES = ("min", "max")
+
+
+def _check_mode(mode: str, owner: str) -> str:
+    if mode not in _MODES:
+        raise ValueError(f"{owner}: mode must be 'min' or 'max', got {mode!r}")
+    return mode
+
+
+def _improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def _monitored(metrics: dict[str, Any], monitor: str, owner: str) -> float:
+    if monitor not in metrics:
+        raise KeyError(
+            f"{owner}: monitored metric {monitor!r} is not available this epoch; available: {sorted(metrics)} "
+            "(val_loss needs a validation loader)"
+        )
+    return float(metrics[monitor])
+
+
+class BaseCallback:
+    """Base class of callbacks: every hook is a no-op."""
+
+    def on_train_start(self, trainer: Any, model: Any) -> None:
+        pass
+
+    def on_train_end(self, trainer: Any, model: Any) -> None:
+        pass
+
+    def on_epoch_start(self, trainer: Any, model: Any) -> None:
+        pass
+
+    def on_epoch_end(self, trainer: Any, model: Any) -> None:
+        pass
+
+    def on_batch_start(self, trainer: Any, model: Any, batch: Any, batch_idx: int) -> None:
+        pass
+
+    def on_batch_end(self, trainer: Any, model: Any, outputs: dict[str, Any], batch: Any, batch_idx: int) -> None:
+        pass
+
+    def on_validation_end(self, trainer: Any, model: Any, metrics: dict[str, Any]) -> None:
+        pass
+
+    def on_save_checkpoint(self, trainer: Any, path: str | os.PathLike) -> None:
+        pass
+
+
+class EarlyStopping(BaseCallback):
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs."""
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 10, mode: str = "min", min_delta: float = 0.0) -> None:
+        if not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"EarlyStopping: patience must be an int >= 1, got {patience!r}")
+        if min_delta < 0:
+            raise ValueError(f"EarlyStopping: min_delta must be >= 0, got {min_delta!r}")
+        self.monitor = monitor
+        self.patience = patience
+        self.mode = _check_mode(mode, "EarlyStopping")
+        self.min_delta = min_delta
+        self.best: float | None = None
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+
+    def on_validation_end(self, trainer: Any, model: Any, metrics: dict[str, Any]) -> None:
+        value = _monitored(metrics, self.monitor, "EarlyStopping")
+        if _improved(value, self.best, self.mode, self.min_delta):
+            self.best, self.wait = value, 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            trainer.should_stop = True
+            self.stopped_epoch = int(metrics.get("epoch", getattr(trainer, "current_epoch", 0)))
+            log.info("EarlyStopping: %s did not improve for %d epochs (best %.6g); stopping", self.monitor, self.patience, self.best)
+
+
+class ModelCheckpoint(BaseCallback):
+    """Save the ``save_top_k`` best checkpoints by ``monitor`` (deleting the others) and optionally
+    ``last.pt``.
+
+    ``filename`` may use ``{epoch}`` and the monitored metric as format fields, e.g.
+    ``"jepa-{epoch:03d}-{val_loss:.4f}"``. Without fields and with ``save_top_k != 1`` the epoch
+    is appended so the k files do not overwrite each other. ``save_top_k=-1`` keeps every one.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | os.PathLike | None = None,
+        filename: str = "best_model",
+        monitor: str = "val_loss",
+        save_top_k: int = 1,
+        mode: str = "min",
+        save_last: bool = False,
+    ) -> None:
+        if not isinstance(save_top_k, int) or save_top_k < -1:
+            raise ValueError(f"ModelCheckpoint: save_top_k must be an int >= -1, got {save_top_k!r}")
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.filename = filename
+        self.monitor = monitor
+        self.save_top_k = save_top_k
+        self.mode = _check_mode(mode, "ModelCheckpoint")
+        self.save_last = save_last
+        self.best_k: list[tuple[float, Path]] = []  # best first
+        self.best_model_path: Path | None = None
+        self.last_model_path: Path | None = None
+
+    def _format(self, epoch: int, metrics: dict[str, Any]) -> str:
+        fields = {"epoch": epoch, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        name = self.filename
+        if "{" in name:
+            safe = {re.sub(r"\W", "_", k): v for k, v in fields.items()}
+            name = re.sub(r"\{([^}:]+)", lambda m: "{" + re.sub(r"\W", "_", m.group(1)), name).format(**safe)
+        elif self.save_top_k != 1:
+            name = f"{name}-epoch={epoch:03d}"
+        return name if name.endswith((".pt", ".pth")) else f"{name}.pt"
+
+    def on_validation_end(self, trainer: Any, model: Any, metrics: dict[str, Any]) -> None:
+        directory = self.dirpath or Path(trainer.save_dir)
+        if self.save_top_k != 0:
+            value = _monitored(metrics, self.monitor, "ModelCheckpoint")
+            worst = self.best_k[-1][0] if self.best_k else None
+            full = self.save_top_k != -1 and len(self.best_k) >= self.save_top_k
+            if not full or _improved(value, worst, self.mode):
+                path = directory / self._format(int(metrics.get("epoch", trainer.current_epoch)), metrics)
+                trainer.save_checkpoint(path)
+                self.best_k = [(v, p) for v, p in self.best_k if p != path]
+                self.best_k.append((value, path))
+                self.best_k.sort(key=lambda vp: vp[0], reverse=self.mode == "max")
+                if self.save_top_k != -1:
+                    for _, stale in self.best_k[self.save_top_k :]:
+                        if stale.exists():
+                            stale.unlink()
+                    self.best_k = self.best_k[: self.save_top_k]
+                self.best_model_path = self.best_k[0][1]
+        if self.save_last:
+            self.last_model_path = trainer.save_checkpoint(directory / "last.pt")
+
+
+class LearningRateScheduler(BaseCallback):
+    """Set the learning rate at the start of every epoch from a schedule.
+
+    ``schedule`` is ``"cosine"`` (from the optimizer's initial lr to ``min_lr`` over the run),
+    ``"linear"``, ``"step"`` (multiply by ``gamma`` every ``step_size`` epochs), ``"exponential"``
+    (``gamma`` per epoch), or a callable ``(epoch, lr) -> new_lr``. Use it for per-epoch schedules
+    when the trainer has no scheduler of its own (a trainer scheduler would overwrite it per step).
+    """
+
+    SCHEDULES = ("cosine", "linear", "step", "exponential")
+
+    def __init__(
+        self,
+        schedule: str | Callable[[int, float], float] = "cosine",
+        min_lr: float = 0.0,
+        gamma: float = 0.5,
+        step_size: int = 10,
+        verbose: bool = False,
+    ) -> None:
+        if isinstance(schedule, str) and schedule not in self.SCHEDULES:
+            raise ValueError(f"LearningRateScheduler: schedule must be one of {self.SCHEDULES} or a callable, got {schedule!r}")
+        if not isinstance(schedule, str) and not callable(schedule):
+            raise TypeError(f"LearningRateScheduler: schedule must be a name or a callable, got {type(schedule).__name__}")
+        self.schedule = schedule
+        self.min_lr = min_lr
+        self.gamma = gamma
+        self.step_size = step_size
+        self.verbose = verbose
+        self.initial_lrs: list[float] | None = None
+        self.history: list[float] = []
+
+    def _lr(self, epoch: int, total: int, base: float, current: float) -> float:
+        if callable(self.schedule):
+            return float(self.schedule(epoch, current))
+        progress = epoch / max(1, total - 1)
+        if self.schedule == "cosine":
+            return self.min_lr + (base - self.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+        if self.schedule == "linear":
+            return base + (self.min_lr - base) * progress
+        if self.schedule == "step":
+            return base * self.gamma ** (epoch // self.step_size)
+        return base * self.gamma**epoch
+
+    def on_epoch_start(self, trainer: Any, model: Any) -> None:
+        groups = trainer.optimizer.param_groups
+        if self.initial_lrs is None:
+            self.initial_lrs = [g["lr"] for g in groups]
+        total = int(getattr(trainer, "max_epochs", 0) or 1)
+        for g, base in zip(groups, self.initial_lrs):
+            g["lr"] = self._lr(trainer.current_epoch, total, base, g["lr"])
+        self.history.append(groups[0]["lr"])
+        if self.verbose:
+            log.info("epoch %d: lr = %.3e", trainer.current_epoch, groups[0]["lr"])
+
+
+class CustomLogging(BaseCallback):
+    """Log the scalar outputs of ``training_step`` every ``log_frequency`` batches (to the trainer's
+    logger when it has ``log_metrics``, else to the ``jepa`` Python logger)."""
+
+    def __init__(self, log_frequency: int = 100) -> None:
+        if not isinstance(log_frequency, int) or log_frequency < 1:
+            raise ValueError(f"CustomLogging: log_frequency must be an int >= 1, got {log_frequency!r}")
+        self.log_frequency = log_frequency
+        self.records: list[tuple[int, dict[str, float]]] = []
+
+    def on_batch_end(self, trainer: Any, model: Any, outputs: dict[str, Any], batch: Any, batch_idx: int) -> None:
+        if batch_idx % self.log_frequency != 0:
+            return
+        scalars = {}
+        for k, v in outputs.items():
+            try:
+                scalars[k] = float(v)
+            except (TypeError, ValueError, RuntimeError):
+                continue
+        step = int(getattr(trainer, "global_step", batch_idx))
+        self.records.append((step, scalars))
+        logger = getattr(trainer, "logger", None)
+        if logger is not None and hasattr(logger, "log_metrics"):
+            logger.log_metrics({f"batch/{k}": v for k, v in scalars.items()}, step)
+        else:
+            log.info("epoch %d batch %d: %s", getattr(trainer, "current_epoch", 0), batch_idx, ", ".join(f"{k}={v:.5g}" for k, v in scalars.items()))
