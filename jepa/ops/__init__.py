@@ -9,6 +9,8 @@ from jepa.ops._backend import (
 )
 from jepa.ops.attention import attention, attention_reference
 from jepa.ops.ema import ema_update, ema_update_reference
+from jepa.ops.info_nce import info_nce, info_nce_reference
+from jepa.ops.jepa_loss import jepa_loss, jepa_loss_reference
 
 __all__ = [
     "BACKENDS",
@@ -18,6 +20,10 @@ __all__ = [
     "available_backends",
     "ema_update",
     "ema_update_reference",
+    "info_nce",
+    "info_nce_reference",
+    "jepa_loss",
+    "jepa_loss_reference",
     "requested_backend",
     "use_backend",
 ]

@@ -1,10 +1,19 @@
-"""JEPA objectives: the I-JEPA prediction loss plus an anti-collapse regularizer."""
+"""Training objectives.
+
+* :class:`JEPALoss`: the I-JEPA prediction loss plus an anti-collapse regularizer (the default);
+* :class:`ContrastiveLoss`: InfoNCE between pooled prediction and target embeddings;
+* :class:`ReconstructionLoss`: a direct distance (MSE, L1, smooth-L1 or cosine);
+* :class:`VICRegLoss`: the VICReg objective between two embeddings;
+* :func:`get_loss`: one of the above by name.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from jepa.ops import info_nce, jepa_loss
 
 PREDICTION_LOSSES = ("smooth_l1", "mse", "l1")
 
@@ -16,23 +25,18 @@ def jepa_prediction_loss(
     loss: str = "smooth_l1",
     normalize_target: bool = True,
     beta: float = 1.0,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Distance between predicted and target embeddings, averaged over all elements.
 
     With ``normalize_target`` the target rows are layer-normed (no affine) first, as in I-JEPA.
+    The target is detached (stop-gradient). ``mask`` (bool, ``prediction.shape[:-1]``, True =
+    counts) restricts the mean to the selected tokens. Computed by :func:`jepa.ops.jepa_loss`.
     """
     if prediction.shape != target.shape:
         raise ValueError(f"prediction shape {tuple(prediction.shape)} != target shape {tuple(target.shape)}")
     target = target.detach()
-    if normalize_target:
-        target = F.layer_norm(target, target.shape[-1:])
-    if loss == "smooth_l1":
-        return F.smooth_l1_loss(prediction, target, beta=beta)
-    if loss == "mse":
-        return F.mse_loss(prediction, target)
-    if loss == "l1":
-        return F.l1_loss(prediction, target)
-    raise ValueError(f"loss must be one of {PREDICTION_LOSSES}, got {loss!r}")
+    return jepa_loss(prediction, target, loss=loss, normalize_target=normalize_target, beta=beta, mask=mask)
 
 
 def variance_covariance(z: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,4 +196,225 @@ class JEPALoss(nn.Module):
     def forward(
         self, prediction: torch.Tensor, target: torch.Tensor, context: torch.Tensor | None = None, projection: torch.Tensor | None = None
     ) -> torch.Tensor:
+        """The weighted total loss (``terms(...)["loss"]``)."""
         return self.terms(prediction, target, context, projection)["loss"]
+
+
+def _pooled(x: torch.Tensor, name: str, owner: str) -> torch.Tensor:
+    """``x`` as ``(B, D)`` rows: unchanged when 2-D, mean over tokens when ``(B, T, D)``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{owner}: {name} must be a tensor, got {type(x).__name__}")
+    if x.dim() == 3:
+        return x.mean(dim=1)
+    if x.dim() != 2:
+        raise ValueError(f"{owner}: {name} must be (B, D) or (B, T, D), got shape {tuple(x.shape)}")
+    return x
+
+
+def _check_pair(prediction: torch.Tensor, target: torch.Tensor, owner: str) -> None:
+    if not isinstance(prediction, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise TypeError(
+            f"{owner}: prediction and target must be tensors, got {type(prediction).__name__} and {type(target).__name__}"
+        )
+    if prediction.shape != target.shape:
+        raise ValueError(
+            f"{owner}: prediction shape {tuple(prediction.shape)} != target shape {tuple(target.shape)}; expected equal shapes"
+        )
+
+
+NEGATIVE_SAMPLING = ("random", "in_batch", "hard")
+
+
+class ContrastiveLoss(nn.Module):
+    """InfoNCE between pooled prediction and target embeddings.
+
+    Row ``i`` of the prediction is pulled towards row ``i`` of the target (its positive) and pushed
+    from other target rows (its negatives). Rows are L2-normalized and similarities divided by
+    ``temperature``. ``(B, T, D)`` inputs are mean-pooled over ``T`` first.
+
+    Args:
+        temperature: softmax temperature (> 0).
+        negative_sampling: which other rows are negatives of a row:
+
+            * ``"in_batch"``: every other row of the batch (computed by :func:`jepa.ops.info_nce`);
+            * ``"random"``: ``num_negatives`` other rows drawn uniformly at random without
+              replacement, independently for each row (uses torch's global RNG);
+            * ``"hard"``: the ``num_negatives`` other rows most similar to the row.
+        num_negatives: negatives per row for ``"random"``/``"hard"``; default ``min(B - 1, 16)``;
+            a value above ``B - 1`` is capped at ``B - 1`` for that batch. Must be ``None`` for
+            ``"in_batch"``.
+        symmetric: also compute the target -> prediction direction and average the two.
+    """
+
+    uses_context = False
+
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        negative_sampling: str = "random",
+        num_negatives: int | None = None,
+        symmetric: bool = False,
+    ) -> None:
+        super().__init__()
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f"ContrastiveLoss: temperature must be a number > 0, got {temperature!r}")
+        if negative_sampling not in NEGATIVE_SAMPLING:
+            raise ValueError(
+                f"ContrastiveLoss: negative_sampling must be one of {NEGATIVE_SAMPLING}, got {negative_sampling!r}"
+            )
+        if num_negatives is not None:
+            if isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 1:
+                raise ValueError(f"ContrastiveLoss: num_negatives must be None or an int >= 1, got {num_negatives!r}")
+            if negative_sampling == "in_batch":
+                raise ValueError(
+                    f"ContrastiveLoss: num_negatives={num_negatives!r} has no effect with negative_sampling='in_batch' "
+                    "(every other row is a negative); expected None"
+                )
+        self.temperature = float(temperature)
+        self.negative_sampling = negative_sampling
+        self.num_negatives = num_negatives
+        self.symmetric = bool(symmetric)
+
+    def _negatives(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` indices of the negatives (rows of ``k``) of each row of ``q`` (both normalized)."""
+        b = q.shape[0]
+        n = min(b - 1, 16 if self.num_negatives is None else self.num_negatives)
+        eye = torch.eye(b, dtype=torch.bool, device=q.device)
+        if self.negative_sampling == "hard":
+            with torch.no_grad():
+                scores = (q @ k.T).float()
+        else:
+            scores = torch.rand(b, b, device=q.device)
+        scores = scores.masked_fill(eye, float("-inf"))
+        return scores.topk(n, dim=1).indices
+
+    def _sampled(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """InfoNCE of ``q`` against its positive and its sampled negatives in ``k``."""
+        q = F.normalize(q, dim=1)
+        k = F.normalize(k, dim=1)
+        idx = self._negatives(q, k)  # (B, K)
+        pos = (q * k).sum(dim=1, keepdim=True)  # (B, 1)
+        neg = torch.einsum("bd,bkd->bk", q, k[idx])  # (B, K)
+        logits = torch.cat([pos, neg], dim=1) / self.temperature
+        labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+        return F.cross_entropy(logits, labels)
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Scalar InfoNCE loss of ``prediction`` against ``target`` (``(B, D)`` or ``(B, T, D)``)."""
+        _check_pair(prediction, target, "ContrastiveLoss")
+        a = _pooled(prediction, "prediction", "ContrastiveLoss")
+        b = _pooled(target, "target", "ContrastiveLoss")
+        if self.negative_sampling == "in_batch":
+            return info_nce(a, b, temperature=self.temperature, symmetric=self.symmetric)
+        if not a.is_floating_point():
+            raise TypeError(f"ContrastiveLoss: prediction must be floating point, got dtype {a.dtype}")
+        loss = self._sampled(a, b)
+        if self.symmetric:
+            loss = 0.5 * (loss + self._sampled(b, a))
+        return loss
+
+
+RECONSTRUCTION_LOSSES = ("mse", "l1", "smooth_l1", "cosine")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+class ReconstructionLoss(nn.Module):
+    """Direct distance between a prediction and its target (no target normalization).
+
+    Args:
+        loss_type: ``"mse"``, ``"l1"``, ``"smooth_l1"`` (beta 1) or ``"cosine"``
+            (``1 - cosine_similarity`` over the last dimension).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``. For ``"cosine"`` it acts on the per-row
+            values (shape ``prediction.shape[:-1]``); otherwise on elementwise values.
+    """
+
+    uses_context = False
+
+    def __init__(self, loss_type: str = "mse", reduction: str = "mean") -> None:
+        super().__init__()
+        if loss_type not in RECONSTRUCTION_LOSSES:
+            raise ValueError(f"ReconstructionLoss: loss_type must be one of {RECONSTRUCTION_LOSSES}, got {loss_type!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"ReconstructionLoss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        self.loss_type = loss_type
+        self.reduction = reduction
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss between ``prediction`` and ``target`` (same shape, ``(..., D)``)."""
+        _check_pair(prediction, target, "ReconstructionLoss")
+        if self.loss_type != "cosine":
+            return jepa_loss(prediction, target, loss=self.loss_type, normalize_target=False, reduction=self.reduction)
+        if prediction.dim() < 1 or not prediction.is_floating_point() or not target.is_floating_point():
+            raise TypeError(
+                f"ReconstructionLoss: cosine needs floating-point (..., D) tensors, got {prediction.dtype} {tuple(prediction.shape)}"
+            )
+        per_row = 1.0 - F.cosine_similarity(prediction, target, dim=-1)
+        if self.reduction == "mean":
+            return per_row.mean()
+        if self.reduction == "sum":
+            return per_row.sum()
+        return per_row
+
+
+class VICRegLoss(nn.Module):
+    """VICReg (Bardes et al., 2022) between two embeddings ``z_a`` and ``z_b``.
+
+    ``loss = sim_weight * mse(z_a, z_b) + var_weight * (var(z_a) + var(z_b)) / 2
+    + cov_weight * (cov(z_a) + cov(z_b))`` with the variance hinge and covariance terms of
+    :func:`variance_covariance` (gamma 1, eps 1e-4). ``(B, T, D)`` inputs are mean-pooled over ``T``.
+
+    Args:
+        sim_weight: weight of the invariance (MSE) term (>= 0).
+        var_weight: weight of the variance term (>= 0).
+        cov_weight: weight of the covariance term (>= 0).
+    """
+
+    uses_context = False
+
+    def __init__(self, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 1.0) -> None:
+        super().__init__()
+        for name, value in (("sim_weight", sim_weight), ("var_weight", var_weight), ("cov_weight", cov_weight)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"VICRegLoss: {name} must be a number >= 0, got {value!r}")
+        self.sim_weight = float(sim_weight)
+        self.var_weight = float(var_weight)
+        self.cov_weight = float(cov_weight)
+
+    def terms(self, z_a: torch.Tensor, z_b: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every term (``sim_loss``, ``var_loss``, ``cov_loss``) and the weighted total ``loss``."""
+        _check_pair(z_a, z_b, "VICRegLoss")
+        a = _pooled(z_a, "z_a", "VICRegLoss")
+        b = _pooled(z_b, "z_b", "VICRegLoss")
+        sim = F.mse_loss(a, b)
+        var_a, cov_a = variance_covariance(a)
+        var_b, cov_b = variance_covariance(b)
+        var = 0.5 * (var_a + var_b)
+        cov = cov_a + cov_b
+        total = self.sim_weight * sim + self.var_weight * var + self.cov_weight * cov
+        return {"loss": total, "sim_loss": sim, "var_loss": var, "cov_loss": cov}
+
+    def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        """The weighted VICReg loss (a scalar)."""
+        return self.terms(z_a, z_b)["loss"]
+
+
+_LOSSES = {
+    "jepa": JEPALoss,
+    "contrastive": ContrastiveLoss,
+    "infonce": ContrastiveLoss,
+    "reconstruction": ReconstructionLoss,
+    "vicreg": VICRegLoss,
+}
+
+
+def get_loss(name: str, **kwargs) -> nn.Module:
+    """The loss module called ``name`` (case-insensitive), built with ``kwargs``.
+
+    Names: ``"jepa"`` (:class:`JEPALoss`), ``"contrastive"`` / ``"infonce"``
+    (:class:`ContrastiveLoss`), ``"reconstruction"`` (:class:`ReconstructionLoss`),
+    ``"vicreg"`` (:class:`VICRegLoss`).
+    """
+    key = name.lower() if isinstance(name, str) else None
+    if key not in _LOSSES:
+        raise ValueError(f"get_loss: unknown loss name {name!r}; expected one of {', '.join(sorted(_LOSSES))}")
+    return _LOSSES[key](**kwargs)

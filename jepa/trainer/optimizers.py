@@ -1,4 +1,4 @@
-"""Optimizer construction."""
+"""Optimizer construction: `create_optimizer` by name, fused AdamW where supported, and Lion."""
 
 from __future__ import annotations
 
@@ -49,3 +49,161 @@ def build_adamw(
     groups = param_groups(params, weight_decay) if isinstance(params, nn.Module) else params
     kwargs = {"fused": True} if fused_supported(device) else {}
     return torch.optim.AdamW(groups, lr=learning_rate, weight_decay=weight_decay, betas=betas, eps=eps, **kwargs)
+
+
+class Lion(torch.optim.Optimizer):
+    """Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms").
+
+    Per parameter ``p`` with gradient ``g`` and momentum ``m`` (zero at start)::
+
+        update = sign(beta1 * m + (1 - beta1) * g)
+        p      = p - lr * (update + weight_decay * p)     # decoupled weight decay
+        m      = beta2 * m + (1 - beta2) * g
+
+    Args:
+        params: parameters or parameter-group dicts.
+        lr: learning rate (> 0); typically 3-10x smaller than AdamW's.
+        betas: ``(beta1, beta2)``, each in ``[0, 1)``; the paper uses ``(0.9, 0.99)``.
+        weight_decay: decoupled weight decay (>= 0).
+    """
+
+    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0) -> None:
+        _check_hyper("Lion", learning_rate=lr, weight_decay=weight_decay, betas=betas)
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One Lion update of every parameter that has a gradient; returns ``closure()``'s loss if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if grad.is_sparse:
+                    raise RuntimeError("Lion does not support sparse gradients")
+                state = self.state[p]
+                if "exp_avg" not in state:
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                m = state["exp_avg"]
+                update = m.mul(beta1).add_(grad, alpha=1 - beta1).sign_()
+                if wd != 0:
+                    p.mul_(1 - lr * wd)
+                p.add_(update, alpha=-lr)
+                m.mul_(beta2).add_(grad, alpha=1 - beta2)
+        return loss
+
+
+OPTIMIZER_TYPES = ("adamw", "adam", "sgd", "rmsprop", "lion")
+
+
+def _is_number(x) -> bool:
+    return not isinstance(x, bool) and isinstance(x, (int, float))
+
+
+def _check_hyper(owner: str, *, learning_rate=None, weight_decay=None, betas=None, eps=None, momentum=None) -> None:
+    """Refuse out-of-range hyperparameters with a message naming the argument."""
+    if learning_rate is not None and not (_is_number(learning_rate) and learning_rate > 0):
+        raise ValueError(f"{owner}: learning_rate must be a number > 0, got {learning_rate!r}")
+    if weight_decay is not None and not (_is_number(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"{owner}: weight_decay must be a number >= 0, got {weight_decay!r}")
+    if betas is not None:
+        ok = isinstance(betas, (tuple, list)) and len(betas) == 2 and all(_is_number(b) and 0.0 <= b < 1.0 for b in betas)
+        if not ok:
+            raise ValueError(f"{owner}: betas must be two numbers in [0, 1), got {betas!r}")
+    if eps is not None and not (_is_number(eps) and eps >= 0):
+        raise ValueError(f"{owner}: eps must be a number >= 0, got {eps!r}")
+    if momentum is not None and not (_is_number(momentum) and 0.0 <= momentum < 1.0):
+        raise ValueError(f"{owner}: momentum must be a number in [0, 1), got {momentum!r}")
+
+
+def _as_groups(params, weight_decay: float) -> list:
+    """Parameter groups from a module (decay split by :func:`param_groups`), tensors or group dicts."""
+    if isinstance(params, nn.Module):
+        groups = [g for g in param_groups(params, weight_decay) if g["params"]]
+        if not groups:
+            raise ValueError(f"create_optimizer: params (a {type(params).__name__}) has no trainable parameters")
+        return groups
+    if isinstance(params, torch.Tensor):
+        raise TypeError("create_optimizer: params must be a module or an iterable of tensors/group dicts, got a single tensor")
+    try:
+        items = list(params)
+    except TypeError:
+        raise TypeError(
+            f"create_optimizer: params must be an nn.Module, an iterable of parameters or of group dicts, got {type(params).__name__}"
+        ) from None
+    if not items:
+        raise ValueError("create_optimizer: params is empty; expected at least one parameter")
+    if all(isinstance(x, dict) for x in items):
+        for i, g in enumerate(items):
+            if "params" not in g:
+                raise ValueError(f"create_optimizer: params[{i}] is a group dict without a 'params' key")
+        return items
+    for i, x in enumerate(items):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"create_optimizer: params[{i}] must be a tensor (or every item a group dict), got {type(x).__name__}")
+    return items
+
+
+def _first_device(groups: list) -> torch.device | None:
+    for g in groups:
+        ps = g["params"] if isinstance(g, dict) else [g]
+        if isinstance(ps, torch.Tensor):
+            return ps.device
+        for p in ps:
+            return p.device
+    return None
+
+
+def create_optimizer(
+    params: Iterable | nn.Module,
+    optimizer_type: str = "adamw",
+    learning_rate: float = 1e-3,
+    weight_decay: float = 0.01,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    momentum: float = 0.9,
+    device: torch.device | str | None = None,
+) -> torch.optim.Optimizer:
+    """Build an optimizer by name.
+
+    Args:
+        params: an ``nn.Module`` (its trainable parameters, with no weight decay on biases, norm
+            weights, other 1-d parameters, positional embeddings and mask tokens), an iterable of
+            parameters (one group, all decayed), or an iterable of parameter-group dicts (passed
+            through; a group's own options override the arguments here).
+        optimizer_type: ``"adamw"``, ``"adam"``, ``"sgd"``, ``"rmsprop"`` or ``"lion"``
+            (case-insensitive).
+        learning_rate: base learning rate (> 0).
+        weight_decay: >= 0; decoupled for AdamW and Lion, L2 added to the gradient for Adam,
+            SGD and RMSprop (torch semantics).
+        betas: ``(beta1, beta2)`` in ``[0, 1)`` for AdamW, Adam and Lion.
+        eps: denominator term (>= 0) for AdamW, Adam and RMSprop.
+        momentum: in ``[0, 1)``; SGD momentum (no Nesterov) and RMSprop momentum.
+        device: where the parameters live, to decide whether fused AdamW/Adam kernels are used
+            (:func:`fused_supported`); default: the device of the first parameter.
+
+    Returns:
+        A ``torch.optim.Optimizer`` (``jepa.trainer.optimizers.Lion`` for ``"lion"``).
+    """
+    key = optimizer_type.lower() if isinstance(optimizer_type, str) else None
+    if key not in OPTIMIZER_TYPES:
+        raise ValueError(f"create_optimizer: unknown optimizer_type {optimizer_type!r}; expected one of {', '.join(OPTIMIZER_TYPES)}")
+    _check_hyper("create_optimizer", learning_rate=learning_rate, weight_decay=weight_decay, betas=betas, eps=eps, momentum=momentum)
+    betas = (float(betas[0]), float(betas[1]))
+    groups = _as_groups(params, weight_decay)
+    if key in ("adamw", "adam"):
+        dev = device if device is not None else _first_device(groups)
+        kwargs = {"fused": True} if dev is not None and fused_supported(dev) else {}
+        cls = torch.optim.AdamW if key == "adamw" else torch.optim.Adam
+        return cls(groups, lr=learning_rate, weight_decay=weight_decay, betas=betas, eps=eps, **kwargs)
+    if key == "sgd":
+        return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, weight_decay=weight_decay, nesterov=False)
+    if key == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=learning_rate, eps=eps, weight_decay=weight_decay, momentum=momentum)
+    return Lion(groups, lr=learning_rate, betas=betas, weight_decay=weight_decay)

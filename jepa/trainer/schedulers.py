@@ -1,11 +1,11 @@
-"""Learning-rate schedules that step once per optimizer step."""
+"""Learning-rate schedules: warmup then cosine, linear, step or constant decay, and plateau (`create_scheduler`)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 
 def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
@@ -38,3 +38,150 @@ def warmup_cosine_schedule(
     if not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
     return LambdaLR(optimizer, _WarmupCosine(total_steps, warmup_steps, min_lr_ratio))
+
+
+def _warmup_or(step: int, warmup_steps: int) -> float | None:
+    """The warmup factor ``(step + 1) / warmup_steps`` while warming up, else None."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return None
+
+
+class _WarmupLinear:
+    """Picklable lr-lambda: linear warmup, then linear decay to ``min_lr_ratio`` at ``total_steps``."""
+
+    def __init__(self, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> None:
+        self.total_steps, self.warmup_steps, self.min_lr_ratio = total_steps, warmup_steps, min_lr_ratio
+
+    def __call__(self, step: int) -> float:
+        w = _warmup_or(step, self.warmup_steps)
+        if w is not None:
+            return w
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return 1.0 - (1.0 - self.min_lr_ratio) * progress
+
+
+class _WarmupStep:
+    """Picklable lr-lambda: linear warmup, then ``gamma ** ((step - warmup) // step_size)``, floored at ``min_lr_ratio``."""
+
+    def __init__(self, step_size: int, gamma: float, warmup_steps: int, min_lr_ratio: float) -> None:
+        self.step_size, self.gamma, self.warmup_steps, self.min_lr_ratio = step_size, gamma, warmup_steps, min_lr_ratio
+
+    def __call__(self, step: int) -> float:
+        w = _warmup_or(step, self.warmup_steps)
+        if w is not None:
+            return w
+        return max(self.min_lr_ratio, self.gamma ** ((step - self.warmup_steps) // self.step_size))
+
+
+class _WarmupConstant:
+    """Picklable lr-lambda: linear warmup, then the base lr."""
+
+    def __init__(self, warmup_steps: int) -> None:
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step: int) -> float:
+        w = _warmup_or(step, self.warmup_steps)
+        return 1.0 if w is None else w
+
+
+SCHEDULER_TYPES = ("cosine", "linear", "step", "constant", "plateau")
+
+
+def _is_int(x) -> bool:
+    return not isinstance(x, bool) and isinstance(x, int)
+
+
+def create_scheduler(
+    optimizer: torch.optim.Optimizer,
+    scheduler_type: str = "cosine",
+    max_epochs: int = 100,
+    warmup_epochs: int = 0,
+    min_lr: float = 0.0,
+    steps_per_epoch: int | None = None,
+    step_size: int | None = None,
+    gamma: float = 0.1,
+    patience: int = 10,
+):
+    """Build a learning-rate scheduler by name.
+
+    Every schedule but ``"plateau"`` is a ``LambdaLR``: a linear warmup (the lr of unit ``u < W``
+    is ``base_lr * (u + 1) / W``), then
+
+    * ``"cosine"``: cosine decay from ``base_lr`` to ``min_lr``, reached at unit ``total``;
+    * ``"linear"``: linear decay from ``base_lr`` to ``min_lr``, reached at unit ``total``;
+    * ``"step"``: ``base_lr * gamma ** ((u - W) // step_size)``, never below ``min_lr``;
+    * ``"constant"``: ``base_lr``.
+
+    ``"plateau"`` returns ``ReduceLROnPlateau(mode="min", factor=gamma, patience=patience,
+    min_lr=min_lr)``, stepped once per epoch with the monitored metric (no warmup).
+
+    The unit is the optimizer step when ``steps_per_epoch`` is given (``total = max_epochs *
+    steps_per_epoch``, ``W = warmup_epochs * steps_per_epoch``, ``step_size`` in epochs is
+    converted to steps), else the epoch (``total = max_epochs``, ``W = warmup_epochs``). The returned
+    scheduler carries ``jepa_interval`` (``"step"`` or ``"epoch"``): how often to call ``step()``.
+    ``min_lr`` is absolute: each parameter group decays from its own lr to ``min_lr``.
+
+    Args:
+        optimizer: the optimizer whose lr is scheduled.
+        scheduler_type: one of ``"cosine"``, ``"linear"``, ``"step"``, ``"constant"``,
+            ``"plateau"`` (case-insensitive).
+        max_epochs: length of the schedule in epochs (int > 0).
+        warmup_epochs: warmup length in epochs (int in ``[0, max_epochs]``; 0 for ``"plateau"``).
+        min_lr: lowest learning rate (>= 0, at most every group's lr).
+        steps_per_epoch: optimizer steps per epoch (int > 0) to schedule per step; None: per epoch.
+        step_size: epochs between decays for ``"step"`` (int > 0); default ``max(1, max_epochs // 3)``.
+        gamma: decay factor of ``"step"`` and ``"plateau"`` (in ``(0, 1]``; ``(0, 1)`` for plateau).
+        patience: epochs without improvement before ``"plateau"`` decays (int >= 0).
+    """
+    key = scheduler_type.lower() if isinstance(scheduler_type, str) else None
+    if key not in SCHEDULER_TYPES:
+        raise ValueError(f"create_scheduler: unknown scheduler_type {scheduler_type!r}; expected one of {', '.join(SCHEDULER_TYPES)}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"create_scheduler: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if not (_is_int(max_epochs) and max_epochs > 0):
+        raise ValueError(f"create_scheduler: max_epochs must be an int > 0, got {max_epochs!r}")
+    if not (_is_int(warmup_epochs) and 0 <= warmup_epochs <= max_epochs):
+        raise ValueError(f"create_scheduler: warmup_epochs must be an int in [0, max_epochs={max_epochs}], got {warmup_epochs!r}")
+    if isinstance(min_lr, bool) or not isinstance(min_lr, (int, float)) or not min_lr >= 0:
+        raise ValueError(f"create_scheduler: min_lr must be a number >= 0, got {min_lr!r}")
+    if steps_per_epoch is not None and not (_is_int(steps_per_epoch) and steps_per_epoch > 0):
+        raise ValueError(f"create_scheduler: steps_per_epoch must be None or an int > 0, got {steps_per_epoch!r}")
+    if step_size is not None and not (_is_int(step_size) and step_size > 0):
+        raise ValueError(f"create_scheduler: step_size must be None or an int > 0, got {step_size!r}")
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma <= 1:
+        raise ValueError(f"create_scheduler: gamma must be a number in (0, 1], got {gamma!r}")
+    if not (_is_int(patience) and patience >= 0):
+        raise ValueError(f"create_scheduler: patience must be an int >= 0, got {patience!r}")
+
+    if key == "plateau":
+        if warmup_epochs > 0:
+            raise ValueError(f"create_scheduler: warmup_epochs={warmup_epochs} is not supported with scheduler_type='plateau'; expected 0")
+        if gamma >= 1:
+            raise ValueError(f"create_scheduler: gamma must be in (0, 1) for 'plateau', got {gamma!r}")
+        sched = ReduceLROnPlateau(optimizer, mode="min", factor=float(gamma), patience=patience, min_lr=float(min_lr))
+        sched.jepa_interval = "epoch"
+        return sched
+
+    per = steps_per_epoch or 1
+    total, warmup = max_epochs * per, warmup_epochs * per
+    lambdas = []
+    for i, group in enumerate(optimizer.param_groups):
+        base = group.get("initial_lr", group["lr"])
+        if not base > 0:
+            raise ValueError(f"create_scheduler: optimizer.param_groups[{i}] has lr {base!r}; expected > 0")
+        if min_lr > base:
+            raise ValueError(f"create_scheduler: min_lr={min_lr!r} exceeds the lr {base!r} of optimizer.param_groups[{i}]; expected min_lr <= lr")
+        ratio = min_lr / base
+        if key == "cosine":
+            lambdas.append(_WarmupCosine(total, warmup, ratio))
+        elif key == "linear":
+            lambdas.append(_WarmupLinear(total, warmup, ratio))
+        elif key == "step":
+            size = (step_size if step_size is not None else max(1, max_epochs // 3)) * per
+            lambdas.append(_WarmupStep(size, float(gamma), warmup, ratio))
+        else:
+            lambdas.append(_WarmupConstant(warmup))
+    sched = LambdaLR(optimizer, lambdas)
+    sched.jepa_interval = "step" if steps_per_epoch is not None else "epoch"
+    return sched
