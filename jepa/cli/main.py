@@ -106,7 +106,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from jepa.config import ConfigError, load_config, save_config  # noqa: PLC0415
     from jepa.data import load_digits_split  # noqa: PLC0415
-    from jepa.trainer.builders import build_datasets, build_loaders, build_model, build_trainer  # noqa: PLC0415
+    from jepa.trainer import JEPATrainer  # noqa: PLC0415
+    from jepa.trainer.builders import build_model  # noqa: PLC0415
     from jepa.trainer.eval import probe_report  # noqa: PLC0415
 
     try:
@@ -129,18 +130,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.no_progress:
         config.logging.progress_bar = False
     out_dir = Path(config.logging.output_dir)
-    ckpt_dir = out_dir / "checkpoints"
 
     try:
-        train_set, val_set = build_datasets(config)
-        torch.manual_seed(t.seed)
-        model = build_model(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens)
-        torch.manual_seed(t.seed)
-        random_init = build_model(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens)
-        train_loader, val_loader = build_loaders(config, train_set, val_set)
-        trainer = build_trainer(config, model, save_dir=str(ckpt_dir))
+        trainer = JEPATrainer(config)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    model = trainer.model
+    train_set, val_set = trainer.train_loader.dataset, trainer.val_loader.dataset
+    torch.manual_seed(t.seed)  # the same initial weights as the trained model (from_config seeds alike)
+    random_init = build_model(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens).to(trainer.device)
+    ckpt_dir = Path(trainer.save_dir)
     if args.resume:
         resume = args.resume
         if resume == "auto":
@@ -160,7 +159,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     torch.manual_seed(t.seed + 1)
     start = time.perf_counter()
-    history = trainer.train(train_loader, num_epochs=t.epochs, val_loader=val_loader)
+    try:
+        history = trainer.train()
+    finally:
+        if trainer.logger is not None and hasattr(trainer.logger, "close"):
+            trainer.logger.close()
     train_seconds = time.perf_counter() - start
 
     tr = load_digits_split("train", patch=config.data.patch_size, seed=config.data.split_seed)

@@ -13,7 +13,6 @@ from jepa.config import Config
 from jepa.data import DigitsPairs
 from jepa.models import JEPA, Encoder, Predictor, Projector, TransformerPredictor
 from jepa.trainer.losses import JEPALoss
-from jepa.trainer.trainer import JEPATrainer, create_trainer
 
 DATASETS = ("digits",)
 
@@ -96,30 +95,6 @@ def build_loaders(config: Config, train_set: Dataset, val_set: Dataset | None) -
     return train, val
 
 
-def build_trainer(config: Config, model: JEPA, save_dir: str, **overrides: Any) -> JEPATrainer:
-    """``create_trainer`` with the optimizer/schedule/clipping of ``config.training``."""
-    t = config.training
-    _check_training(config)
-    warmup_fraction = _warmup_fraction(config)
-    kwargs: dict[str, Any] = dict(
-        learning_rate=t.learning_rate,
-        weight_decay=t.weight_decay,
-        betas=tuple(t.optimizer.betas),
-        eps=t.optimizer.eps,
-        device=t.device,
-        loss_fn=build_loss(config),
-        gradient_clip_norm=t.gradient_clip,
-        gradient_accumulation=t.gradient_accumulation,
-        progress_bar=config.logging.progress_bar,
-        save_dir=save_dir,
-        log_every_n_steps=config.logging.log_every_n_steps,
-        warmup_fraction=warmup_fraction,
-        min_lr_ratio=min(1.0, t.scheduler.min_lr / t.learning_rate),
-    )
-    kwargs.update(overrides)
-    return create_trainer(model, **kwargs)
-
-
 def as_config(config: Any) -> Config:
     """A :class:`Config` from a Config, a YAML path / shipped config name, or a nested dict."""
     from jepa.config import config_from_dict, load_config  # noqa: PLC0415
@@ -137,7 +112,7 @@ def from_config(config: Any, save_dir: str | None = None) -> dict[str, Any]:
     """Everything a trainer needs, built from ``config``: data loaders, model, optimizer, schedule
     spec, loss, logger and callbacks (early stopping when ``training.validation.patience`` is set)."""
     from jepa.trainer.callbacks import EarlyStopping  # noqa: PLC0415
-    from jepa.trainer.optimizers import build_adamw  # noqa: PLC0415
+    from jepa.trainer.optimizers import create_optimizer  # noqa: PLC0415
     from jepa.trainer.trainer import resolve_device  # noqa: PLC0415
 
     config = as_config(config)
@@ -149,7 +124,10 @@ def from_config(config: Any, save_dir: str | None = None) -> dict[str, Any]:
     train_loader, val_loader = build_loaders(config, train_set, val_set)
     device = resolve_device(t.device)
     model = model.to(device)
-    optimizer = build_adamw(model, t.learning_rate, t.weight_decay, tuple(t.optimizer.betas), t.optimizer.eps, device=device)
+    optimizer = create_optimizer(
+        model, optimizer_type=t.optimizer.type, learning_rate=t.learning_rate, weight_decay=t.weight_decay,
+        betas=tuple(t.optimizer.betas), eps=t.optimizer.eps, device=device,
+    )
     callbacks = []
     if t.validation.patience is not None:
         callbacks.append(EarlyStopping(monitor="val_loss", patience=t.validation.patience))
@@ -168,7 +146,7 @@ def from_config(config: Any, save_dir: str | None = None) -> dict[str, Any]:
         "num_epochs": t.epochs,
         "model": model,
         "optimizer": optimizer,
-        "scheduler": "cosine",
+        "scheduler": _scheduler_spec(config, len(train_loader)),
         "device": device,
         "loss_fn": build_loss(config),
         "gradient_clip_norm": t.gradient_clip,
@@ -185,6 +163,34 @@ def from_config(config: Any, save_dir: str | None = None) -> dict[str, Any]:
     }
 
 
+class _ConfigScheduler:
+    """Builds ``create_scheduler`` from the config once the trainer knows the number of steps."""
+
+    def __init__(self, config: Config, steps_per_epoch: int) -> None:
+        self.config, self.steps_per_epoch = config, steps_per_epoch
+
+    def __call__(self, optimizer, total_steps: int):
+        from jepa.trainer.schedulers import create_scheduler  # noqa: PLC0415
+
+        t = self.config.training
+        per_step = t.scheduler.type.lower() != "plateau"
+        return create_scheduler(
+            optimizer,
+            scheduler_type=t.scheduler.type.lower(),
+            max_epochs=t.epochs,
+            warmup_epochs=int(t.scheduler.warmup_epochs),
+            min_lr=t.scheduler.min_lr,
+            steps_per_epoch=max(1, total_steps // t.epochs) if per_step else None,
+        )
+
+
+def _scheduler_spec(config: Config, steps_per_epoch: int):
+    """``"cosine"`` (the trainer's own warmup+cosine sized to the run) or a factory for the others."""
+    if config.training.scheduler.type.lower() == "cosine":
+        return "cosine"
+    return _ConfigScheduler(config, steps_per_epoch)
+
+
 def _warmup_fraction(config: Config) -> float:
     t = config.training
     return min(0.5, t.scheduler.warmup_epochs / t.epochs) if t.scheduler.warmup_epochs else 0.05
@@ -192,10 +198,12 @@ def _warmup_fraction(config: Config) -> float:
 
 def _check_training(config: Config) -> None:
     t = config.training
-    if t.optimizer.type.lower() != "adamw":
-        raise ValueError(f"training.optimizer.type: only 'adamw' is available so far, got {t.optimizer.type!r}")
-    if t.scheduler.type.lower() != "cosine":
-        raise ValueError(f"training.scheduler.type: only 'cosine' is available so far, got {t.scheduler.type!r}")
+    optimizers = ("adamw", "adam", "sgd", "rmsprop", "lion")
+    if t.optimizer.type.lower() not in optimizers:
+        raise ValueError(f"training.optimizer.type: unknown optimizer {t.optimizer.type!r}; expected one of {', '.join(optimizers)}")
+    schedulers = ("cosine", "linear", "step", "constant", "plateau")
+    if t.scheduler.type.lower() not in schedulers:
+        raise ValueError(f"training.scheduler.type: unknown scheduler {t.scheduler.type!r}; expected one of {', '.join(schedulers)}")
     if not t.learning_rate > 0:
         raise ValueError(f"training.learning_rate must be > 0, got {t.learning_rate}")
     if t.epochs < 1:

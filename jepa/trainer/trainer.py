@@ -317,6 +317,8 @@ class BaseTrainer:
             self.scheduler = warmup_cosine_schedule(self.optimizer, total_steps, warmup, self.min_lr_ratio)
         else:
             self.scheduler = self._scheduler_spec(self.optimizer, total_steps)
+            # schedulers from jepa.trainer.schedulers.create_scheduler say how they step
+            self.scheduler_interval = getattr(self.scheduler, "jepa_interval", self.scheduler_interval)
         if self._pending_scheduler_state is not None:
             self.scheduler.load_state_dict(self._pending_scheduler_state)
             self._pending_scheduler_state = None
