@@ -1,7 +1,17 @@
-"""jepa.trainer: the trainer, its helpers and the evaluator."""
+"""jepa.trainer: the trainers, losses, callbacks, evaluator and helpers."""
 
 from jepa.trainer.eval import JEPAEvaluator
-from jepa.trainer.losses import JEPALoss
-from jepa.trainer.trainer import JEPATrainer, create_trainer
+from jepa.trainer.losses import ContrastiveLoss, JEPALoss, ReconstructionLoss, VICRegLoss, get_loss
+from jepa.trainer.trainer import BaseTrainer, JEPATrainer, create_trainer
 
-__all__ = ["JEPAEvaluator", "JEPALoss", "JEPATrainer", "create_trainer"]
+__all__ = [
+    "BaseTrainer",
+    "ContrastiveLoss",
+    "JEPAEvaluator",
+    "JEPALoss",
+    "JEPATrainer",
+    "ReconstructionLoss",
+    "VICRegLoss",
+    "create_trainer",
+    "get_loss",
+]

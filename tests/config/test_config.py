@@ -41,3 +41,15 @@ def test_not_yaml_and_missing_file(tmp_path):
 def test_shipped_default_yaml_matches_dataclass_defaults():
     # the YAML users get from `jepa config` and the defaults in code must not drift apart
     assert load_config("default") == Config()
+
+
+@pytest.mark.parametrize("name", ["ijepa", "quick"])
+def test_every_shipped_config_loads_and_trains_one_epoch(name, tmp_path):
+    from jepa.trainer import JEPATrainer
+
+    cfg = load_config(name)
+    cfg.training.epochs = 1
+    cfg.logging.output_dir = str(tmp_path)
+    cfg.logging.progress_bar = False
+    history = JEPATrainer(cfg).train()
+    assert len(history["train_loss"]) == 1
