@@ -127,6 +127,7 @@ class LoggingConfig:
     experiment_name: str = "jepa"
     wandb_project: str | None = None
     wandb_mode: str = "offline"  # offline | online | disabled
+    collapse_check_every_n_steps: int = 200  # effective rank of a held-out batch; 0 disables
 
 
 @dataclass

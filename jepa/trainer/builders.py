@@ -158,6 +158,7 @@ def from_config(config: Any, save_dir: str | None = None) -> dict[str, Any]:
         "min_lr_ratio": min(1.0, t.scheduler.min_lr / t.learning_rate),
         "mixed_precision": "bf16" if t.mixed_precision else None,
         "val_every_n_epochs": t.validation.frequency,
+        "collapse_check_every_n_steps": config.logging.collapse_check_every_n_steps or None,
         "logger": logger,
         "callbacks": callbacks,
     }

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["BaseCallback", "CustomLogging", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint"]
+__all__ = ["BaseCallback", "CollapseMonitor", "CustomLogging", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint"]
 
 log = logging.getLogger("jepa")
 
@@ -250,3 +250,73 @@ class CustomLogging(BaseCallback):
             logger.log_metrics({f"batch/{k}": v for k, v in scalars.items()}, step)
         else:
             log.info("epoch %d batch %d: %s", getattr(trainer, "current_epoch", 0), batch_idx, ", ".join(f"{k}={v:.5g}" for k, v in scalars.items()))
+
+
+class CollapseMonitor(BaseCallback):
+    """Watch for representation collapse during training.
+
+    Every ``every_n_steps`` optimizer steps, embeds a fixed held-out batch (the first batch of the
+    validation loader, else of the training loader, or ``batch`` when given) with the online
+    encoder, and logs its effective rank (RankMe) and mean per-dimension std as
+    ``collapse/effective_rank`` and ``collapse/embedding_std``; values are kept in ``records``.
+    Warns once when the effective rank falls under ``rank_fraction`` of the embedding width or
+    the embeddings stop varying (mean std < 1e-3).
+    """
+
+    def __init__(self, every_n_steps: int = 100, rank_fraction: float = 0.1, batch: Any = None) -> None:
+        if not isinstance(every_n_steps, int) or every_n_steps < 1:
+            raise ValueError(f"CollapseMonitor: every_n_steps must be an int >= 1, got {every_n_steps!r}")
+        if not 0.0 < rank_fraction < 1.0:
+            raise ValueError(f"CollapseMonitor: rank_fraction must be in (0, 1), got {rank_fraction!r}")
+        self.every_n_steps = every_n_steps
+        self.rank_fraction = rank_fraction
+        self.batch = batch
+        self.records: list[dict[str, float]] = []
+        self.warned = False
+        self._last_step = -1
+
+    def on_train_start(self, trainer: Any, model: Any) -> None:
+        if self.batch is None:
+            loader = getattr(trainer, "_active_val_loader", None) or getattr(trainer, "_active_train_loader", None)
+            if loader is not None:
+                self.batch = next(iter(loader))
+
+    def measure(self, trainer: Any, model: Any) -> dict[str, float]:
+        """Effective rank and embedding std of the held-out batch now."""
+        import torch  # noqa: PLC0415
+
+        from jepa.trainer.eval import effective_rank  # noqa: PLC0415
+        from jepa.trainer.trainer import move_to_device, unpack_batch  # noqa: PLC0415
+
+        state_t = unpack_batch(move_to_device(self.batch, trainer.device))[0]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                z = model.embed(state_t).float()
+        finally:
+            model.train(was_training)
+        rank = effective_rank(z) if len(z) > 1 else float("nan")
+        std = float(z.std(dim=0).mean()) if len(z) > 1 else float("nan")
+        return {"effective_rank": rank, "embedding_std": std, "embedding_dim": float(z.shape[1])}
+
+    def on_batch_end(self, trainer: Any, model: Any, outputs: dict[str, Any], batch: Any, batch_idx: int) -> None:
+        step = int(trainer.global_step)
+        if self.batch is None or step == self._last_step or step % self.every_n_steps != 0 or not hasattr(model, "embed"):
+            return
+        self._last_step = step
+        m = self.measure(trainer, model)
+        self.records.append({"step": step, **m})
+        trainer._log({"collapse/effective_rank": m["effective_rank"], "collapse/embedding_std": m["embedding_std"]}, step)
+        limit = self.rank_fraction * m["embedding_dim"]
+        if not self.warned and (m["effective_rank"] < limit or m["embedding_std"] < 1e-3):
+            self.warned = True
+            import warnings  # noqa: PLC0415
+
+            msg = (
+                f"representation collapse suspected at step {step}: effective rank {m['effective_rank']:.1f} < "
+                f"{limit:.1f} ({self.rank_fraction:.0%} of {int(m['embedding_dim'])} dims), embedding std {m['embedding_std']:.3g}. "
+                "Raise the variance/covariance weights of JEPALoss or add a projector."
+            )
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            log.warning(msg)

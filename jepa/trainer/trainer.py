@@ -139,6 +139,9 @@ class BaseTrainer:
         mixed_precision: None, ``"bf16"`` or ``"fp16"`` (autocast; fp16 also scales the loss with a
             GradScaler; bf16 needs none). ``True`` means bf16.
         val_every_n_epochs: validate every n epochs (when a validation loader is given).
+        collapse_check_every_n_steps: add a :class:`~jepa.trainer.callbacks.CollapseMonitor` that
+            logs the effective rank and embedding std of a held-out batch every n steps and warns
+            once when the rank collapses (None: off).
     """
 
     def __init__(
@@ -164,6 +167,7 @@ class BaseTrainer:
         callbacks: list | None = None,
         mixed_precision: str | bool | None = None,
         val_every_n_epochs: int = 1,
+        collapse_check_every_n_steps: int | None = None,
         distributed: bool = False,
         world_size: int | None = None,
         local_rank: int | None = None,
@@ -187,6 +191,8 @@ class BaseTrainer:
             if mixed_precision is None:
                 mixed_precision = built.pop("mixed_precision")
             val_every_n_epochs = built.pop("val_every_n_epochs")
+            if collapse_check_every_n_steps is None:
+                collapse_check_every_n_steps = built.pop("collapse_check_every_n_steps")
             if logger is None:
                 logger = built.pop("logger")
             callbacks = list(callbacks or []) + built.pop("callbacks")
@@ -238,6 +244,10 @@ class BaseTrainer:
         from jepa.trainer.callbacks import BaseCallback  # noqa: PLC0415
 
         self.callbacks = list(callbacks or [])
+        if collapse_check_every_n_steps:
+            from jepa.trainer.callbacks import CollapseMonitor  # noqa: PLC0415
+
+            self.callbacks.append(CollapseMonitor(every_n_steps=collapse_check_every_n_steps))
         for cb in self.callbacks:
             if not isinstance(cb, BaseCallback):
                 raise TypeError(f"callbacks must be BaseCallback instances, got {type(cb).__name__}")
@@ -379,6 +389,7 @@ class BaseTrainer:
             raise ValueError(f"num_epochs must be an int >= 1, got {num_epochs!r}")
         self.max_epochs = num_epochs
         self.should_stop = False
+        self._active_train_loader, self._active_val_loader = train_loader, val_loader
         steps_per_epoch = self._steps_per_epoch(train_loader)
         total_steps = steps_per_epoch * num_epochs
         self._build_scheduler(total_steps)
