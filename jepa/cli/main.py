@@ -71,8 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint")
     ev.add_argument("--checkpoint", required=True, help="trainer checkpoint (.pt)")
-    ev.add_argument("--output", help="write the metrics as JSON here")
+    ev.add_argument("--output", help="write the metrics as JSON here (default: <checkpoint dir>/evaluation.json)")
     ev.add_argument("--device", default="auto")
+    ev.add_argument("--task", choices=("classification", "regression"), help="also run downstream probes on the digits labels")
+    ev.add_argument("--labels-per-class", type=_positive_int, help="train the probes on this many labels per class")
+    ev.add_argument("--plots", help="folder for embeddings.png (PCA by label) and history.png")
 
     cfg = sub.add_parser("config", help="write the default config as YAML")
     cfg.add_argument("--output", required=True, help="path of the YAML file to write")
@@ -195,14 +198,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader  # noqa: PLC0415
 
-    from jepa.data import DigitsPairs  # noqa: PLC0415
+    from jepa.data import DigitsPairs, load_digits_split  # noqa: PLC0415
     from jepa.io import CheckpointError  # noqa: PLC0415
+    from jepa.io import load as load_checkpoint_file  # noqa: PLC0415
     from jepa.trainer.eval import JEPAEvaluator  # noqa: PLC0415
 
     path = Path(args.checkpoint)
     if not path.is_file():
         raise CLIError(f"--checkpoint: file not found: {str(path)!r}")
+    if args.labels_per_class is not None and args.task != "classification":
+        raise CLIError("--labels-per-class needs --task classification")
     try:
+        state = load_checkpoint_file(path)
         evaluator = JEPAEvaluator.from_checkpoint(path, device=args.device)
     except (CheckpointError, ValueError) as exc:
         raise CLIError(f"--checkpoint: {exc}") from None
@@ -212,12 +219,41 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise CLIError(
             f"--checkpoint: the model expects tokens of size {getattr(encoder, 'input_dim', '?')}, the digits test set has {test.token_dim}"
         )
-    metrics = evaluator.evaluate(DataLoader(test, batch_size=256))
-    rows = [["metric", "value"]] + [[k, f"{v:.4f}"] for k, v in metrics.items()]
+    results: dict = {"checkpoint": str(path), "prediction": evaluator.evaluate(DataLoader(test, batch_size=256))}
+    rows = [["metric", "value"]]
+    for k, v in results["prediction"].items():
+        rows.append([k, f"{v:.4f}" if isinstance(v, float) else str(v)])
+    train_split, test_split = load_digits_split("train"), load_digits_split("test")
+    if args.task:
+        down = evaluator.evaluate_downstream(
+            task=args.task,
+            train_data=(train_split.tokens, train_split.labels),
+            test_data=(test_split.tokens, test_split.labels),
+            method="both",
+            labels_per_class=args.labels_per_class,
+        )
+        results["downstream"] = {"task": args.task, "labels_per_class": args.labels_per_class, **down}
+        for method, scores in down.items():
+            for name, value in scores.items():
+                rows.append([f"{args.task} {method} {name}", f"{value:.4f}"])
+    if args.plots:
+        plots = Path(args.plots)
+        plots.mkdir(parents=True, exist_ok=True)
+        try:
+            results["plots"] = [str(evaluator.plot_embeddings(test_split.tokens, test_split.labels, plots / "embeddings.png"))]
+            history = state.get("history") or {}
+            if history.get("train_loss"):
+                from jepa.trainer.utils import plot_training_history  # noqa: PLC0415
+
+                plot_training_history(history, plots / "history.png")
+                results["plots"].append(str(plots / "history.png"))
+        except ImportError as exc:
+            raise CLIError(str(exc)) from None
     print(_table(rows))
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(metrics, indent=2))
+    out = Path(args.output) if args.output else path.parent / "evaluation.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"wrote {out}")
     return 0
 
 

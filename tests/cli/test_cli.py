@@ -25,7 +25,20 @@ def test_train_writes_metrics_table_and_checkpoints(tmp_path):
 
     ev = run("evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "last.pt"), "--output", str(tmp_path / "ev.json"))
     assert ev.returncode == 0, ev.stderr
-    assert "cosine_similarity" in ev.stdout and json.loads((tmp_path / "ev.json").read_text())["loss"] > 0
+    assert "cosine_similarity" in ev.stdout and json.loads((tmp_path / "ev.json").read_text())["prediction"]["loss"] > 0
+    assert "effective_rank" in ev.stdout and "collapsed" in ev.stdout
+
+    ev = run(
+        "evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "last.pt"),
+        "--task", "classification", "--labels-per-class", "10", "--plots", str(tmp_path / "plots"),
+    )
+    assert ev.returncode == 0, ev.stderr
+    report = json.loads((tmp_path / "run" / "checkpoints" / "evaluation.json").read_text())
+    assert report["downstream"]["labels_per_class"] == 10
+    assert 0.0 < report["downstream"]["linear"]["accuracy"] <= 1.0 and 0.0 < report["downstream"]["knn"]["accuracy"] <= 1.0
+    assert "classification linear accuracy" in ev.stdout
+    assert (tmp_path / "plots" / "embeddings.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "plots" / "history.png").is_file()
 
     resumed = run("train", "--epochs", "2", "--output-dir", str(tmp_path / "run"), "--no-progress", "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr
@@ -51,6 +64,7 @@ def test_config_command_writes_loadable_default(tmp_path):
         (["train", "--distributed", "maybe"], "--distributed"),
         (["train", "--bogus"], "--bogus"),
         (["evaluate", "--checkpoint", "missing.pt"], "missing.pt"),
+        (["evaluate", "--checkpoint", "missing.pt", "--task", "segmentation"], "--task"),
         (["frobnicate"], "frobnicate"),
     ],
 )
