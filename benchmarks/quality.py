@@ -21,6 +21,9 @@ Usage::
     python benchmarks/quality.py --config my.yaml --epochs 150 --seeds 0 1 2 3 \
         --out bench-results/quality.json --markdown bench-results/quality.md
     python benchmarks/quality.py --set training.learning_rate=2e-3 --set loss.cov_weight=2
+
+On a machine shared with other torch processes pass ``--threads 1``: oversubscribed OpenMP threads
+thrash (on 2 busy cores a 100-epoch run went from ~60 s to tens of minutes).
 """
 
 from __future__ import annotations
