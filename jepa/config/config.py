@@ -57,7 +57,7 @@ class LossConfig:
     global_weight: float = 1.0  # token-pooled prediction term
     var_weight: float = 1.0
     var_gamma: float = 1.0
-    cov_weight: float = 4.0
+    cov_weight: float = 6.0
     regularize: str = "pooled"  # "pooled" | "tokens" | "prediction"
 
 
