@@ -104,9 +104,7 @@ def apply_overrides(config: Any, overrides: list[str]) -> None:
 def run_seed(args: argparse.Namespace, seed: int, workdir: Path) -> dict[str, Any]:
     """Train one seed as ``jepa train`` does and evaluate probes + kNN."""
     from jepa.data import load_digits_split  # noqa: PLC0415
-    from jepa.trainer import JEPATrainer  # noqa: PLC0415
-    from jepa.trainer.builders import build_model  # noqa: PLC0415
-    from jepa.trainer.eval import probe_report  # noqa: PLC0415
+    from jepa.trainer.experiment import build_probe_run, train_and_probe  # noqa: PLC0415
 
     config = load_config(args.config)
     apply_overrides(config, args.set)
@@ -118,24 +116,14 @@ def run_seed(args: argparse.Namespace, seed: int, workdir: Path) -> dict[str, An
     config.logging.progress_bar = False
     config.logging.loggers = []
 
-    trainer = JEPATrainer(config)
+    trainer, random_init = build_probe_run(config)
     model = trainer.model
-    train_set = trainer.train_loader.dataset
-    torch.manual_seed(t.seed)  # the same initial weights as the trained model (as jepa train)
-    random_init = build_model(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens).to(trainer.device)
-    torch.manual_seed(t.seed + 1)
     start = time.perf_counter()
-    try:
-        trainer.train()
-    finally:
-        if trainer.logger is not None and hasattr(trainer.logger, "close"):
-            trainer.logger.close()
-    train_seconds = time.perf_counter() - start
-
+    result = train_and_probe(trainer, random_init, labels_per_class=LABELS_PER_CLASS)
+    report, train_seconds = result["report"], result["train_seconds"]
+    eval_start = start + train_seconds  # the probes ran right after training
     tr = load_digits_split("train", patch=config.data.patch_size, seed=config.data.split_seed)
     te = load_digits_split("test", patch=config.data.patch_size, seed=config.data.split_seed)
-    eval_start = time.perf_counter()
-    report = probe_report(model, random_init, tr.tokens, tr.labels, te.tokens, te.labels, tr.images, te.images, labels_per_class=LABELS_PER_CLASS, seed=t.seed)
 
     feats: dict[str, tuple[Any, Any]] = {}
     with torch.no_grad():

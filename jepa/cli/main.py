@@ -109,9 +109,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from jepa.config import ConfigError, load_config, save_config  # noqa: PLC0415
     from jepa.data import load_digits_split  # noqa: PLC0415
-    from jepa.trainer import JEPATrainer  # noqa: PLC0415
-    from jepa.trainer.builders import build_model  # noqa: PLC0415
-    from jepa.trainer.eval import probe_report  # noqa: PLC0415
+    from jepa.trainer.experiment import build_probe_run, train_and_probe  # noqa: PLC0415
 
     try:
         config = load_config(args.config or "default")
@@ -135,13 +133,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out_dir = Path(config.logging.output_dir)
 
     try:
-        trainer = JEPATrainer(config)
+        trainer, random_init = build_probe_run(config)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     model = trainer.model
     train_set, val_set = trainer.train_loader.dataset, trainer.val_loader.dataset
-    torch.manual_seed(t.seed)  # the same initial weights as the trained model (from_config seeds alike)
-    random_init = build_model(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens).to(trainer.device)
     ckpt_dir = Path(trainer.save_dir)
     if args.resume:
         resume = args.resume
@@ -160,18 +156,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"jepa: training a JEPA on '{config.data.dataset}' ({len(train_set)} train / {len(val_set)} val pairs, "
         f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters) on {trainer.device}"
     )
-    torch.manual_seed(t.seed + 1)
-    start = time.perf_counter()
-    try:
-        history = trainer.train()
-    finally:
-        if trainer.logger is not None and hasattr(trainer.logger, "close"):
-            trainer.logger.close()
-    train_seconds = time.perf_counter() - start
-
-    tr = load_digits_split("train", patch=config.data.patch_size, seed=config.data.split_seed)
-    te = load_digits_split("test", patch=config.data.patch_size, seed=config.data.split_seed)
-    report = probe_report(model, random_init, tr.tokens, tr.labels, te.tokens, te.labels, tr.images, te.images, labels_per_class=10, seed=t.seed)
+    result = train_and_probe(trainer, random_init, labels_per_class=10)
+    history, report, train_seconds = result["history"], result["report"], result["train_seconds"]
     report["train_seconds"] = round(train_seconds, 2)
     report["final_train_loss"] = history["train_loss"][-1] if history["train_loss"] else None
     report["final_val_loss"] = history["val_loss"][-1] if history["val_loss"] else None

@@ -1,0 +1,49 @@
+"""The default experiment: train a JEPA from a config, then probe it against the same
+architecture at random init and against the raw input (what ``jepa train`` and
+``benchmarks/quality.py`` both run)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from jepa.config import Config
+from jepa.data import load_digits_split
+from jepa.trainer.builders import build_model
+from jepa.trainer.eval import probe_report
+from jepa.trainer.trainer import JEPATrainer
+
+__all__ = ["build_probe_run", "train_and_probe"]
+
+
+def build_probe_run(config: Config) -> tuple[JEPATrainer, torch.nn.Module]:
+    """The trainer of ``config`` and a random-init twin of its model (same architecture, same seed,
+    hence the same initial weights)."""
+    trainer = JEPATrainer(config)
+    train_set = trainer.train_loader.dataset
+    torch.manual_seed(config.training.seed)  # JEPATrainer(config) seeds alike before building its model
+    random_init = build_model(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens).to(trainer.device)
+    return trainer, random_init
+
+
+def train_and_probe(trainer: JEPATrainer, random_init: torch.nn.Module, labels_per_class: int = 10) -> dict[str, Any]:
+    """Train (closing the trainer's logger at the end), then :func:`probe_report` on the digits
+    split of the config. Returns ``history``, ``report`` and ``train_seconds``."""
+    config = trainer.config
+    torch.manual_seed(config.training.seed + 1)
+    start = time.perf_counter()
+    try:
+        history = trainer.train()
+    finally:
+        if trainer.logger is not None and hasattr(trainer.logger, "close"):
+            trainer.logger.close()
+    train_seconds = time.perf_counter() - start
+    tr = load_digits_split("train", patch=config.data.patch_size, seed=config.data.split_seed)
+    te = load_digits_split("test", patch=config.data.patch_size, seed=config.data.split_seed)
+    report = probe_report(
+        trainer.model, random_init, tr.tokens, tr.labels, te.tokens, te.labels, tr.images, te.images,
+        labels_per_class=labels_per_class, seed=config.training.seed,
+    )
+    return {"history": history, "report": report, "train_seconds": train_seconds}
