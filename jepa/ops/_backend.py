@@ -111,6 +111,34 @@ def triton_available() -> bool:
     return True
 
 
+def triton_interpret() -> bool:
+    """True when ``TRITON_INTERPRET=1``: Triton kernels then run on CPU tensors (how CI tests them)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
+
+
+def triton_can_run(*tensors) -> bool:
+    """True when the Triton kernels can run on ``tensors``: triton is importable and the tensors are
+    CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``."""
+    if not triton_available():
+        return False
+    devices = {t.device.type for t in tensors if t is not None}
+    if devices == {"cuda"}:
+        return True
+    return devices == {"cpu"} and triton_interpret()
+
+
+def triton_unavailable_reason(*tensors) -> str:
+    """Why the ``triton`` backend cannot run on ``tensors`` ("" when it can)."""
+    if not triton_available():
+        return "triton is not installed (pip install 'jepa[gpu]' or pip install triton)"
+    devices = sorted({t.device.type for t in tensors if t is not None})
+    if devices == ["cpu"] and not triton_interpret():
+        return "the tensors are on the CPU; Triton kernels run on CUDA tensors (or on CPU under TRITON_INTERPRET=1)"
+    if devices not in (["cpu"], ["cuda"]):
+        return f"the tensors are on {', '.join(devices) or 'no device'}; Triton kernels need CUDA tensors"
+    return ""
+
+
 def available_backends() -> list[str]:
     """Backends usable in this process (a backend may still not implement every op)."""
     out = ["torch"]
