@@ -3,6 +3,11 @@ import os
 import pytest
 import torch
 
+# Without a GPU, Triton kernels are tested on CPU tensors through Triton's interpreter. It must be
+# switched on before triton is first imported, so here, not in a test module.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Small, deterministic and quick: the suite runs on 2 CPU cores.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
