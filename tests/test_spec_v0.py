@@ -107,7 +107,8 @@ def test_distributed_example_single_process(config):
     local_rank = 0
     trainer = DistributedTrainer(config, world_size=1, rank=local_rank)
     assert len(trainer.train()["train_loss"]) == 2
-    with pytest.raises(NotImplementedError, match="distributed"):
+    # world_size=4 outside torchrun: a clear error, never a silent single-process run
+    with pytest.raises(RuntimeError, match="torchrun"):
         DistributedTrainer(config, world_size=4, rank=local_rank)
 
 

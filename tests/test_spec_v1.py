@@ -1,5 +1,6 @@
 """Every example of spec/training-api-v1.md, run as written (real data in place of `...`)."""
 
+import math
 import os
 import subprocess
 import sys
@@ -83,21 +84,44 @@ def test_for_full_control_instantiate_jepatrainer_directly(tmp_path):
     assert trainer.current_lr() == pytest.approx(0.0, abs=1e-12)
 
 
-def test_distributed_example_is_not_silently_ignored():
+def test_distributed_example_single_process_group(monkeypatch, tmp_path):
+    """The documented call under a 1-process torchrun environment: a real gloo group, DDP, training.
+    (2-process runs under torchrun are in tests/trainer/test_distributed.py.)"""
+    import socket
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import DataLoader, TensorDataset
+
     from jepa.models import JEPA
     from jepa.models.encoder import Encoder
     from jepa.models.predictor import Predictor
     from jepa.trainer import create_trainer
 
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, value)
     model = JEPA(encoder=Encoder(hidden_dim=32, num_layers=1), predictor=Predictor(hidden_dim=32))
-    os.environ.setdefault("WORLD_SIZE", "1")
-    with pytest.raises(NotImplementedError, match="distributed"):
-        create_trainer(
-            model,
-            distributed=True,
-            world_size=int(os.environ["WORLD_SIZE"]),
-            local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-        )
+    trainer = create_trainer(
+        model,
+        distributed=True,
+        world_size=int(os.environ["WORLD_SIZE"]),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        save_dir=tmp_path,
+        progress_bar=False,
+    )
+    try:
+        assert dist.is_initialized() and trainer.dist.world_size == 1 and trainer.is_global_zero
+        assert isinstance(trainer._ddp, DistributedDataParallel)
+        x = torch.randn(12, 4, 32)
+        history = trainer.train(DataLoader(TensorDataset(x, x.roll(1, dims=1)), batch_size=4), num_epochs=1)
+        assert len(history["train_loss"]) == 1 and math.isfinite(history["train_loss"][0])
+        assert (tmp_path / "last.pt").is_file()
+    finally:
+        trainer.close()
+    assert not dist.is_initialized()
 
 
 def test_automodule_members_exist():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -104,7 +105,19 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.distributed:
-        raise CLIError("--distributed true is not implemented yet (it lands with the distributed-training issue)")
+        if "WORLD_SIZE" not in os.environ:
+            raise CLIError(
+                "--distributed true needs torchrun: torchrun --nproc_per_node=N -m jepa.cli train --distributed true "
+                "(note: -m jepa.cli, not 'python -m jepa.cli')"
+            )
+        # torchrun reports the real error of a failed rank (error file) instead of a bare exit code.
+        from torch.distributed.elastic.multiprocessing.errors import record  # noqa: PLC0415
+
+        return record(_train)(args)
+    return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     import torch  # noqa: PLC0415
 
     from jepa.config import ConfigError, load_config, save_config  # noqa: PLC0415
@@ -132,31 +145,37 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config.logging.progress_bar = False
     out_dir = Path(config.logging.output_dir)
 
+    if args.resume and args.resume != "auto" and not Path(args.resume).is_file():
+        raise CLIError(f"--resume: checkpoint not found: {args.resume!r}")
     try:
-        trainer, random_init = build_probe_run(config)
+        trainer, random_init = build_probe_run(config, distributed=bool(args.distributed))
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     model = trainer.model
     train_set, val_set = trainer.train_loader.dataset, trainer.val_loader.dataset
     ckpt_dir = Path(trainer.save_dir)
     if args.resume:
-        resume = args.resume
-        if resume == "auto":
-            candidates = sorted(ckpt_dir.glob("*.pt"), key=lambda p: p.stat().st_mtime)
-            resume = str(candidates[-1]) if candidates else None
-        if resume is not None:
-            if not Path(resume).is_file():
-                raise CLIError(f"--resume: checkpoint not found: {resume!r}")
-            trainer.load_checkpoint(resume)
-            print(f"resumed from {resume} at epoch {trainer.current_epoch}, step {trainer.global_step}")
+        # 'auto': the newest checkpoint of <output-dir>/checkpoints that loads and verifies
+        trainer.resume = args.resume
 
+    if not trainer.is_global_zero:  # other ranks train; rank 0 reports
+        torch.manual_seed(config.training.seed + 1)  # as train_and_probe does on rank 0
+        try:
+            trainer.train()
+        finally:
+            trainer.close()
+        return 0
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
+    world = f" x {trainer.dist.world_size} processes" if trainer.dist is not None else ""
     print(
         f"jepa: training a JEPA on '{config.data.dataset}' ({len(train_set)} train / {len(val_set)} val pairs, "
-        f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters) on {trainer.device}"
+        f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters) on {trainer.device}{world}"
     )
-    result = train_and_probe(trainer, random_init, labels_per_class=10)
+    try:
+        result = train_and_probe(trainer, random_init, labels_per_class=10)
+    finally:
+        trainer.close()
     history, report, train_seconds = result["history"], result["report"], result["train_seconds"]
     report["train_seconds"] = round(train_seconds, 2)
     report["final_train_loss"] = history["train_loss"][-1] if history["train_loss"] else None

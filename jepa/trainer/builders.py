@@ -108,9 +108,11 @@ def as_config(config: Any) -> Config:
     raise TypeError(f"expected a Config, a YAML path, a shipped config name or a dict; got {type(config).__name__}")
 
 
-def from_config(config: Any, save_dir: str | None = None) -> dict[str, Any]:
+def from_config(config: Any, save_dir: str | None = None, device: torch.device | None = None) -> dict[str, Any]:
     """Everything a trainer needs, built from ``config``: data loaders, model, optimizer, schedule
-    spec, loss, logger and callbacks (early stopping when ``training.validation.patience`` is set)."""
+    spec, loss, logger and callbacks (early stopping when ``training.validation.patience`` is set).
+
+    ``device`` overrides ``training.device`` (the distributed trainer passes ``cuda:LOCAL_RANK``)."""
     from jepa.trainer.callbacks import EarlyStopping  # noqa: PLC0415
     from jepa.trainer.optimizers import create_optimizer  # noqa: PLC0415
     from jepa.trainer.trainer import resolve_device  # noqa: PLC0415
@@ -122,7 +124,7 @@ def from_config(config: Any, save_dir: str | None = None) -> dict[str, Any]:
     torch.manual_seed(t.seed)
     model = build_model(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens)
     train_loader, val_loader = build_loaders(config, train_set, val_set)
-    device = resolve_device(t.device)
+    device = resolve_device(t.device) if device is None else torch.device(device)
     model = model.to(device)
     optimizer = create_optimizer(
         model, optimizer_type=t.optimizer.type, learning_rate=t.learning_rate, weight_decay=t.weight_decay,

@@ -18,10 +18,10 @@ from jepa.trainer.trainer import JEPATrainer
 __all__ = ["build_probe_run", "train_and_probe"]
 
 
-def build_probe_run(config: Config) -> tuple[JEPATrainer, torch.nn.Module]:
+def build_probe_run(config: Config, *, distributed: bool = False) -> tuple[JEPATrainer, torch.nn.Module]:
     """The trainer of ``config`` and a random-init twin of its model (same architecture, same seed,
-    hence the same initial weights)."""
-    trainer = JEPATrainer(config)
+    hence the same initial weights). ``distributed``: the trainer joins the torchrun process group."""
+    trainer = JEPATrainer(config, distributed=distributed)
     train_set = trainer.train_loader.dataset
     torch.manual_seed(config.training.seed)  # JEPATrainer(config) seeds alike before building its model
     random_init = build_model(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens).to(trainer.device)

@@ -100,6 +100,21 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class PeerFailureError(RuntimeError):
+    """This rank stopped because another rank of a distributed run failed."""
+
+
+_PEER_FAILURE_MARKERS = ("connection closed by peer", "connection reset by peer", "remote worker", "broken pipe")
+
+
+def _is_peer_failure(exc: BaseException) -> bool:
+    dist_error = getattr(torch.distributed, "DistError", ())
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        (dist_error and isinstance(exc, dist_error)) or any(m in text for m in _PEER_FAILURE_MARKERS)
+    )
+
+
 class BaseTrainer:
     """The training loop. Subclass it and override :meth:`training_step` (and optionally
     :meth:`validation_step`, :meth:`compute_regularization`) for a custom objective; the loop,
@@ -142,6 +157,18 @@ class BaseTrainer:
         collapse_check_every_n_steps: add a :class:`~jepa.trainer.callbacks.CollapseMonitor` that
             logs the effective rank and embedding std of a held-out batch every n steps and warns
             once when the rank collapses (None: off).
+        distributed: train under ``torchrun`` with DistributedDataParallel: the process group is
+            joined (or created from the torchrun environment: NCCL on CUDA, gloo on CPU), the device
+            is ``cuda:LOCAL_RANK``, loaders are sharded with a DistributedSampler, the loss is
+            computed on the batch gathered from all ranks (so batch statistics are global), logged
+            losses are means over ranks, and only rank 0 shows progress, logs and writes
+            checkpoints. Gradient accumulation skips the all-reduce on all but the last micro-batch.
+        world_size, local_rank, distributed_rank: checked against the process group when given.
+        resume: ``"auto"`` continues from the newest valid checkpoint in ``save_dir`` when
+            :meth:`train` starts (a torchrun restart picks up where the run stopped); a path
+            continues from that checkpoint; None starts fresh.
+        ddp_find_unused_parameters: passed to DDP (True tolerates parameters a loss leaves unused,
+            e.g. a projector with the regularizer switched off).
     """
 
     def __init__(
@@ -168,11 +195,31 @@ class BaseTrainer:
         mixed_precision: str | bool | None = None,
         val_every_n_epochs: int = 1,
         collapse_check_every_n_steps: int | None = None,
-        distributed: bool = False,
+        distributed: Any = False,
         world_size: int | None = None,
         local_rank: int | None = None,
+        distributed_rank: int | None = None,
+        resume: str | os.PathLike | None = None,
+        ddp_find_unused_parameters: bool = True,
     ) -> None:
         self.config = None
+        self.dist = None  # DistributedContext when distributed
+        self._ddp = None
+        if distributed:
+            from jepa.trainer.distributed import DistributedContext, init_distributed  # noqa: PLC0415
+
+            if isinstance(distributed, DistributedContext):
+                self.dist = distributed
+            else:
+                if model is not None and not isinstance(model, nn.Module):
+                    from jepa.trainer.builders import as_config  # noqa: PLC0415
+
+                    model = as_config(model)
+                    requested = model.training.device
+                else:
+                    requested = device
+                self.dist = init_distributed(world_size, local_rank, requested, rank=distributed_rank)
+            device = self.dist.device
         self.train_loader = self.val_loader = None
         self.num_epochs: int | None = None
         if model is None or not isinstance(model, nn.Module):
@@ -180,7 +227,10 @@ class BaseTrainer:
                 raise TypeError(f"{type(self).__name__}: pass a config (Config, YAML path or shipped name) or a model")
             from jepa.trainer.builders import from_config  # noqa: PLC0415  (builders imports this module)
 
-            built = from_config(model, save_dir=None if save_dir == "./checkpoints" else save_dir)
+            built = from_config(
+                model, save_dir=None if save_dir == "./checkpoints" else save_dir,
+                device=self.dist.device if self.dist is not None else None,
+            )
             self.config = built.pop("config")
             self.train_loader, self.val_loader = built.pop("train_loader"), built.pop("val_loader")
             self.num_epochs = built.pop("num_epochs")
@@ -196,8 +246,6 @@ class BaseTrainer:
             if logger is None:
                 logger = built.pop("logger")
             callbacks = list(callbacks or []) + built.pop("callbacks")
-        if distributed:
-            raise NotImplementedError("distributed=True is not implemented yet (it lands with the distributed-training issue)")
         if optimizer is None:
             raise ValueError("JEPATrainer: optimizer is required (or use jepa.trainer.create_trainer)")
         if not isinstance(gradient_accumulation, int) or gradient_accumulation < 1:
@@ -210,6 +258,34 @@ class BaseTrainer:
             raise ValueError(f"log_every_n_steps must be an int >= 1, got {log_every_n_steps!r}")
         self.device = resolve_device(device)
         self.model = model.to(self.device)
+        if self.dist is not None:
+            from torch.nn.parallel import DistributedDataParallel  # noqa: PLC0415
+
+            from jepa.trainer.distributed import FeatureForward  # noqa: PLC0415
+
+            # The EMA target encoder has no trainable parameters: DDP syncs only the online encoder,
+            # predictor and projector; the target's update is the same on every rank because the
+            # online weights are. broadcast_buffers=False: buffers (EMA step, ...) are identical
+            # by construction and need no per-step broadcast.
+            import inspect  # noqa: PLC0415
+
+            no_buffer_sync = (
+                {"forward_sync_buffers": False}
+                if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+                else {"broadcast_buffers": False}
+            )
+            self._ddp = DistributedDataParallel(
+                FeatureForward(self.model),
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=ddp_find_unused_parameters,
+                **no_buffer_sync,
+            )
+        self._ddp_calls_seen = 0
+        self._sharded: dict[int, tuple[Any, Any]] = {}
+        if resume is not None and not (resume == "auto" or isinstance(resume, (str, os.PathLike))):
+            raise ValueError(f"resume must be None, 'auto' or a checkpoint path, got {resume!r}")
+        self.resume = resume
+        self._resumed = False
         self.optimizer = optimizer
         self._scheduler_spec = scheduler
         if hasattr(scheduler, "step") and hasattr(scheduler, "state_dict"):
@@ -273,14 +349,25 @@ class BaseTrainer:
         items = unpack_batch(batch)
         model = self.model
         extra = {}
+        # Under DDP the forward of a training step goes through the DDP wrapper (gradient sync).
+        ddp = self._ddp if (self._ddp is not None and torch.is_grad_enabled()) else None
         if hasattr(model, "forward_features"):
-            out = model.forward_features(*items)
+            out = ddp(*items) if ddp is not None else model.forward_features(*items)
             prediction, target, context = out["prediction"], out["target"], out.get("context")
             if out.get("projection") is not None:
                 extra["projection"] = out["projection"]
         else:
-            prediction, target = model(*items)
+            prediction, target = ddp(*items) if ddp is not None else model(*items)
             context = None
+        if self.dist is not None and self.dist.world_size > 1:
+            # Every rank computes the loss on the global batch (batch statistics of the regularizer,
+            # batch-normalized targets and contrastive negatives see all ranks' samples): the
+            # 2-process run optimizes the same objective as 1 process with twice the batch.
+            from jepa.trainer.distributed import gather_rows  # noqa: PLC0415
+
+            prediction, target = gather_rows(prediction), gather_rows(target)
+            context = gather_rows(context) if context is not None else None
+            extra = {k: gather_rows(v) for k, v in extra.items()}
         if hasattr(self.loss_fn, "terms"):
             return self.loss_fn.terms(prediction, target, context, **extra)
         if getattr(self.loss_fn, "uses_context", False):
@@ -338,7 +425,7 @@ class BaseTrainer:
                 group["lr"] = lr
 
     def _log(self, metrics: dict[str, float], step: int) -> None:
-        if self.logger is None:
+        if self.logger is None or not self.is_global_zero:
             return
         if isinstance(self.logger, logging.Logger):
             self.logger.info("step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in metrics.items()))
@@ -351,6 +438,7 @@ class BaseTrainer:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def _optimizer_step(self) -> None:
+        self._sync_unsynced_grads()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.gradient_clip_norm is not None:
@@ -367,6 +455,104 @@ class BaseTrainer:
             self.scheduler.step()
         self.global_step += 1
 
+    @property
+    def is_global_zero(self) -> bool:
+        """True on the process that logs, shows progress and writes checkpoints (rank 0)."""
+        return self.dist is None or self.dist.rank == 0
+
+    def _shard(self, loader: Any, *, shuffle: bool | None = None) -> Any:
+        """``loader`` with a DistributedSampler when distributed (built once per loader)."""
+        if loader is None or self.dist is None or self.dist.world_size == 1:
+            return loader
+        cached = self._sharded.get(id(loader))
+        if cached is not None and cached[0] is loader:
+            return cached[1]
+        from jepa.trainer.distributed import distributed_loader  # noqa: PLC0415
+
+        seed = int(getattr(getattr(self.config, "training", None), "seed", 0) or 0)
+        sharded = distributed_loader(loader, self.dist, shuffle=shuffle, seed=seed)
+        self._sharded[id(loader)] = (loader, sharded)
+        return sharded
+
+    def _reduce(self, values: torch.Tensor, op: str = "mean") -> torch.Tensor:
+        if self.dist is None or self.dist.world_size == 1:
+            return values
+        from jepa.trainer import distributed as D  # noqa: PLC0415
+
+        if op == "max":
+            out = values.detach().clone()
+            torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.MAX)
+            return out
+        return D.all_reduce_mean(values) if op == "mean" else D.all_reduce_sum(values)
+
+    def _barrier(self) -> None:
+        if self.dist is not None and self.dist.world_size > 1:
+            torch.distributed.barrier()
+
+    def _sync_unsynced_grads(self) -> None:
+        """Average gradients over ranks when this accumulation window's forwards bypassed DDP
+        (a custom ``training_step`` that calls ``self.model`` directly): never a silent divergence."""
+        if self._ddp is None:
+            return
+        calls = self._ddp.module.calls
+        bypassed = calls == self._ddp_calls_seen
+        self._ddp_calls_seen = calls
+        if not bypassed or self.dist.world_size == 1:
+            return
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for g in grads:
+            by_dtype.setdefault(g.dtype, []).append(g)
+        for group in by_dtype.values():
+            flat = torch.cat([g.reshape(-1) for g in group])
+            torch.distributed.all_reduce(flat)
+            flat /= self.dist.world_size
+            offset = 0
+            for g in group:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+
+    def _save_in_loop(self, name: str) -> Path:
+        """Save from inside :meth:`train`: every rank's RNG state is gathered, rank 0 writes, and all
+        ranks wait for the file (no rank reads a checkpoint that is still being written)."""
+        if self.dist is None or self.dist.world_size == 1:
+            return self.save_checkpoint(name)
+        rngs: list[Any] = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(rngs, _rng_state())
+        path = self._resolve_path(name)
+        if self.is_global_zero:
+            state = self.checkpoint_state()
+            state["rng_per_rank"] = rngs
+            path = jio.save(state, path)
+            self._callback("on_save_checkpoint", path)
+        self._barrier()
+        return path
+
+    def _maybe_resume(self) -> None:
+        if self.resume is None or self._resumed:
+            return
+        self._resumed = True
+        if self.resume == "auto":
+            path = find_latest_checkpoint(self.save_dir) if self.is_global_zero else None
+            if self.dist is not None and self.dist.world_size > 1:
+                box = [None if path is None else str(path)]
+                torch.distributed.broadcast_object_list(box, src=0)
+                path = None if box[0] is None else Path(box[0])
+            if path is None:
+                if self.is_global_zero:
+                    log.info("resume='auto': no checkpoint in %s, starting from scratch", self.save_dir)
+                return
+        else:
+            path = Path(self.resume)
+        self.load_checkpoint(path)
+        if self.is_global_zero:
+            log.warning("resumed from %s at epoch %d, step %d", path, self.current_epoch, self.global_step)
+
+    def close(self) -> None:
+        """Destroy the process group when this trainer created it (also done at interpreter exit)."""
+        if self.dist is not None and self.dist.owns_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
     def train(
         self, train_loader: DataLoader | None = None, num_epochs: int | None = None, val_loader: DataLoader | None = None
     ) -> dict[str, list[float]]:
@@ -375,6 +561,10 @@ class BaseTrainer:
         With a trainer built from a config, every argument defaults to the config's data and
         ``training.epochs``. Returns the history: ``train_loss``, ``val_loss`` (when validation
         ran) and ``lr``, one value per epoch.
+
+        Distributed (``distributed=True``): loaders without a ``DistributedSampler`` are rebuilt with
+        one (see :func:`jepa.trainer.distributed.distributed_loader`), logged losses are means over
+        ranks, and only rank 0 shows the progress bar, logs and writes checkpoints.
         """
         if train_loader is None:
             if self.train_loader is None:
@@ -387,54 +577,77 @@ class BaseTrainer:
             num_epochs = self.num_epochs
         if not isinstance(num_epochs, int) or isinstance(num_epochs, bool) or num_epochs < 1:
             raise ValueError(f"num_epochs must be an int >= 1, got {num_epochs!r}")
+        train_loader = self._shard(train_loader)
+        val_loader = self._shard(val_loader, shuffle=False)
         self.max_epochs = num_epochs
         self.should_stop = False
         self._active_train_loader, self._active_val_loader = train_loader, val_loader
         steps_per_epoch = self._steps_per_epoch(train_loader)
         total_steps = steps_per_epoch * num_epochs
+        self._maybe_resume()
         self._build_scheduler(total_steps)
         if hasattr(self.model, "set_total_steps"):
             self.model.set_total_steps(total_steps)
         bar = None
-        if self.progress_bar:
+        if self.progress_bar and self.is_global_zero:
             from tqdm.auto import tqdm  # noqa: PLC0415
 
             bar = tqdm(total=total_steps, initial=min(self.global_step, total_steps), desc="train", unit="step", dynamic_ncols=True)
         sync_every_step = self.device.type == "cpu"
+        distributed = self.dist is not None and self.dist.world_size > 1
+        if self._ddp is not None:
+            self._ddp_calls_seen = self._ddp.module.calls
         self._callback("on_train_start", self.model)
         try:
             for epoch in range(self.current_epoch, num_epochs):
                 self.current_epoch = epoch
+                if distributed:
+                    from jepa.trainer.distributed import set_loader_epoch  # noqa: PLC0415
+
+                    set_loader_epoch(train_loader, epoch)
                 self.model.train()
                 self._callback("on_epoch_start", self.model)
                 running = torch.zeros((), device=self.device)
                 n_batches = 0
+                n_loader = len(train_loader)
                 for batch_idx, batch in enumerate(train_loader):
                     batch = move_to_device(batch, self.device)
                     self._callback("on_batch_start", self.model, batch, batch_idx)
-                    with self._autocast():
-                        terms = self.training_step(batch, batch_idx)
-                    if not isinstance(terms, Mapping) or "loss" not in terms:
-                        raise TypeError(f"training_step must return a dict with a 'loss' tensor, got {type(terms).__name__}")
-                    loss = terms["loss"]
-                    if sync_every_step or (self.global_step % self.log_every_n_steps == 0):
-                        if not torch.isfinite(loss.detach()).item():
-                            bad = [k for k, v in terms.items() if isinstance(v, torch.Tensor) and not torch.isfinite(v).all()]
-                            raise FloatingPointError(
-                                f"non-finite loss at step {self.global_step} (epoch {epoch}, batch {batch_idx}); "
-                                f"non-finite terms: {', '.join(bad)}. The weights are those before this step."
-                            )
-                    scaled = loss / self.gradient_accumulation
-                    (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+                    last_of_epoch = batch_idx + 1 == n_loader
+                    steps_now = (batch_idx + 1) % self.gradient_accumulation == 0 or last_of_epoch
+                    # Gradient accumulation under DDP: no all-reduce until the last micro-batch.
+                    no_sync = self._ddp.no_sync() if (self._ddp is not None and not steps_now) else contextlib.nullcontext()
+                    with no_sync:
+                        with self._autocast():
+                            terms = self.training_step(batch, batch_idx)
+                        if not isinstance(terms, Mapping) or "loss" not in terms:
+                            raise TypeError(f"training_step must return a dict with a 'loss' tensor, got {type(terms).__name__}")
+                        loss = terms["loss"]
+                        if sync_every_step or (self.global_step % self.log_every_n_steps == 0):
+                            bad_flag = (~torch.isfinite(loss.detach())).any().float()
+                            if distributed:  # every rank stops together (no rank left waiting in a collective)
+                                bad_flag = self._reduce(bad_flag.reshape(1), "max")[0]
+                            if bad_flag.item():
+                                bad = [k for k, v in terms.items() if isinstance(v, torch.Tensor) and not torch.isfinite(v).all()]
+                                where = f" on rank {self.dist.rank}" if distributed else ""
+                                raise FloatingPointError(
+                                    f"non-finite loss at step {self.global_step} (epoch {epoch}, batch {batch_idx}){where}; "
+                                    f"non-finite terms: {', '.join(bad) or '(on another rank)'}. The weights are those before this step."
+                                )
+                        scaled = loss / self.gradient_accumulation
+                        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
                     running += loss.detach().float()
                     n_batches += 1
-                    last_of_epoch = batch_idx + 1 == len(train_loader)
-                    if (batch_idx + 1) % self.gradient_accumulation == 0 or last_of_epoch:
+                    if steps_now:
                         self._optimizer_step()
                         if bar is not None:
                             bar.update(1)
                         if self.global_step % self.log_every_n_steps == 0 or last_of_epoch:
-                            metrics = {k: float(v.detach()) for k, v in terms.items() if isinstance(v, torch.Tensor) and v.dim() == 0}
+                            names = [k for k, v in terms.items() if isinstance(v, torch.Tensor) and v.dim() == 0]
+                            values = torch.stack([terms[k].detach().float() for k in names]) if names else None
+                            if values is not None and distributed:
+                                values = self._reduce(values)
+                            metrics = {k: float(v) for k, v in zip(names, values.tolist())} if values is not None else {}
                             metrics["lr"] = self.current_lr()
                             if bar is not None:
                                 bar.set_postfix(epoch=epoch + 1, loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", refresh=False)
@@ -442,7 +655,11 @@ class BaseTrainer:
                     if self.callbacks:
                         outputs = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in terms.items()}
                         self._callback("on_batch_end", self.model, outputs, batch, batch_idx)
-                epoch_loss = float(running) / max(1, n_batches)
+                if distributed:
+                    totals = self._reduce(torch.stack([running, torch.tensor(float(n_batches), device=self.device)]), "sum")
+                    epoch_loss = float(totals[0]) / max(1.0, float(totals[1]))
+                else:
+                    epoch_loss = float(running) / max(1, n_batches)
                 self.history["train_loss"].append(epoch_loss)
                 self.history["lr"].append(self.current_lr())
                 monitored = epoch_loss
@@ -463,18 +680,35 @@ class BaseTrainer:
                 self._callback("on_validation_end", self.model, epoch_metrics)
                 if self.save_best and monitored < self.best_loss:
                     self.best_loss = monitored
-                    self.save_checkpoint("best_model.pt")
+                    self._save_in_loop("best_model.pt")
                 if self.checkpoint_every_n_epochs and self.current_epoch % self.checkpoint_every_n_epochs == 0:
-                    self.save_checkpoint(f"epoch_{self.current_epoch}.pt")
+                    self._save_in_loop(f"epoch_{self.current_epoch}.pt")
                 self._callback("on_epoch_end", self.model)
                 if self.should_stop:
                     break
             if self.save_last:
-                self.save_checkpoint("last.pt")
+                self._save_in_loop("last.pt")
             self._callback("on_train_end", self.model)
         except KeyboardInterrupt:
-            path = self.save_checkpoint("interrupted.pt")
-            log.warning("training interrupted at step %d; state saved to %s", self.global_step, path)
+            # No collectives here: other ranks may be interrupted at a different point.
+            if self.is_global_zero:
+                path = self.save_checkpoint("interrupted.pt")
+                log.warning("training interrupted at step %d; state saved to %s", self.global_step, path)
+            raise
+        except BaseException as exc:
+            if self.dist is None or self.dist.world_size == 1:
+                raise
+            # Tear the process group down so that ranks blocked in a collective with this one fail
+            # instead of waiting forever (torchrun then ends the others and reports this error).
+            if self.dist.owns_group:
+                with contextlib.suppress(Exception):
+                    torch.distributed.destroy_process_group()
+            if _is_peer_failure(exc):
+                # The real error is another rank's; say so in one line instead of a gloo/NCCL trace.
+                raise PeerFailureError(
+                    f"rank {self.dist.rank}: stopped at step {self.global_step} because another rank failed "
+                    "(its error is printed by that rank and summarised by torchrun)"
+                ) from None
             raise
         finally:
             if bar is not None:
@@ -507,6 +741,9 @@ class BaseTrainer:
             self.model.train(was_training)
         if n_batches == 0:
             raise ValueError("val_loader yields no batches")
+        if self.dist is not None and self.dist.world_size > 1:
+            totals = self._reduce(torch.stack([total.float(), torch.tensor(float(count), device=self.device)]), "sum")
+            return float(totals[0]) / float(totals[1]) if float(totals[1]) else None
         return float(total) / count if count else None
 
     # ------------------------------------------------------------------ checkpoints
@@ -539,7 +776,13 @@ class BaseTrainer:
         return state
 
     def save_checkpoint(self, name: str | os.PathLike) -> Path:
-        """Write the full training state to ``save_dir/name`` (atomically); returns the path."""
+        """Write the full training state to ``save_dir/name`` (atomically); returns the path.
+
+        Distributed: only rank 0 writes (the call is a no-op returning the path on other ranks, so
+        ``if rank == 0: trainer.save_checkpoint(...)`` and calling it on every rank both work).
+        """
+        if not self.is_global_zero:
+            return self._resolve_path(name)
         path = jio.save(self.checkpoint_state(), self._resolve_path(name))
         self._callback("on_save_checkpoint", path)
         return path
@@ -570,8 +813,12 @@ class BaseTrainer:
         self.global_step = int(state.get("global_step", 0))
         self.best_loss = float(state.get("best_loss", math.inf))
         self.history = {k: list(v) for k, v in state.get("history", self.history).items()}
-        if restore_rng and "rng" in state:
-            _set_rng_state(state["rng"])
+        if restore_rng:
+            per_rank = state.get("rng_per_rank")
+            if self.dist is not None and isinstance(per_rank, (list, tuple)) and len(per_rank) == self.dist.world_size:
+                _set_rng_state(per_rank[self.dist.rank])
+            elif "rng" in state:
+                _set_rng_state(state["rng"])
         return state
 
 
@@ -599,6 +846,34 @@ class JEPATrainer(BaseTrainer):
     the model's prediction/target (and context and projection embeddings) through ``loss_fn``
     (:class:`~jepa.trainer.losses.JEPALoss` by default).
     """
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
+
+
+def find_latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The newest checkpoint in ``directory`` that loads and verifies (None when there is none).
+
+    Temporary files of an interrupted save (``*.tmp-<pid>``) are never candidates; a damaged or
+    truncated file is skipped with a warning and the next newest one is tried.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    candidates = [
+        p for p in directory.iterdir()
+        if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES and ".tmp-" not in p.name
+    ]
+    candidates.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for path in candidates:
+        try:
+            state = jio.load(path)
+        except (jio.CheckpointError, OSError, ValueError) as exc:
+            log.warning("skipping unreadable checkpoint %s: %s", path, exc)
+            continue
+        if isinstance(state, Mapping) and "model" in state:
+            return path
+    return None
 
 
 def model_from_checkpoint_state(state: Mapping[str, Any], source: str = "checkpoint") -> BaseModel:
@@ -629,13 +904,22 @@ def create_trainer(
     warmup + cosine schedule sized to the real number of steps when :meth:`~JEPATrainer.train` runs.
 
     Extra keyword arguments go to :class:`JEPATrainer` (``gradient_clip_norm``,
-    ``gradient_accumulation``, ``progress_bar``, ``save_dir``, ``warmup_fraction``, ...).
+    ``gradient_accumulation``, ``progress_bar``, ``save_dir``, ``warmup_fraction``, ``resume``, ...).
+
+    ``distributed=True`` (under ``torchrun``): joins the process group (NCCL on CUDA, gloo on CPU),
+    moves the model to ``cuda:LOCAL_RANK`` and trains it under DistributedDataParallel; see
+    :class:`BaseTrainer`. ``world_size``/``local_rank`` are checked against the environment.
     """
     from jepa.trainer.optimizers import build_adamw  # noqa: PLC0415
 
+    ctx: Any = False
     if distributed:
-        raise NotImplementedError("distributed=True is not implemented yet (it lands with the distributed-training issue)")
-    dev = resolve_device(device)
+        from jepa.trainer.distributed import init_distributed  # noqa: PLC0415
+
+        ctx = init_distributed(world_size, local_rank, device)
+        dev = ctx.device
+    else:
+        dev = resolve_device(device)
     model = model.to(dev)
     optimizer = build_adamw(model, learning_rate=learning_rate, weight_decay=weight_decay, betas=tuple(betas), eps=eps, device=dev)
-    return JEPATrainer(model, optimizer, scheduler="cosine", device=dev, logger=logger, loss_fn=loss_fn, **trainer_kwargs)
+    return JEPATrainer(model, optimizer, scheduler="cosine", device=dev, logger=logger, loss_fn=loss_fn, distributed=ctx, **trainer_kwargs)
