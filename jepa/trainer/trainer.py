@@ -169,6 +169,8 @@ class BaseTrainer:
             continues from that checkpoint; None starts fresh.
         ddp_find_unused_parameters: passed to DDP (True tolerates parameters a loss leaves unused,
             e.g. a projector with the regularizer switched off).
+        strategy: ``"ddp"`` (replicated model). ``"fsdp"`` (sharded model) raises
+            ``NotImplementedError`` for now.
     """
 
     def __init__(
@@ -201,7 +203,15 @@ class BaseTrainer:
         distributed_rank: int | None = None,
         resume: str | os.PathLike | None = None,
         ddp_find_unused_parameters: bool = True,
+        strategy: str = "ddp",
     ) -> None:
+        if strategy != "ddp":
+            if strategy == "fsdp":
+                raise NotImplementedError(
+                    "strategy='fsdp' (FSDP2 fully_shard with a sharded EMA target) is not implemented yet; "
+                    "use strategy='ddp' (the model must fit on one device)"
+                )
+            raise ValueError(f"strategy must be 'ddp' (or 'fsdp', not implemented yet), got {strategy!r}")
         self.config = None
         self.dist = None  # DistributedContext when distributed
         self._ddp = None
