@@ -171,6 +171,18 @@ class BaseTrainer:
             e.g. a projector with the regularizer switched off).
         strategy: ``"ddp"`` (replicated model). ``"fsdp"`` (sharded model) raises
             ``NotImplementedError`` for now.
+        on_nan: what a non-finite (NaN/inf) loss does. ``"raise"`` (default): stop with a
+            ``FloatingPointError`` naming the step, epoch, batch and the non-finite terms; the
+            weights are those before that step. ``"skip"``: drop that optimizer step (gradients
+            discarded, no update, no EMA or scheduler step), count it in ``nan_skipped_steps``, and
+            raise after ``max_nan_skips`` dropped steps in a row.
+        nan_check_every_n_steps: how often the loss is checked on the host. Default: every step on
+            the CPU; on GPUs every ``log_every_n_steps`` steps when the optimizer can skip a step on
+            device (fused Adam/AdamW: a device-side flag, no host sync per step, makes every update
+            after a non-finite loss a no-op until the check raises), else every step.
+        checkpoint_every_n_steps: also write ``latest.pt`` every n optimizer steps; it records the
+            position inside the epoch, so a resumed run continues at the next batch (same data
+            order and RNG streams as an uninterrupted run).
     """
 
     def __init__(
@@ -204,6 +216,10 @@ class BaseTrainer:
         resume: str | os.PathLike | None = None,
         ddp_find_unused_parameters: bool = True,
         strategy: str = "ddp",
+        on_nan: str = "raise",
+        max_nan_skips: int = 10,
+        nan_check_every_n_steps: int | None = None,
+        checkpoint_every_n_steps: int | None = None,
     ) -> None:
         if strategy != "ddp":
             if strategy == "fsdp":
@@ -296,6 +312,25 @@ class BaseTrainer:
             raise ValueError(f"resume must be None, 'auto' or a checkpoint path, got {resume!r}")
         self.resume = resume
         self._resumed = False
+        if on_nan not in ("raise", "skip"):
+            raise ValueError(f"on_nan must be 'raise' or 'skip', got {on_nan!r}")
+        for name, value in (("max_nan_skips", max_nan_skips), ("nan_check_every_n_steps", nan_check_every_n_steps),
+                            ("checkpoint_every_n_steps", checkpoint_every_n_steps)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an int >= 1{'' if name == 'max_nan_skips' else ' or None'}, got {value!r}")
+        if max_nan_skips is None:
+            raise ValueError("max_nan_skips must be an int >= 1, got None")
+        self.on_nan = on_nan
+        self.max_nan_skips = max_nan_skips
+        self.nan_check_every_n_steps = nan_check_every_n_steps
+        self.checkpoint_every_n_steps = checkpoint_every_n_steps
+        self.nan_skipped_steps = 0  # optimizer steps dropped by on_nan="skip"
+        self._consecutive_nan = 0
+        self._window_nonfinite = False  # on_nan="skip": this accumulation window saw a non-finite loss
+        self._nan_seen: torch.Tensor | None = None  # deferred check: device flag, sticky until checked
+        self._first_bad_step: torch.Tensor | None = None
+        self._epoch_progress: dict[str, Any] | None = None  # mid-epoch position (for step checkpoints)
+        self._resume_position: dict[str, Any] | None = None
         self.optimizer = optimizer
         self._scheduler_spec = scheduler
         if hasattr(scheduler, "step") and hasattr(scheduler, "state_dict"):
@@ -447,8 +482,91 @@ class BaseTrainer:
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
+    def _nan_check_interval(self) -> int:
+        """Steps between host checks of the loss (see ``nan_check_every_n_steps``)."""
+        if self.nan_check_every_n_steps is not None:
+            return self.nan_check_every_n_steps if self._can_defer_nan_check() else 1
+        if self.device.type == "cpu" or not self._can_defer_nan_check():
+            return 1
+        return self.log_every_n_steps
+
+    def _can_defer_nan_check(self) -> bool:
+        # A deferred check must not let a step after a non-finite loss change the weights: fused
+        # Adam/AdamW skip their update on device when `found_inf` is set (no host sync); with fp16
+        # the GradScaler skips steps whose gradients are non-finite.
+        return self.on_nan == "raise" and (
+            self.scaler is not None or bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
+        )
+
+    def _check_loss(self, terms: Mapping[str, Any], epoch: int, batch_idx: int, check_every: int) -> None:
+        loss = terms["loss"].detach()
+        distributed = self.dist is not None and self.dist.world_size > 1
+        bad_flag = ~torch.isfinite(loss).all()
+        if check_every > 1 and self.global_step % check_every != 0:
+            # deferred: remember on device (sticky), the optimizer skips every update from now on
+            if self._nan_seen is None:
+                self._nan_seen = torch.zeros((), dtype=torch.bool, device=loss.device)
+                self._first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self._first_bad_step = torch.where(
+                bad_flag & (self._first_bad_step < 0), torch.full_like(self._first_bad_step, self.global_step), self._first_bad_step
+            )
+            self._nan_seen = self._nan_seen | bad_flag
+            return
+        flag = bad_flag.float().reshape(1)
+        if self._nan_seen is not None:
+            flag = torch.maximum(flag, self._nan_seen.float().reshape(1))
+        if distributed:  # every rank decides together (no rank left waiting in a collective)
+            flag = self._reduce(flag, "max")
+        if not flag.item():
+            return
+        where = f" on rank {self.dist.rank}" if distributed else ""
+        if self._nan_seen is not None and bool(self._nan_seen):
+            first = int(self._first_bad_step)
+            after = (
+                "the loss scaler skipped the steps whose gradients were non-finite"
+                if self.scaler is not None
+                else f"every update since step {first} was skipped on device, so the weights are those before step {first}"
+            )
+            raise FloatingPointError(
+                f"non-finite loss at step {first}{where} (found at the check of step {self.global_step}, epoch {epoch}); {after}."
+            )
+        bad = [k for k, v in terms.items() if isinstance(v, torch.Tensor) and not torch.isfinite(v).all()]
+        names = ", ".join(bad) or "(on another rank)"
+        if self.on_nan == "raise":
+            raise FloatingPointError(
+                f"non-finite loss at step {self.global_step} (epoch {epoch}, batch {batch_idx}){where}; "
+                f"non-finite terms: {names}. The weights are those before this step."
+            )
+        if not self._window_nonfinite:
+            log.warning("non-finite loss at step %d (epoch %d, batch %d); terms: %s; dropping this step (on_nan='skip')",
+                        self.global_step, epoch, batch_idx, names)
+        self._window_nonfinite = True
+
     def _optimizer_step(self) -> None:
+        if self._window_nonfinite:  # on_nan="skip": drop this step entirely
+            self._window_nonfinite = False
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nan_skipped_steps += 1
+            self._consecutive_nan += 1
+            if self._consecutive_nan >= self.max_nan_skips:
+                raise FloatingPointError(
+                    f"{self._consecutive_nan} optimizer steps in a row had a non-finite loss (max_nan_skips="
+                    f"{self.max_nan_skips}); stopping at step {self.global_step}. The weights are those before the first of them."
+                )
+            return
+        self._consecutive_nan = 0
         self._sync_unsynced_grads()
+        if self._nan_seen is not None and self.scaler is None:
+            # deferred check: a fused optimizer skips its update on device when found_inf is set
+            self.optimizer.found_inf = self._nan_seen.float()
+            self.optimizer.grad_scale = None
+        try:
+            self._apply_step()
+        finally:
+            if self._nan_seen is not None and self.scaler is None:
+                del self.optimizer.found_inf, self.optimizer.grad_scale
+
+    def _apply_step(self) -> None:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.gradient_clip_norm is not None:
@@ -527,12 +645,17 @@ class BaseTrainer:
         ranks wait for the file (no rank reads a checkpoint that is still being written)."""
         if self.dist is None or self.dist.world_size == 1:
             return self.save_checkpoint(name)
-        rngs: list[Any] = [None] * self.dist.world_size
-        torch.distributed.all_gather_object(rngs, _rng_state())
+        mine = {"rng": _rng_state()}
+        if self._epoch_progress is not None:
+            mine["epoch_rng"] = self._epoch_progress["epoch_rng"]
+        gathered: list[Any] = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(gathered, mine)
         path = self._resolve_path(name)
         if self.is_global_zero:
             state = self.checkpoint_state()
-            state["rng_per_rank"] = rngs
+            state["rng_per_rank"] = [g["rng"] for g in gathered]
+            if self._epoch_progress is not None:
+                state["epoch_rng_per_rank"] = [g["epoch_rng"] for g in gathered]
             path = jio.save(state, path)
             self._callback("on_save_checkpoint", path)
         self._barrier()
@@ -603,7 +726,7 @@ class BaseTrainer:
             from tqdm.auto import tqdm  # noqa: PLC0415
 
             bar = tqdm(total=total_steps, initial=min(self.global_step, total_steps), desc="train", unit="step", dynamic_ncols=True)
-        sync_every_step = self.device.type == "cpu"
+        check_every = self._nan_check_interval()
         distributed = self.dist is not None and self.dist.world_size > 1
         if self._ddp is not None:
             self._ddp_calls_seen = self._ddp.module.calls
@@ -620,7 +743,24 @@ class BaseTrainer:
                 running = torch.zeros((), device=self.device)
                 n_batches = 0
                 n_loader = len(train_loader)
+                skip_batches, resume_rng = 0, None
+                position = self._resume_position
+                self._resume_position = None
+                if position is not None and position["epoch"] == epoch and position["batch_in_epoch"] > 0:
+                    # Mid-epoch resume: replay the epoch's data order from its starting RNG state,
+                    # skip the batches already trained on, then continue with the RNG state of the
+                    # checkpoint. The next batch is the one an uninterrupted run would see next.
+                    skip_batches = position["batch_in_epoch"]
+                    resume_rng = _rng_state()
+                    _set_rng_state(position["epoch_rng"])
+                    running += float(position["running_loss"])
+                    n_batches = int(position["running_batches"])
+                epoch_rng = _rng_state()
                 for batch_idx, batch in enumerate(train_loader):
+                    if batch_idx < skip_batches:
+                        if batch_idx + 1 == skip_batches:
+                            _set_rng_state(resume_rng)
+                        continue
                     batch = move_to_device(batch, self.device)
                     self._callback("on_batch_start", self.model, batch, batch_idx)
                     last_of_epoch = batch_idx + 1 == n_loader
@@ -633,25 +773,29 @@ class BaseTrainer:
                         if not isinstance(terms, Mapping) or "loss" not in terms:
                             raise TypeError(f"training_step must return a dict with a 'loss' tensor, got {type(terms).__name__}")
                         loss = terms["loss"]
-                        if sync_every_step or (self.global_step % self.log_every_n_steps == 0):
-                            bad_flag = (~torch.isfinite(loss.detach())).any().float()
-                            if distributed:  # every rank stops together (no rank left waiting in a collective)
-                                bad_flag = self._reduce(bad_flag.reshape(1), "max")[0]
-                            if bad_flag.item():
-                                bad = [k for k, v in terms.items() if isinstance(v, torch.Tensor) and not torch.isfinite(v).all()]
-                                where = f" on rank {self.dist.rank}" if distributed else ""
-                                raise FloatingPointError(
-                                    f"non-finite loss at step {self.global_step} (epoch {epoch}, batch {batch_idx}){where}; "
-                                    f"non-finite terms: {', '.join(bad) or '(on another rank)'}. The weights are those before this step."
-                                )
+                        self._check_loss(terms, epoch, batch_idx, check_every)
                         scaled = loss / self.gradient_accumulation
                         (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-                    running += loss.detach().float()
-                    n_batches += 1
+                    if not self._window_nonfinite:
+                        running += loss.detach().float()
+                        n_batches += 1
                     if steps_now:
                         self._optimizer_step()
                         if bar is not None:
                             bar.update(1)
+                        if (
+                            self.checkpoint_every_n_steps
+                            and not last_of_epoch
+                            and self.global_step % self.checkpoint_every_n_steps == 0
+                        ):
+                            self._epoch_progress = {
+                                "epoch": epoch, "batch_in_epoch": batch_idx + 1, "epoch_rng": epoch_rng,
+                                "running_loss": float(running), "running_batches": n_batches,
+                            }
+                            try:
+                                self._save_in_loop("latest.pt")
+                            finally:
+                                self._epoch_progress = None
                         if self.global_step % self.log_every_n_steps == 0 or last_of_epoch:
                             names = [k for k, v in terms.items() if isinstance(v, torch.Tensor) and v.dim() == 0]
                             values = torch.stack([terms[k].detach().float() for k in names]) if names else None
@@ -693,6 +837,8 @@ class BaseTrainer:
                     self._save_in_loop("best_model.pt")
                 if self.checkpoint_every_n_epochs and self.current_epoch % self.checkpoint_every_n_epochs == 0:
                     self._save_in_loop(f"epoch_{self.current_epoch}.pt")
+                if self.checkpoint_every_n_steps:
+                    self._save_in_loop("latest.pt")
                 self._callback("on_epoch_end", self.model)
                 if self.should_stop:
                     break
@@ -777,6 +923,9 @@ class BaseTrainer:
             state["scheduler"] = self.scheduler.state_dict()
         if self.scaler is not None:
             state["grad_scaler"] = self.scaler.state_dict()
+        if self._epoch_progress is not None:  # a mid-epoch checkpoint: where in the epoch we are
+            state["epoch_progress"] = dict(self._epoch_progress)
+        state["nan_skipped_steps"] = self.nan_skipped_steps
         if isinstance(self.model, BaseModel):
             state["model_class"] = type(self.model).__name__
             state["model_config"] = json.dumps(self.model.config)
@@ -823,12 +972,27 @@ class BaseTrainer:
         self.global_step = int(state.get("global_step", 0))
         self.best_loss = float(state.get("best_loss", math.inf))
         self.history = {k: list(v) for k, v in state.get("history", self.history).items()}
+        self.nan_skipped_steps = int(state.get("nan_skipped_steps", 0))
+        mine = self.dist.rank if self.dist is not None else None
+
+        def for_this_rank(key: str, fallback: Any) -> Any:
+            per_rank = state.get(key)
+            if mine is not None and isinstance(per_rank, (list, tuple)) and len(per_rank) == self.dist.world_size:
+                return per_rank[mine]
+            return fallback
+
+        progress = state.get("epoch_progress")
+        self._resume_position = None
+        if progress is not None:
+            position = dict(progress)
+            position["epoch_rng"] = for_this_rank("epoch_rng_per_rank", progress["epoch_rng"])
+            position["epoch"] = int(position["epoch"])
+            position["batch_in_epoch"] = int(position["batch_in_epoch"])
+            self._resume_position = position
         if restore_rng:
-            per_rank = state.get("rng_per_rank")
-            if self.dist is not None and isinstance(per_rank, (list, tuple)) and len(per_rank) == self.dist.world_size:
-                _set_rng_state(per_rank[self.dist.rank])
-            elif "rng" in state:
-                _set_rng_state(state["rng"])
+            rng = for_this_rank("rng_per_rank", state.get("rng"))
+            if rng is not None:
+                _set_rng_state(rng)
         return state
 
 
