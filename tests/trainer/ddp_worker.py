@@ -7,6 +7,7 @@ modes:
   restart  like train, with a checkpoint every epoch and resume="auto"; on the first attempt
            (TORCHELASTIC_RESTART_COUNT=0) rank 1 SIGKILLs itself after epoch 2
   error    rank 1 raises in a callback after epoch 1 (the run must end, not hang)
+  accum    like train with per-rank micro-batches of PER_RANK_BATCH // 2 and gradient_accumulation=2
 """
 
 from __future__ import annotations
@@ -98,7 +99,10 @@ def main() -> None:
                     raise ValueError("boom on rank 1")
 
         callbacks.append(Boom())
-    trainer, loader = build(PER_RANK_BATCH, distributed=True, save_dir=out / "ckpt", callbacks=callbacks, **kwargs)
+    batch = PER_RANK_BATCH
+    if mode == "accum":
+        batch, kwargs["gradient_accumulation"] = PER_RANK_BATCH // 2, 2
+    trainer, loader = build(batch, distributed=True, save_dir=out / "ckpt", callbacks=callbacks, **kwargs)
     trainer.train(loader, num_epochs=epochs)
     model = trainer.model
     result = {

@@ -37,9 +37,12 @@ def _torchrun(args: list[str], *, timeout: float = 240, nproc: int = 2, extra: l
     return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
-def _reference(tmp_path: Path, epochs: int) -> dict[str, torch.Tensor]:
+def _reference(tmp_path: Path, epochs: int, accumulation: int = 1) -> dict[str, torch.Tensor]:
     """One process, batch 2b, the same data order as 2 ranks with batch b each."""
-    trainer, loader = ddp_worker.build(2 * ddp_worker.PER_RANK_BATCH, distributed=False, save_dir=tmp_path / "ref")
+    trainer, loader = ddp_worker.build(
+        2 * ddp_worker.PER_RANK_BATCH // accumulation, distributed=False, save_dir=tmp_path / "ref",
+        gradient_accumulation=accumulation,
+    )
     trainer.train(loader, num_epochs=epochs)
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
@@ -74,6 +77,19 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
     assert _max_diff(w0, ref) < 1e-5
     # the logged loss is the global one: the same history as the 1-process run
     assert r0["history"]["train_loss"] == pytest.approx(r1["history"]["train_loss"])
+
+
+def test_gradient_accumulation_under_ddp_matches_one_process(tmp_path):
+    """Micro-batches of b/2 per rank with accumulation 2 (no all-reduce on the first micro-batch):
+    the same weights as 1 process with micro-batches of b and accumulation 2."""
+    out = tmp_path / "run"
+    proc = _torchrun([str(WORKER), "accum", str(out), "2"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = _results(out)
+    assert r0["global_step"] == 2 * (ddp_worker.N_SAMPLES // (2 * ddp_worker.PER_RANK_BATCH))
+    w0 = torch.load(out / "weights_rank0.pt", weights_only=True)
+    assert _max_diff(w0, torch.load(out / "weights_rank1.pt", weights_only=True)) == 0.0
+    assert _max_diff(w0, _reference(tmp_path, 2, accumulation=2)) < 1e-5
 
 
 def test_killed_rank_restarts_and_resumes_from_the_last_checkpoint(tmp_path):
