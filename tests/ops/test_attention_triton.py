@@ -1,0 +1,268 @@
+"""The Triton flash-attention kernels (jepa.kernels.triton.attention) against a float64 reference.
+
+Without a GPU they run on CPU tensors under TRITON_INTERPRET=1 (set by tests/conftest.py before triton
+is imported). Every buffer the kernels write (out, lse, delta, dq, dk, dv) is poisoned with NaN first,
+so an element a kernel forgets to write fails the comparison (NaN never passes).
+
+bfloat16: the interpreter stores bf16 as raw uint16 and its tl.dot would multiply bit patterns, so under
+the interpreter the kernels upcast bf16 dot operands to float32 (exact; the GPU's bf16 dot accumulates
+in float32 as well). Everything else of the bf16 path (loads, masks, casts of P and dS, stores) is the
+compiled code's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from jepa.ops import BackendUnavailableError, attention, attention_reference, use_backend
+from jepa.ops import _backend
+
+pytestmark = pytest.mark.skipif(
+    not _backend.triton_available() or not (_backend.triton_interpret() or torch.cuda.is_available()),
+    reason="needs triton with a GPU or TRITON_INTERPRET=1",
+)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+if DEVICE == "cuda" and torch.backends.cuda.matmul.allow_tf32:  # pragma: no cover - GPU only
+    TOL[torch.float32] = 5e-4
+
+
+@pytest.fixture
+def kern():
+    from jepa.kernels.triton import attention as kern  # noqa: PLC0415
+
+    return kern
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    """Every kernel buffer starts as NaN; returns the list of buffers handed out."""
+    from jepa.kernels.triton import attention as kern  # noqa: PLC0415
+
+    handed_out = []
+
+    def alloc(shape, dtype, device):
+        t = torch.full(shape, float("nan"), dtype=dtype, device=device)
+        handed_out.append(t)
+        return t
+
+    monkeypatch.setattr(kern, "_alloc", alloc)
+    return handed_out
+
+
+def ref64(q, k, v, *, causal=False, key_padding_mask=None, scale=None):
+    """Float64 attention from the formulas: explicit scores, masks, softmax; empty rows give 0."""
+    q, k, v = q.double(), k.double(), v.double()
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = (q @ k.transpose(-1, -2)) * scale
+    n_q, n_k = s.shape[-2:]
+    ok = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device)
+    if causal:
+        ok = ok.tril()
+    ok = ok[None, None]
+    if key_padding_mask is not None:
+        ok = ok & ~key_padding_mask[:, None, None, :]
+    ok = ok.expand_as(s)
+    s = torch.where(ok, s, torch.zeros_like(s))
+    m = torch.where(ok, s, torch.full_like(s, -torch.inf)).amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    p = torch.exp(s - m) * ok
+    denom = p.sum(-1, keepdim=True)
+    return (p / torch.where(denom > 0, denom, torch.ones_like(denom))) @ v
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """||x - ref|| / ||ref||, the denominator floored at an RMS of 0.05 per element. Where the exact result is
+    0 (dq and dk with a single key: its softmax is constant) the rounding error is then judged against that
+    scale instead of 0. With N(0, 1) inputs and N <= 129 the references' RMS is >= 0.15, above the floor."""
+    assert not torch.isnan(x).any(), "NaN in the result (unwritten or poisoned element)"
+    assert torch.isfinite(x).all()
+    floor = 0.05 * math.sqrt(max(ref.numel(), 1))
+    return ((x.double() - ref).norm() / max(ref.norm().item(), floor)).item()
+
+
+def _inputs(b, h, n_q, n_k, d, dtype, *, pad, pad_all_first=False):
+    q = torch.randn(b, h, n_q, d, device=DEVICE).to(dtype).requires_grad_()
+    k = torch.randn(b, h, n_k, d, device=DEVICE).to(dtype).requires_grad_()
+    v = torch.randn(b, h, n_k, d, device=DEVICE).to(dtype).requires_grad_()
+    kpm = None
+    if pad:
+        kpm = torch.rand(b, n_k, device=DEVICE) < 0.3
+        if pad_all_first:
+            kpm[0] = True  # batch 0: every key padded -> every row empty
+    return q, k, v, kpm
+
+
+def _check_fwd_bwd(q, k, v, kpm, causal, dtype, scale=None):
+    with use_backend("triton"):
+        out = attention(q, k, v, causal=causal, key_padding_mask=kpm, scale=scale)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = ref64(q64, k64, v64, causal=causal, key_padding_mask=kpm, scale=scale)
+    ref.backward(grad.double())
+    tol = TOL[dtype]
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert rel_err(out, ref) <= tol
+    assert rel_err(q.grad, q64.grad) <= tol
+    assert rel_err(k.grad, k64.grad) <= tol
+    assert rel_err(v.grad, v64.grad) <= tol
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("b,n", [(1, 1), (3, 17), (1, 129)])
+@pytest.mark.parametrize("mode", ["plain", "causal", "padded", "causal_padded"])
+def test_forward_backward_match_float64(dtype, b, n, mode):
+    causal = "causal" in mode
+    q, k, v, kpm = _inputs(b, 2, n, n, 16, dtype, pad="padded" in mode, pad_all_first=(b == 3))
+    _check_fwd_bwd(q, k, v, kpm, causal, dtype)
+
+
+@pytest.mark.parametrize("d", [24, 64, 128])
+def test_head_sizes_padded_in_kernel_match_float64(d):
+    # d=24 (I-JEPA) runs as 32 with masked loads; 64 and 128 are native tile sizes.
+    q, k, v, kpm = _inputs(2, 1, 19, 19, d, torch.float32, pad=True)
+    _check_fwd_bwd(q, k, v, kpm, causal=d == 24, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("n_q,n_k,causal", [(7, 33, False), (40, 9, True), (9, 40, True), (1, 50, False)])
+def test_cross_attention_shapes_match_float64(dtype, n_q, n_k, causal):
+    q, k, v, kpm = _inputs(2, 1, n_q, n_k, 16, dtype, pad=True)
+    _check_fwd_bwd(q, k, v, kpm, causal, dtype)
+
+
+def test_custom_scale_matches_float64():
+    q, k, v, _ = _inputs(1, 1, 21, 21, 16, torch.float32, pad=False)
+    _check_fwd_bwd(q, k, v, None, False, torch.float32, scale=0.37)
+
+
+def test_strided_inputs_from_a_fused_qkv_projection():
+    # MultiHeadAttention passes views of one (B, N, 3, H, d) tensor: nothing is contiguous.
+    b, n, h, d = 2, 23, 2, 16
+    qkv = torch.randn(b, n, 3, h, d, device=DEVICE, requires_grad=True)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    assert not q.is_contiguous()
+    kpm = torch.rand(b, n, device=DEVICE) < 0.25
+    with use_backend("triton"):
+        out = attention(q, k, v, key_padding_mask=kpm)
+    # a non-contiguous upstream gradient too, as from out.transpose(1, 2).reshape(...)
+    grad = torch.randn(b, n, h, d, device=DEVICE).transpose(1, 2)
+    out.backward(grad)
+    qkv64 = qkv.detach().double().requires_grad_()
+    q64, k64, v64 = qkv64.permute(2, 0, 3, 1, 4)
+    ref = ref64(q64, k64, v64, key_padding_mask=kpm)
+    ref.backward(grad.double())
+    assert rel_err(out, ref) <= 1e-5
+    assert rel_err(qkv.grad, qkv64.grad) <= 1e-5
+
+
+def test_lse_is_the_float64_logsumexp_and_inf_on_empty_rows(kern):
+    q, k, v, kpm = _inputs(3, 2, 17, 17, 16, torch.float32, pad=True, pad_all_first=True)
+    scale = 0.25
+    out, lse = kern.attention_forward(q.detach(), k.detach(), v.detach(), kpm, False, scale)
+    s = (q.detach().double() @ k.detach().double().transpose(-1, -2)) * scale
+    s = s.masked_fill(kpm[:, None, None, :], -torch.inf)
+    expected = torch.logsumexp(s, dim=-1)
+    assert lse.dtype == torch.float32 and lse.shape == (3, 2, 17)
+    assert torch.isposinf(lse[0]).all()  # batch 0 has no key
+    assert rel_err(lse[1:], expected[1:]) <= 1e-6
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_rows_with_every_key_masked_give_zeros_and_zero_grads_like_the_reference(causal):
+    b, h, n, d = 2, 2, 13, 16
+    q, k, v, _ = _inputs(b, h, n, n, d, torch.float32, pad=False)
+    kpm = torch.zeros(b, n, dtype=torch.bool, device=DEVICE)
+    kpm[0] = True  # batch 0: nothing to attend to
+    kpm[1, :4] = True  # batch 1: with causal, rows 0..3 see only padded keys
+    with use_backend("triton"):
+        out = attention(q, k, v, causal=causal, key_padding_mask=kpm)
+    out.backward(torch.ones_like(out))
+    assert torch.equal(out[0], torch.zeros_like(out[0]))
+    assert torch.equal(q.grad[0], torch.zeros_like(q.grad[0]))
+    assert torch.equal(k.grad[0], torch.zeros_like(k.grad[0]))
+    if causal:
+        assert torch.equal(out[1, :, :4], torch.zeros_like(out[1, :, :4]))
+        assert torch.equal(q.grad[1, :, :4], torch.zeros_like(q.grad[1, :, :4]))
+    # the torch path agrees, values and gradients
+    qr, kr, vr = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    with use_backend("torch"):
+        ref = attention(qr, kr, vr, causal=causal, key_padding_mask=kpm)
+    ref.backward(torch.ones_like(ref))
+    assert rel_err(out, ref.double()) <= 1e-5
+    for got, want in ((q.grad, qr.grad), (k.grad, kr.grad), (v.grad, vr.grad)):
+        assert rel_err(got, want.double()) <= 1e-5
+
+
+def test_poisoning_covers_every_kernel_buffer(poison):
+    q, k, v, kpm = _inputs(1, 1, 5, 5, 16, torch.float32, pad=True)
+    with use_backend("triton"):
+        out = attention(q, k, v, key_padding_mask=kpm)
+    out.sum().backward()
+    # out, lse (forward); dq, dk, dv, delta (backward): all came NaN-filled from the hook
+    assert len(poison) == 6
+    assert all(not torch.isnan(t).any() for t in poison)
+
+
+def test_fp16_output_keeps_dtype_and_strides_contiguous():
+    q, k, v, _ = _inputs(1, 2, 9, 9, 16, torch.float16, pad=False)
+    with use_backend("triton"):
+        out = attention(q, k, v)
+    assert out.dtype == torch.float16 and out.is_contiguous()
+
+
+def test_forced_triton_refuses_what_the_kernel_cannot_do(monkeypatch):
+    q = torch.randn(1, 1, 4, 16, device=DEVICE)
+    with use_backend("triton"):
+        with pytest.raises(BackendUnavailableError, match="float64"):
+            attention(q.double(), q.double(), q.double())
+        big = torch.randn(1, 1, 4, 256, device=DEVICE)
+        with pytest.raises(BackendUnavailableError, match="head size 256"):
+            attention(big, big, big)
+        with pytest.raises(BackendUnavailableError, match="head size"):
+            attention(q, q, torch.randn(1, 1, 4, 8, device=DEVICE))
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with use_backend("triton"), pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET"):
+            attention(q, q, q)
+
+
+def test_custom_op_passes_opcheck():
+    q, k, v, kpm = _inputs(2, 1, 9, 9, 16, torch.float32, pad=True)
+    args = (q, k, v, kpm, True, 0.3)
+    torch.library.opcheck(torch.ops.jepa.attention_fwd.default, args)
+
+
+def test_torch_compile_fullgraph_with_the_triton_op_matches_eager():
+    from jepa.models.layers import TransformerBlock  # noqa: PLC0415
+
+    torch.manual_seed(3)
+    block = TransformerBlock(32, 2).to(DEVICE)
+    x = torch.randn(2, 11, 32, device=DEVICE)
+    kpm = torch.zeros(2, 11, dtype=torch.bool, device=DEVICE)
+    kpm[1, 7:] = True
+    torch._dynamo.reset()
+    with use_backend("triton"):
+        explained = torch._dynamo.explain(block)(x, kpm)
+        assert explained.graph_break_count == 0
+        called = {str(n.target) for g in explained.graphs for n in g.graph.nodes if n.op == "call_function"}
+        assert "jepa.attention_fwd.default" in called
+        torch._dynamo.reset()
+        compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+        xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ye, yc = block(xe, kpm), compiled(xc, kpm)
+        ye.square().sum().backward()
+        ge = [p.grad.clone() for p in block.parameters()]
+        block.zero_grad()
+        yc.square().sum().backward()
+    torch._dynamo.reset()
+    assert torch.allclose(yc, ye, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(xc.grad, xe.grad, rtol=1e-5, atol=1e-6)
+    for p, g in zip(block.parameters(), ge):
+        assert torch.allclose(p.grad, g, rtol=1e-5, atol=1e-6)
