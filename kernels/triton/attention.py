@@ -26,7 +26,8 @@ Masks:
 A query row whose keys are all masked gets output 0, ``lse = +inf`` (so every recomputed ``P`` is 0)
 and zero gradients.
 
-Block sizes are autotuned on a GPU (keyed on the sequence lengths and the padded head size); under
+Block sizes are autotuned on a GPU (keyed on the power-of-two bucket of the sequence length, the padded
+head size, causal, masking and dtype); under
 ``TRITON_INTERPRET=1`` (CPU tests) one small configuration runs, with BLOCK_M != BLOCK_N so that the
 block-alignment logic of the causal loops is exercised.
 
@@ -122,7 +123,10 @@ _DQ_CONFIGS = _configs(
     triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1),
 )
 
-_KEY = ["N_Q", "N_K", "BLOCK_D", "CAUSAL", "HAS_KPM"]
+# Tuned per power-of-two bucket of the sequence length, not per exact length: I-JEPA's context and
+# target sizes change from batch to batch, and re-tuning for every new N would cost seconds each time.
+# (The autotuner adds the tensor dtypes to the key by itself.)
+_KEY = ["N_BUCKET", "BLOCK_D", "CAUSAL", "HAS_KPM"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -198,7 +202,7 @@ def _attn_fwd(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_kpm_b, stride_kpm_n,
-    H, N_Q, N_K, HEAD_D, qk_scale,
+    H, N_Q, N_K, HEAD_D, N_BUCKET, qk_scale,
     BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr,
     HAS_KPM: tl.constexpr,
@@ -296,7 +300,7 @@ def _attn_bwd_dkdv(
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     stride_kpm_b, stride_kpm_n,
-    H, N_Q, N_K, HEAD_D, qk_scale, sm_scale,
+    H, N_Q, N_K, HEAD_D, N_BUCKET, qk_scale, sm_scale,
     BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr,
     HAS_KPM: tl.constexpr,
@@ -370,7 +374,7 @@ def _attn_bwd_dq(
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     stride_kpm_b, stride_kpm_n,
-    H, N_Q, N_K, HEAD_D, qk_scale, sm_scale,
+    H, N_Q, N_K, HEAD_D, N_BUCKET, qk_scale, sm_scale,
     BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr,
     HAS_KPM: tl.constexpr,
@@ -441,6 +445,11 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
+def _bucket(n_q: int, n_k: int) -> int:
+    """The autotuning key's sequence length: the next power of two >= max(N_q, N_k, 16)."""
+    return max(16, triton.next_power_of_2(max(n_q, n_k)))
+
+
 def _alloc(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Every buffer the host functions hand to a kernel (outputs, lse, delta) comes from here; the tests
     replace it to poison the buffers with NaN and check that the kernels write every element."""
@@ -500,7 +509,7 @@ def attention_forward(
         q, k, v, kpm, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         s_kb, s_kn,
-        H, n_q, n_k, d, float(scale) * _LOG2E,
+        H, n_q, n_k, d, _bucket(n_q, n_k), float(scale) * _LOG2E,
         BLOCK_D=padded_head_dim(d), CAUSAL=bool(causal), HAS_KPM=has_kpm,
         DOT_PRECISION=_dot_precision(q.dtype), UPCAST_DOT=_upcast_dot(q.dtype),
     )
@@ -552,7 +561,7 @@ def attention_backward(
         q, k, v, kpm, grad_out, lse, delta, dk, dv,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dk.stride(), *dv.stride(),
         s_kb, s_kn,
-        H, n_q, n_k, d, qk_scale, float(scale),
+        H, n_q, n_k, d, _bucket(n_q, n_k), qk_scale, float(scale),
         BLOCK_D=block_d, CAUSAL=bool(causal), HAS_KPM=has_kpm, DOT_PRECISION=precision, UPCAST_DOT=_upcast_dot(q.dtype),
     )
 
@@ -563,7 +572,7 @@ def attention_backward(
         q, k, v, kpm, grad_out, lse, delta, dq,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dq.stride(),
         s_kb, s_kn,
-        H, n_q, n_k, d, qk_scale, float(scale),
+        H, n_q, n_k, d, _bucket(n_q, n_k), qk_scale, float(scale),
         BLOCK_D=block_d, CAUSAL=bool(causal), HAS_KPM=has_kpm, DOT_PRECISION=precision, UPCAST_DOT=_upcast_dot(q.dtype),
     )
     return dq, dk, dv

@@ -266,3 +266,57 @@ def test_torch_compile_fullgraph_with_the_triton_op_matches_eager():
     assert torch.allclose(xc.grad, xe.grad, rtol=1e-5, atol=1e-6)
     for p, g in zip(block.parameters(), ge):
         assert torch.allclose(p.grad, g, rtol=1e-5, atol=1e-6)
+
+
+_AOT_SCRIPT = r"""
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import jepa.kernels.triton.attention as A
+
+def compile_(jit, ptrs, cons, cap, warps=4, stages=3):
+    names = jit.arg_names
+    sig = {}
+    for n in names:
+        if n in cons:
+            sig[n] = "constexpr"
+        elif n in ptrs:
+            sig[n] = ptrs[n]
+        elif "scale" in n:
+            sig[n] = "fp32"
+        else:
+            sig[n] = "i32"
+    src = ASTSource(fn=jit, signature=sig, constexprs={(names.index(k),): v for k, v in cons.items()})
+    return triton.compile(src, target=GPUTarget("cuda", cap, 32), options={"num_warps": warps, "num_stages": stages})
+
+for cap, dt, d, causal, kpm in ((90, "bf16", 32, True, True), (80, "fp16", 64, False, False)):
+    p = "*" + dt
+    base = dict(BLOCK_D=d, CAUSAL=causal, HAS_KPM=kpm, DOT_PRECISION="tf32", UPCAST_DOT=False)
+    fwd = compile_(A._attn_fwd.fn, dict(Q=p, K=p, V=p, KPM="*u8", O=p, LSE="*fp32"), dict(base, BLOCK_M=128, BLOCK_N=64), cap)
+    dkdv = compile_(A._attn_bwd_dkdv.fn, dict(Q=p, K=p, V=p, KPM="*u8", DO=p, LSE="*fp32", DELTA="*fp32", DK=p, DV=p),
+                    dict(base, BLOCK_M=32, BLOCK_N=128), cap, warps=8)
+    dq = compile_(A._attn_bwd_dq.fn, dict(Q=p, K=p, V=p, KPM="*u8", DO=p, LSE="*fp32", DELTA="*fp32", DQ=p),
+                  dict(base, BLOCK_M=128, BLOCK_N=32), cap, warps=8)
+    mma = "wgmma" if cap >= 90 else "mma.sync"
+    for name, k in (("fwd", fwd), ("dkdv", dkdv), ("dq", dq)):
+        if mma not in k.asm["ptx"]:
+            sys.exit(f"sm_{cap} {name}: no {mma} in the PTX (tensor cores unused)")
+compile_(A._attn_bwd_delta, dict(O="*bf16", DO="*bf16", DELTA="*fp32"), dict(BLOCK_M=64, BLOCK_D=32), 90)
+print("compiled")
+"""
+
+
+def test_kernels_compile_to_tensor_core_ptx_for_sm80_and_sm90(tmp_path):
+    # The interpreter never compiles; this builds the GPU code paths (UPCAST_DOT=False, real bf16/fp16
+    # dots) to PTX for A100 and H100 without a GPU, in a subprocess without TRITON_INTERPRET.
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    pytest.importorskip("triton.compiler")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stdout + proc.stderr
