@@ -53,11 +53,11 @@ def attn_flops(b, h, n_q, n_k, d, causal, backward):
     return fwd * (3.5 if backward else 1.0)
 
 
-def matmul_tflops(dtype, args):
+def matmul_tflops(dtype, args, device="cuda"):
     """Measured throughput of a large square matmul (the tensor-core roof used for the floor column)."""
     n = 4096 if args.quick else 8192
-    a = torch.randn(n, n, device="cuda", dtype=dtype)
-    b = torch.randn(n, n, device="cuda", dtype=dtype)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     t = measure(lambda: a @ b, warmup=3, repeat=max(5, args.repeat // 2), sync=cuda_sync)
     return 2.0 * n**3 / t.median / 1e12
 
@@ -90,23 +90,26 @@ def grad_out_like(out):
     return _GRADS[key]
 
 
-def gpu_rows(report, args, dtype, peak):
-    from torch.nn.attention import sdpa_kernel  # noqa: PLC0415
-
-    shapes = PREDICTOR + ENCODER
-    variants = [(name, b, h, n, d, False, False) for name, b, h, n, d in shapes]
+def default_variants(quick: bool):
+    """(name, B, H, N, d, causal, key-padded) of every GPU row."""
+    variants = [(name, b, h, n, d, False, False) for name, b, h, n, d in PREDICTOR + ENCODER]
     variants += [("ViT-B/16 causal", 64, 12, 196, 64, True, False), ("ViT-B/16 key-padded", 64, 12, 196, 64, False, True)]
-    if args.quick:
+    if quick:
         variants = [v for v in variants if v[0] in ("I-JEPA predictor d=24", "I-JEPA predictor d=64")]
+    return variants
+
+
+def gpu_rows(report, args, dtype, peak, variants, device="cuda"):
+    from torch.nn.attention import sdpa_kernel  # noqa: PLC0415
     dname = str(dtype).replace("torch.", "")
     ratios_d64 = []
     for name, b, h, n, d, causal, padded in variants:
-        g = torch.Generator(device="cuda").manual_seed(0)
-        q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=dtype, generator=g).requires_grad_() for _ in range(3))
+        g = torch.Generator(device=device).manual_seed(0)
+        q, k, v = (torch.randn(b, h, n, d, device=device, dtype=dtype, generator=g).requires_grad_() for _ in range(3))
         kpm = None
         if padded:
-            lengths = torch.randint(n // 2, n + 1, (b,), device="cuda", generator=g)
-            kpm = torch.arange(n, device="cuda")[None, :] >= lengths[:, None]
+            lengths = torch.randint(n // 2, n + 1, (b,), device=device, generator=g)
+            kpm = torch.arange(n, device=device)[None, :] >= lengths[:, None]
 
         def ours_fn(q, k, v):
             with ops.use_backend("triton"):
@@ -139,7 +142,8 @@ def gpu_rows(report, args, dtype, peak):
             if backward and d == 64 and not causal and not padded and best is not None:
                 ratios_d64.append(best / ours.median)
         del q, k, v
-        torch.cuda.empty_cache()
+        if device == "cuda":
+            torch.cuda.empty_cache()
     if ratios_d64:
         report.target(f"d=64 {dname} fwd+bwd: best SDPA time / ours (worst shape)", min(ratios_d64), 0.9,
                       higher_is_better=True)
@@ -183,7 +187,7 @@ def main() -> int:
         dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
         peak = matmul_tflops(dtype, args)
         report.note(f"floor: FLOPs at the measured {str(dtype).replace('torch.', '')} matmul throughput, {peak:.0f} TFLOP/s")
-        gpu_rows(report, args, dtype, peak)
+        gpu_rows(report, args, dtype, peak, default_variants(args.quick))
     elif torch.cuda.is_available():
         report.skip("gpu attention", "triton is not installed: skipped")
     else:

@@ -20,7 +20,8 @@ Masks:
   * any N: loads and stores are masked on the sequence bounds; the key bound (and the causal diagonal)
     is only applied in the last key blocks of the forward loop, the full blocks run unmasked;
   * any head size d <= 128: the head dimension is padded to the next power of two >= 16 inside the
-    kernel (masked loads give zeros, which change neither ``q.k`` nor the output), so nothing is copied;
+    kernel (masked loads give zeros, which change neither ``q.k`` nor the output), so nothing is copied.
+    d is a compile-time constant, so for d = BLOCK_D the head-dim mask folds away and loads stay vectorized;
   * ``key_padding_mask`` (B, N_k), nonzero = ignore that key;
   * ``causal``: query i sees keys j <= i (top-left aligned, as ``scaled_dot_product_attention``).
 A query row whose keys are all masked gets output 0, ``lse = +inf`` (so every recomputed ``P`` is 0)
@@ -36,7 +37,6 @@ Only :mod:`jepa.ops.attention` imports this module (it imports ``triton`` at imp
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -202,7 +202,8 @@ def _attn_fwd(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_kpm_b, stride_kpm_n,
-    H, N_Q, N_K, HEAD_D, N_BUCKET, qk_scale,
+    H, N_Q, N_K, N_BUCKET, qk_scale,
+    HEAD_D: tl.constexpr,
     BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr,
     HAS_KPM: tl.constexpr,
@@ -271,7 +272,8 @@ def _attn_bwd_delta(
     O, DO, DELTA,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_dob, stride_doh, stride_dom, stride_dod,
-    H, N_Q, HEAD_D,
+    H, N_Q,
+    HEAD_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -300,7 +302,8 @@ def _attn_bwd_dkdv(
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     stride_kpm_b, stride_kpm_n,
-    H, N_Q, N_K, HEAD_D, N_BUCKET, qk_scale, sm_scale,
+    H, N_Q, N_K, N_BUCKET, qk_scale, sm_scale,
+    HEAD_D: tl.constexpr,
     BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr,
     HAS_KPM: tl.constexpr,
@@ -374,7 +377,8 @@ def _attn_bwd_dq(
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     stride_kpm_b, stride_kpm_n,
-    H, N_Q, N_K, HEAD_D, N_BUCKET, qk_scale, sm_scale,
+    H, N_Q, N_K, N_BUCKET, qk_scale, sm_scale,
+    HEAD_D: tl.constexpr,
     BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr,
     HAS_KPM: tl.constexpr,
@@ -509,7 +513,8 @@ def attention_forward(
         q, k, v, kpm, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         s_kb, s_kn,
-        H, n_q, n_k, d, _bucket(n_q, n_k), float(scale) * _LOG2E,
+        H, n_q, n_k, _bucket(n_q, n_k), float(scale) * _LOG2E,
+        HEAD_D=d,
         BLOCK_D=padded_head_dim(d), CAUSAL=bool(causal), HAS_KPM=has_kpm,
         DOT_PRECISION=_dot_precision(q.dtype), UPCAST_DOT=_upcast_dot(q.dtype),
     )
@@ -550,7 +555,8 @@ def attention_backward(
     delta = _alloc((B, H, n_q), torch.float32, q.device)
     block_delta = 16 if _interpreting() else 64
     _attn_bwd_delta[(triton.cdiv(n_q, block_delta), B * H)](
-        out, grad_out, delta, *out.stride(), *grad_out.stride(), H, n_q, d,
+        out, grad_out, delta, *out.stride(), *grad_out.stride(), H, n_q,
+        HEAD_D=d,
         BLOCK_M=block_delta, BLOCK_D=block_d,
     )
 
@@ -561,7 +567,8 @@ def attention_backward(
         q, k, v, kpm, grad_out, lse, delta, dk, dv,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dk.stride(), *dv.stride(),
         s_kb, s_kn,
-        H, n_q, n_k, d, _bucket(n_q, n_k), qk_scale, float(scale),
+        H, n_q, n_k, _bucket(n_q, n_k), qk_scale, float(scale),
+        HEAD_D=d,
         BLOCK_D=block_d, CAUSAL=bool(causal), HAS_KPM=has_kpm, DOT_PRECISION=precision, UPCAST_DOT=_upcast_dot(q.dtype),
     )
 
@@ -572,12 +579,9 @@ def attention_backward(
         q, k, v, kpm, grad_out, lse, delta, dq,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dq.stride(),
         s_kb, s_kn,
-        H, n_q, n_k, d, _bucket(n_q, n_k), qk_scale, float(scale),
+        H, n_q, n_k, _bucket(n_q, n_k), qk_scale, float(scale),
+        HEAD_D=d,
         BLOCK_D=block_d, CAUSAL=bool(causal), HAS_KPM=has_kpm, DOT_PRECISION=precision, UPCAST_DOT=_upcast_dot(q.dtype),
     )
     return dq, dk, dv
 
-
-def default_scale(d: int) -> float:
-    """``1 / sqrt(d)``, the softmax scale used when none is given (as ``scaled_dot_product_attention``)."""
-    return 1.0 / math.sqrt(d)

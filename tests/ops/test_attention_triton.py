@@ -276,23 +276,32 @@ from triton.compiler import ASTSource
 import jepa.kernels.triton.attention as A
 
 def compile_(jit, ptrs, cons, cap, warps=4, stages=3):
+    # Specialized as a launch on contiguous tensors is: unit strides of the last dim become constants,
+    # pointers and the other strides are known multiples of 16.
     names = jit.arg_names
-    sig = {}
+    cons = dict(cons)
     for n in names:
+        if n.startswith("stride") and (n.endswith("d") or n.endswith("kpm_n")):
+            cons[n] = 1
+    sig, attrs = {}, {}
+    for i, n in enumerate(names):
         if n in cons:
             sig[n] = "constexpr"
         elif n in ptrs:
             sig[n] = ptrs[n]
+            attrs[(i,)] = [["tt.divisibility", 16]]
         elif "scale" in n:
             sig[n] = "fp32"
         else:
             sig[n] = "i32"
-    src = ASTSource(fn=jit, signature=sig, constexprs={(names.index(k),): v for k, v in cons.items()})
+            if n.startswith("stride"):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn=jit, signature=sig, constexprs={(names.index(k),): v for k, v in cons.items()}, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", cap, 32), options={"num_warps": warps, "num_stages": stages})
 
 for cap, dt, d, causal, kpm in ((90, "bf16", 32, True, True), (80, "fp16", 64, False, False)):
     p = "*" + dt
-    base = dict(BLOCK_D=d, CAUSAL=causal, HAS_KPM=kpm, DOT_PRECISION="tf32", UPCAST_DOT=False)
+    base = dict(HEAD_D=d if d != 32 else 24, BLOCK_D=d, CAUSAL=causal, HAS_KPM=kpm, DOT_PRECISION="tf32", UPCAST_DOT=False)
     fwd = compile_(A._attn_fwd.fn, dict(Q=p, K=p, V=p, KPM="*u8", O=p, LSE="*fp32"), dict(base, BLOCK_M=128, BLOCK_N=64), cap)
     dkdv = compile_(A._attn_bwd_dkdv.fn, dict(Q=p, K=p, V=p, KPM="*u8", DO=p, LSE="*fp32", DELTA="*fp32", DK=p, DV=p),
                     dict(base, BLOCK_M=32, BLOCK_N=128), cap, warps=8)
@@ -302,7 +311,7 @@ for cap, dt, d, causal, kpm in ((90, "bf16", 32, True, True), (80, "fp16", 64, F
     for name, k in (("fwd", fwd), ("dkdv", dkdv), ("dq", dq)):
         if mma not in k.asm["ptx"]:
             sys.exit(f"sm_{cap} {name}: no {mma} in the PTX (tensor cores unused)")
-compile_(A._attn_bwd_delta, dict(O="*bf16", DO="*bf16", DELTA="*fp32"), dict(BLOCK_M=64, BLOCK_D=32), 90)
+compile_(A._attn_bwd_delta, dict(O="*bf16", DO="*bf16", DELTA="*fp32"), dict(HEAD_D=24, BLOCK_M=64, BLOCK_D=32), 90)
 print("compiled")
 """
 
