@@ -291,6 +291,41 @@ def _attn_bwd_delta(
     tl.store(DELTA + bh * N_Q + offs_m, tl.sum(o * do, 1), mask=offs_m < N_Q)
 
 
+@triton.jit
+def _dkdv_inner(
+    dk, dv, k, v, key_ok, offs_n, q_base, do_base, LSE, DELTA, bh,
+    stride_qm, stride_qd, stride_dom, stride_dod,
+    offs_d, d_ok, lo, hi, N_Q, qk_scale,
+    BLOCK_M: tl.constexpr,
+    MASK_KEYS: tl.constexpr,
+    MASK_CAUSAL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+):
+    offs_m0 = tl.arange(0, BLOCK_M)
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + offs_m0
+        m_ok = offs_m < N_Q
+        md_mask = m_ok[:, None] & d_ok[None, :]
+        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=md_mask, other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=md_mask, other=0.0)
+        # Rows past N_Q: lse = +inf makes P = 0 there (and q = dO = 0).
+        lse2 = tl.load(LSE + bh * N_Q + offs_m, mask=m_ok, other=float("inf")) * 1.4426950408889634
+        delta = tl.load(DELTA + bh * N_Q + offs_m, mask=m_ok, other=0.0)
+        # Transposed tiles (keys x queries) so that dK and dV accumulate without transposing back.
+        st = _dot(k, tl.trans(q), DOT_PRECISION, UPCAST_DOT) * qk_scale
+        pt = tl.math.exp2(st - lse2[None, :])
+        if MASK_KEYS:
+            pt = tl.where(key_ok[:, None], pt, 0.0)
+        if MASK_CAUSAL:
+            pt = tl.where(offs_n[:, None] <= offs_m[None, :], pt, 0.0)
+        dv += _dot(pt.to(do.dtype), do, DOT_PRECISION, UPCAST_DOT)
+        dpt = _dot(v, tl.trans(do), DOT_PRECISION, UPCAST_DOT)
+        dst = pt * (dpt - delta[None, :])
+        dk += _dot(dst.to(q.dtype), q, DOT_PRECISION, UPCAST_DOT)
+    return dk, dv
+
+
 @triton.autotune(configs=_DKDV_CONFIGS, key=_KEY)
 @triton.jit
 def _attn_bwd_dkdv(
@@ -321,7 +356,6 @@ def _attn_bwd_dkdv(
 
     offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_m0 = tl.arange(0, BLOCK_M)
     n_ok = offs_n < N_K
     d_ok = offs_d < HEAD_D
     nd_mask = n_ok[:, None] & d_ok[None, :]
@@ -329,6 +363,8 @@ def _attn_bwd_dkdv(
                 mask=nd_mask, other=0.0)
     v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
                 mask=nd_mask, other=0.0)
+    # Keys past N_K need no mask in the loop: each key row of dK/dV depends only on that key's column
+    # of P, and those rows are never stored. Padded keys do: their P must be exactly 0.
     key_ok = n_ok
     if HAS_KPM:
         pad = tl.load(KPM + b * stride_kpm_b + offs_n * stride_kpm_n, mask=n_ok, other=1)
@@ -338,33 +374,70 @@ def _attn_bwd_dkdv(
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     if CAUSAL:
         # Queries before this key block never see it: start at the query block holding row start_n*BLOCK_N.
+        # Query blocks from diag_end on see every key of the block: no causal mask there.
         lo = ((start_n * BLOCK_N) // BLOCK_M) * BLOCK_M
+        diag_end = tl.cdiv((start_n + 1) * BLOCK_N - 1, BLOCK_M) * BLOCK_M
+        dk, dv = _dkdv_inner(
+            dk, dv, k, v, key_ok, offs_n, q_base, do_base, LSE, DELTA, bh,
+            stride_qm, stride_qd, stride_dom, stride_dod,
+            offs_d, d_ok, lo, tl.minimum(diag_end, N_Q), N_Q, qk_scale,
+            BLOCK_M, HAS_KPM, True, DOT_PRECISION, UPCAST_DOT,
+        )
     else:
-        lo = 0
-    for start_m in range(lo, N_Q, BLOCK_M):
-        offs_m = start_m + offs_m0
-        m_ok = offs_m < N_Q
-        md_mask = m_ok[:, None] & d_ok[None, :]
-        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=md_mask, other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=md_mask, other=0.0)
-        # Rows past N_Q: lse = +inf makes P = 0 there.
-        lse2 = tl.load(LSE + bh * N_Q + offs_m, mask=m_ok, other=float("inf")) * 1.4426950408889634
-        delta = tl.load(DELTA + bh * N_Q + offs_m, mask=m_ok, other=0.0)
-        # Transposed tiles (keys x queries) so that dK and dV accumulate without transposing back.
-        st = _dot(k, tl.trans(q), DOT_PRECISION, UPCAST_DOT) * qk_scale
-        ok = key_ok[:, None]
-        if CAUSAL:
-            ok = ok & (offs_n[:, None] <= offs_m[None, :])
-        pt = tl.where(ok, tl.math.exp2(st - lse2[None, :]), 0.0)
-        dv += _dot(pt.to(do.dtype), do, DOT_PRECISION, UPCAST_DOT)
-        dpt = _dot(v, tl.trans(do), DOT_PRECISION, UPCAST_DOT)
-        dst = pt * (dpt - delta[None, :])
-        dk += _dot(dst.to(q.dtype), q, DOT_PRECISION, UPCAST_DOT)
+        diag_end = 0
+    dk, dv = _dkdv_inner(
+        dk, dv, k, v, key_ok, offs_n, q_base, do_base, LSE, DELTA, bh,
+        stride_qm, stride_qd, stride_dom, stride_dod,
+        offs_d, d_ok, diag_end, N_Q, N_Q, qk_scale,
+        BLOCK_M, HAS_KPM, False, DOT_PRECISION, UPCAST_DOT,
+    )
     dk = dk * sm_scale
     tl.store(DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
              dk.to(DK.dtype.element_ty), mask=nd_mask)
     tl.store(DV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
              dv.to(DV.dtype.element_ty), mask=nd_mask)
+
+
+@triton.jit
+def _dq_inner(
+    dq, q, do, lse2, delta, k_base, v_base, kpm_base,
+    stride_kn, stride_kd, stride_vn, stride_vd, stride_kpm_n,
+    offs_m, offs_d, d_ok, lo, hi, N_K, qk_scale,
+    BLOCK_N: tl.constexpr,
+    HAS_KPM: tl.constexpr,
+    MASK_BOUNDS: tl.constexpr,
+    CAUSAL_DIAG: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+):
+    offs_n0 = tl.arange(0, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        n_ok = offs_n < N_K
+        if MASK_BOUNDS:
+            kt = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                         mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+            vt = tl.load(v_base + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd,
+                         mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+        else:
+            kt = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                         mask=d_ok[:, None], other=0.0)
+            vt = tl.load(v_base + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd,
+                         mask=d_ok[:, None], other=0.0)
+        s = _dot(q, kt, DOT_PRECISION, UPCAST_DOT) * qk_scale
+        p = tl.math.exp2(s - lse2[:, None])
+        # Keys past N_K must be masked here (not only zero-loaded): exp2(0 - lse) may overflow to inf.
+        if MASK_BOUNDS:
+            p = tl.where(n_ok[None, :], p, 0.0)
+        if CAUSAL_DIAG:
+            p = tl.where(offs_n[None, :] <= offs_m[:, None], p, 0.0)
+        if HAS_KPM:
+            pad = tl.load(kpm_base + offs_n * stride_kpm_n, mask=n_ok, other=1)
+            p = tl.where(pad[None, :] == 0, p, 0.0)
+        dp = _dot(do, vt, DOT_PRECISION, UPCAST_DOT)
+        ds = p * (dp - delta[:, None])
+        dq += _dot(ds.to(kt.dtype), tl.trans(kt), DOT_PRECISION, UPCAST_DOT)
+    return dq
 
 
 @triton.autotune(configs=_DQ_CONFIGS, key=_KEY)
@@ -397,7 +470,6 @@ def _attn_bwd_dq(
 
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_n0 = tl.arange(0, BLOCK_N)
     m_ok = offs_m < N_Q
     d_ok = offs_d < HEAD_D
     md_mask = m_ok[:, None] & d_ok[None, :]
@@ -411,26 +483,24 @@ def _attn_bwd_dq(
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if CAUSAL:
         hi = tl.minimum(N_K, (start_m + 1) * BLOCK_M)
+        full_end = tl.minimum(start_m * BLOCK_M + 1, N_K)
     else:
         hi = N_K
-    for start_n in range(0, hi, BLOCK_N):
-        offs_n = start_n + offs_n0
-        n_ok = offs_n < N_K
-        kt = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                     mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-        vt = tl.load(v_base + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd,
-                     mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-        s = _dot(q, kt, DOT_PRECISION, UPCAST_DOT) * qk_scale
-        ok = n_ok[None, :]
-        if HAS_KPM:
-            pad = tl.load(kpm_base + offs_n * stride_kpm_n, mask=n_ok, other=1)
-            ok = ok & (pad[None, :] == 0)
-        if CAUSAL:
-            ok = ok & (offs_n[None, :] <= offs_m[:, None])
-        p = tl.where(ok, tl.math.exp2(s - lse2[:, None]), 0.0)
-        dp = _dot(do, vt, DOT_PRECISION, UPCAST_DOT)
-        ds = p * (dp - delta[:, None])
-        dq += _dot(ds.to(kt.dtype), tl.trans(kt), DOT_PRECISION, UPCAST_DOT)
+        full_end = N_K
+    full_end = (full_end // BLOCK_N) * BLOCK_N
+    # Full key blocks below the diagonal: no bound or causal mask (padded keys are still masked).
+    dq = _dq_inner(
+        dq, q, do, lse2, delta, k_base, v_base, kpm_base,
+        stride_kn, stride_kd, stride_vn, stride_vd, stride_kpm_n,
+        offs_m, offs_d, d_ok, 0, full_end, N_K, qk_scale,
+        BLOCK_N, HAS_KPM, False, False, DOT_PRECISION, UPCAST_DOT,
+    )
+    dq = _dq_inner(
+        dq, q, do, lse2, delta, k_base, v_base, kpm_base,
+        stride_kn, stride_kd, stride_vn, stride_vd, stride_kpm_n,
+        offs_m, offs_d, d_ok, full_end, hi, N_K, qk_scale,
+        BLOCK_N, HAS_KPM, True, CAUSAL, DOT_PRECISION, UPCAST_DOT,
+    )
     dq = dq * sm_scale
     tl.store(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
              dq.to(DQ.dtype.element_ty), mask=md_mask)
