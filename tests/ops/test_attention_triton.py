@@ -123,6 +123,26 @@ def test_forward_backward_match_float64(dtype, b, n, mode):
     _check_fwd_bwd(q, k, v, kpm, causal, dtype)
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="tile shapes are autotuned on a GPU")
+@pytest.mark.parametrize(
+    "fwd,dkdv,dq",
+    [((16, 32), (32, 16), (16, 32)), ((32, 32), (16, 16), (64, 32)), ((16, 16), (16, 64), (32, 32))],
+    ids=["flipped", "square", "mixed"],
+)
+def test_other_tile_shapes_match_float64(kern, monkeypatch, fwd, dkdv, dq):
+    # The interpreter runs one configuration; force others (BLOCK_M <, =, > BLOCK_N in each kernel) so the
+    # block-alignment logic of the causal and boundary phases is checked for every orientation.
+    import triton  # noqa: PLC0415
+
+    for tuner, (bm, bn) in ((kern._attn_fwd, fwd), (kern._attn_bwd_dkdv, dkdv), (kern._attn_bwd_dq, dq)):
+        monkeypatch.setattr(tuner, "configs", [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=4, num_stages=1)])
+    for causal in (False, True):
+        q, k, v, kpm = _inputs(2, 1, 75, 75, 16, torch.float32, pad=True)
+        _check_fwd_bwd(q, k, v, kpm, causal, torch.float32)
+    q, k, v, kpm = _inputs(1, 1, 50, 21, 16, torch.float32, pad=True)
+    _check_fwd_bwd(q, k, v, kpm, True, torch.float32)
+
+
 @pytest.mark.parametrize("d", [24, 64, 128])
 def test_head_sizes_padded_in_kernel_match_float64(d):
     # d=24 (I-JEPA) runs as 32 with masked loads; 64 and 128 are native tile sizes.
