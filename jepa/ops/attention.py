@@ -23,7 +23,8 @@ and zeroes their output, so it never produces NaN.)
 ``torch.compile``: the Triton path is the custom op ``jepa::attention_fwd`` (with autograd through
 ``jepa::attention_bwd``), both with fake implementations, and the torch path is plain torch ops, so a
 model calling :func:`attention` compiles with ``fullgraph=True``. The backend is chosen when the model is
-traced.
+traced (dynamo guards on it: forcing another backend later re-traces). The Triton path supports first
+derivatives only (no double backward).
 """
 
 from __future__ import annotations
@@ -226,6 +227,8 @@ def _triton_reason(q, k, v, key_padding_mask) -> str:
         return f"v's head size {v.shape[-1]} differs from q's {q.shape[-1]}; the kernel needs equal head sizes"
     if q.shape[-1] > _TRITON_MAX_HEAD_DIM:
         return f"head size {q.shape[-1]} is larger than the kernel's maximum {_TRITON_MAX_HEAD_DIM}"
+    if q.shape[-1] == 0:
+        return "head size 0 (the kernel needs d >= 1)"
     return ""
 
 

@@ -17,8 +17,10 @@ Scores are computed in the base-2 domain (``s * scale * log2(e)``, then ``exp2``
 score instead of the multiply inside ``exp``.
 
 Masks:
-  * any N: loads and stores are masked on the sequence bounds; the key bound (and the causal diagonal)
-    is only applied in the last key blocks of the forward loop, the full blocks run unmasked;
+  * any N: loads and stores are masked on the sequence bounds. In the forward and dQ loops the key bound
+    and the causal diagonal are applied only in the last key blocks; full blocks below the diagonal run
+    unmasked. The dK/dV loop needs no key-bound mask (a key row of dK/dV depends on that key alone and
+    rows past N_k are not stored) and applies the causal mask only on the diagonal query blocks;
   * any head size d <= 128: the head dimension is padded to the next power of two >= 16 inside the
     kernel (masked loads give zeros, which change neither ``q.k`` nor the output), so nothing is copied.
     d is a compile-time constant, so for d = BLOCK_D the head-dim mask folds away and loads stay vectorized;
@@ -28,9 +30,8 @@ A query row whose keys are all masked gets output 0, ``lse = +inf`` (so every re
 and zero gradients.
 
 Block sizes are autotuned on a GPU (keyed on the power-of-two bucket of the sequence length, the padded
-head size, causal, masking and dtype); under
-``TRITON_INTERPRET=1`` (CPU tests) one small configuration runs, with BLOCK_M != BLOCK_N so that the
-block-alignment logic of the causal loops is exercised.
+head size, causal, masking and dtype); under ``TRITON_INTERPRET=1`` (CPU tests) one small
+configuration runs, with BLOCK_M != BLOCK_N (the tests force other tile shapes too).
 
 Only :mod:`jepa.ops.attention` imports this module (it imports ``triton`` at import time).
 """
@@ -48,7 +49,6 @@ __all__ = ["attention_forward", "attention_backward", "SUPPORTED_DTYPES", "MAX_H
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 128
 _LOG2E = 1.4426950408889634
-_LN2 = 0.6931471805599453
 
 
 def padded_head_dim(d: int) -> int:
@@ -547,9 +547,9 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"attention (triton): q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})")
     d = q.shape[-1]
-    if k.shape[-1] != d or v.shape[-1] != d or d > MAX_HEAD_DIM:
+    if k.shape[-1] != d or v.shape[-1] != d or not 0 < d <= MAX_HEAD_DIM:
         raise ValueError(
-            f"attention (triton): head sizes q={d}, k={k.shape[-1]}, v={v.shape[-1]}; expected equal and <= {MAX_HEAD_DIM}"
+            f"attention (triton): head sizes q={d}, k={k.shape[-1]}, v={v.shape[-1]}; expected equal and in 1..{MAX_HEAD_DIM}"
         )
 
 
@@ -571,8 +571,7 @@ def attention_forward(
     n_k = k.shape[2]
     out = _alloc((B, H, n_q, d), q.dtype, q.device)
     lse = _alloc((B, H, n_q), torch.float32, q.device)
-    if out.numel() == 0:
-        lse.fill_(float("inf") if n_k == 0 else 0.0)
+    if out.numel() == 0:  # no query row (d >= 1 is checked above)
         return out, lse
     kpm, s_kb, s_kn, has_kpm = _kpm_args(key_padding_mask, q)
 
@@ -611,7 +610,7 @@ def attention_backward(
     dq = _alloc((B, H, n_q, d), q.dtype, q.device)
     dk = _alloc((B, H, n_k, d), k.dtype, k.device)
     dv = _alloc((B, H, n_k, d), v.dtype, v.device)
-    if B * H == 0 or d == 0:
+    if B * H == 0:
         return dq, dk, dv
     if n_q == 0 or n_k == 0:
         # No query sees any key: every gradient is zero.

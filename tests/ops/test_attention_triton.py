@@ -349,3 +349,22 @@ def test_kernels_compile_to_tensor_core_ptx_for_sm80_and_sm90(tmp_path):
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_edge_shapes_no_query_no_key_zero_batch():
+    with use_backend("triton"):
+        q, k, v, _ = _inputs(2, 1, 0, 5, 16, torch.float32, pad=False)  # no query
+        out = attention(q, k, v)
+        assert out.shape == (2, 1, 0, 16)
+        out.sum().backward()
+        assert torch.equal(k.grad, torch.zeros_like(k.grad)) and torch.equal(v.grad, torch.zeros_like(v.grad))
+        q, k, v, _ = _inputs(2, 1, 4, 0, 16, torch.float32, pad=False)  # no key: rows are empty
+        out = attention(q, k, v)
+        assert torch.equal(out, torch.zeros_like(out))
+        out.sum().backward()
+        assert torch.equal(q.grad, torch.zeros_like(q.grad))
+        q, k, v, _ = _inputs(0, 2, 4, 4, 16, torch.float32, pad=False)  # no batch
+        assert attention(q, k, v).shape == (0, 2, 4, 16)
+        with pytest.raises(BackendUnavailableError, match="head size 0"):
+            z = torch.zeros(1, 1, 3, 0, device=DEVICE)
+            attention(z, z, z)
