@@ -48,13 +48,13 @@ _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _TRITON_MAX_HEAD_DIM = 128
 
 
-def _empty_rows(key_padding_mask: torch.Tensor, n_q: int, causal: bool) -> torch.Tensor:
-    """(B, N_q) bool: True where a query row has no key to attend to."""
+def _empty_causal_rows(key_padding_mask: torch.Tensor, n_q: int) -> torch.Tensor:
+    """(B, N_q) bool: True where a query row has no key to attend to under the causal mask.
+
+    Row i sees keys 0..i (top-left aligned), so it is empty iff i comes before the first attended key
+    (or no key of the batch is attended at all).
+    """
     attend = ~key_padding_mask
-    if not causal:
-        return (~attend.any(dim=1, keepdim=True)).expand(-1, n_q)
-    # Causal (top-left aligned): row i sees keys 0..i, so it is empty iff i comes before the first
-    # attended key (or no key of the batch is attended at all).
     n_k = key_padding_mask.shape[1]
     first = attend.to(torch.int32).argmax(dim=1)  # first True (0 when there is none, fixed below)
     first = torch.where(attend.any(dim=1), first, torch.full_like(first, max(n_q, n_k)))
@@ -81,18 +81,17 @@ def attention_reference(
         return q.new_zeros(q.shape[:-1] + v.shape[-1:])
     if key_padding_mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
-    empty = _empty_rows(key_padding_mask, n_q, causal)  # (B, N_q)
     allowed = (~key_padding_mask)[:, None, None, :]  # (B, 1, 1, N_k); SDPA wants True = attend
     if causal:
         tri = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril()
         allowed = allowed & tri
-        unmask = empty[:, None, :, None]
+        empty = _empty_causal_rows(key_padding_mask, n_q)[:, None, :, None]  # (B, 1, N_q, 1)
     else:
-        unmask = empty[:, :1, None, None]  # empty rows are whole batches here
+        empty = key_padding_mask.all(dim=1)[:, None, None, None]  # (B, 1, 1, 1): whole batches are empty
     # Let empty rows attend to every key so that their softmax is finite (no NaN in the forward or
     # the backward), then zero them: masked_fill passes them no gradient.
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | unmask, scale=scale)
-    return out.masked_fill(empty[:, None, :, None], 0.0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | empty, scale=scale)
+    return out.masked_fill(empty, 0.0)
 
 
 # --------------------------------------------------------------------------------------------------
