@@ -1,0 +1,222 @@
+"""jepa.ops.attention: the torch path against a float64 reference, backend dispatch, input checks,
+torch.compile without graph breaks, and the models' attention going through the op.
+
+The Triton kernels themselves are tested in test_attention_triton.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import jepa.ops
+from jepa.ops import BackendUnavailableError, attention, attention_reference, use_backend
+
+# ref64 / rel_err: the same helpers as in test_attention_triton.py (test modules do not import each other).
+def ref64(q, k, v, *, causal=False, key_padding_mask=None, scale=None):
+    """Float64 attention from the formulas: explicit scores, masks, softmax; empty rows give 0."""
+    q, k, v = q.double(), k.double(), v.double()
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = (q @ k.transpose(-1, -2)) * scale
+    n_q, n_k = s.shape[-2:]
+    ok = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device)
+    if causal:
+        ok = ok.tril()
+    ok = ok[None, None]
+    if key_padding_mask is not None:
+        ok = ok & ~key_padding_mask[:, None, None, :]
+    ok = ok.expand_as(s)
+    s = torch.where(ok, s, torch.zeros_like(s))
+    m = torch.where(ok, s, torch.full_like(s, -torch.inf)).amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    p = torch.exp(s - m) * ok
+    denom = p.sum(-1, keepdim=True)
+    return (p / torch.where(denom > 0, denom, torch.ones_like(denom))) @ v
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """||x - ref|| / ||ref||, the denominator floored at an RMS of 0.05 per element. Where the exact result is
+    0 (dq and dk with a single key: its softmax is constant) the rounding error is then judged against that
+    scale instead of 0. With N(0, 1) inputs and N <= 129 the references' RMS is >= 0.15, above the floor."""
+    assert not torch.isnan(x).any(), "NaN in the result (unwritten or poisoned element)"
+    assert torch.isfinite(x).all()
+    floor = 0.05 * math.sqrt(max(ref.numel(), 1))
+    return ((x.double() - ref).norm() / max(ref.norm().item(), floor)).item()
+
+
+TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+def _qkv(b, h, n_q, n_k, d, dtype=torch.float32, d_v=None):
+    q = torch.randn(b, h, n_q, d).to(dtype).requires_grad_()
+    k = torch.randn(b, h, n_k, d).to(dtype).requires_grad_()
+    v = torch.randn(b, h, n_k, d if d_v is None else d_v).to(dtype).requires_grad_()
+    return q, k, v
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("n_q,n_k", [(1, 1), (17, 17), (129, 129), (7, 33), (40, 9)])
+def test_torch_path_matches_float64_forward_and_backward(dtype, causal, padded, n_q, n_k):
+    b = 3
+    q, k, v = _qkv(b, 2, n_q, n_k, 24, dtype)
+    kpm = None
+    if padded:
+        kpm = torch.rand(b, n_k) < 0.3
+        kpm[0] = True  # a batch with no key at all
+    with use_backend("torch"):
+        out = attention(q, k, v, causal=causal, key_padding_mask=kpm)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = ref64(q64, k64, v64, causal=causal, key_padding_mask=kpm)
+    ref.backward(grad.double())
+    tol = TOL[dtype]
+    assert out.dtype == dtype
+    assert rel_err(out, ref) <= tol
+    for got, want in ((q.grad, q64.grad), (k.grad, k64.grad), (v.grad, v64.grad)):
+        assert rel_err(got, want) <= tol
+
+
+def test_value_head_size_may_differ_on_the_torch_path():
+    q, k, v = _qkv(2, 2, 5, 6, 16, d_v=8)
+    out = attention(q, k, v, scale=0.5)
+    assert out.shape == (2, 2, 5, 8)
+    assert rel_err(out, ref64(q, k, v, scale=0.5)) <= 1e-5
+
+
+def test_empty_rows_are_zero_with_zero_gradients_never_nan():
+    q, k, v = _qkv(2, 1, 6, 6, 16)
+    kpm = torch.zeros(2, 6, dtype=torch.bool)
+    kpm[0] = True
+    kpm[1, :2] = True
+    out = attention_reference(q, k, v, causal=True, key_padding_mask=kpm)
+    out.sum().backward()
+    assert torch.equal(out[0], torch.zeros_like(out[0]))
+    assert torch.equal(out[1, :, :2], torch.zeros_like(out[1, :, :2]))
+    assert (out[1, :, 2:].abs() > 0).all()
+    for g in (q.grad, k.grad, v.grad):
+        assert torch.isfinite(g).all()
+    assert torch.equal(q.grad[0], torch.zeros_like(q.grad[0]))
+    assert torch.equal(q.grad[1, :, :2], torch.zeros_like(q.grad[1, :, :2]))
+
+
+def test_no_keys_gives_zeros():
+    q, k, v = _qkv(1, 2, 3, 0, 16)
+    out = attention(q, k, v)
+    assert out.shape == (1, 2, 3, 16) and torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.parametrize("backend", ["cuda", "cpp"])
+def test_forced_cuda_and_cpp_raise_backend_unavailable(backend, monkeypatch):
+    q, k, v = _qkv(1, 1, 4, 4, 16)
+    with use_backend(backend), pytest.raises(BackendUnavailableError, match=f"'{backend}' does not implement attention"):
+        attention(q, k, v)
+    monkeypatch.setenv("JEPA_BACKEND", backend)
+    with pytest.raises(BackendUnavailableError):
+        attention(q, k, v)
+
+
+def test_auto_on_cpu_tensors_uses_the_torch_reference(monkeypatch):
+    # Even under TRITON_INTERPRET=1, auto keeps CPU tensors on torch; the kernel would raise here.
+    kern = pytest.importorskip("jepa.kernels.triton.attention")
+
+    def boom(*args, **kwargs):
+        raise AssertionError("auto must not run the Triton kernel on CPU tensors")
+
+    monkeypatch.setattr(kern, "attention_forward", boom)
+    q, k, v = _qkv(2, 2, 9, 9, 16)
+    out = attention(q, k, v, causal=True)
+    assert rel_err(out, ref64(q, k, v, causal=True)) <= 1e-5
+
+
+def test_forced_triton_runs_the_kernel(monkeypatch):
+    kern = pytest.importorskip("jepa.kernels.triton.attention")
+    if not jepa.ops._backend.triton_can_run(torch.empty(0)):
+        pytest.skip("triton cannot run on CPU tensors here (TRITON_INTERPRET unset)")
+    calls = []
+    real = kern.attention_forward
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kern, "attention_forward", spy)
+    q, k, v = _qkv(1, 1, 5, 5, 16)
+    with use_backend("triton"):
+        attention(q, k, v)
+    assert calls == [torch.Size([1, 1, 5, 16])]
+
+
+def test_bad_inputs_raise_errors_naming_the_argument():
+    q, k, v = _qkv(2, 2, 5, 5, 16)
+    with pytest.raises(ValueError, match=r"q, k, v must be \(B, H, N, d\)"):
+        attention(q[0], k, v)
+    with pytest.raises(TypeError, match="q must be a torch.Tensor"):
+        attention([1.0], k, v)
+    with pytest.raises(TypeError, match="dtypes"):
+        attention(q, k.double(), v)
+    with pytest.raises(TypeError, match="floating-point"):
+        attention(q.long(), k.long(), v.long())
+    with pytest.raises(ValueError, match="share B and H"):
+        attention(q, k[:1], v[:1])
+    with pytest.raises(ValueError, match="v has 4"):
+        attention(q, k, v[:, :, :4])
+    with pytest.raises(ValueError, match="head size 16 but k has 8"):
+        attention(q, k[..., :8], v)
+    with pytest.raises(TypeError, match="causal must be a bool"):
+        attention(q, k, v, causal=1)
+    with pytest.raises(TypeError, match="key_padding_mask must be bool"):
+        attention(q, k, v, key_padding_mask=torch.zeros(2, 5))
+    with pytest.raises(ValueError, match=r"key_padding_mask must be \(B, N_k\)=\(2, 5\), got \(2, 4\)"):
+        attention(q, k, v, key_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(TypeError, match="scale must be a real number"):
+        attention(q, k, v, scale="0.5")
+    with pytest.raises(ValueError, match="scale must be finite"):
+        attention(q, k, v, scale=float("nan"))
+
+
+def test_models_route_attention_through_jepa_ops(monkeypatch):
+    from jepa.models.layers import MultiHeadAttention  # noqa: PLC0415
+
+    seen = []
+    real = jepa.ops.attention
+
+    def spy(q, k, v, **kwargs):
+        seen.append((tuple(q.shape), kwargs.get("key_padding_mask") is not None))
+        return real(q, k, v, **kwargs)
+
+    monkeypatch.setattr(jepa.ops, "attention", spy)
+    mha = MultiHeadAttention(32, 4)
+    x = torch.randn(3, 7, 32)
+    out = mha(x, torch.zeros(3, 7, dtype=torch.bool))
+    assert out.shape == (3, 7, 32)
+    assert seen == [((3, 4, 7, 8), True)]
+
+
+def test_torch_compile_has_no_graph_breaks_and_matches_eager():
+    from jepa.models.layers import TransformerBlock  # noqa: PLC0415
+
+    block = TransformerBlock(32, 4)
+    x = torch.randn(2, 9, 32)
+    kpm = torch.zeros(2, 9, dtype=torch.bool)
+    kpm[1, 6:] = True
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(block)(x, kpm)
+    assert explained.graph_break_count == 0
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ye, yc = block(xe, kpm), compiled(xc, kpm)
+    ye.square().sum().backward()
+    ge = [p.grad.clone() for p in block.parameters()]
+    block.zero_grad()
+    yc.square().sum().backward()
+    torch._dynamo.reset()
+    assert torch.allclose(yc, ye, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(xc.grad, xe.grad, rtol=1e-5, atol=1e-6)
+    for p, g in zip(block.parameters(), ge):
+        assert torch.allclose(p.grad, g, rtol=1e-5, atol=1e-6)
