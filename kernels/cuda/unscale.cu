@@ -1,11 +1,19 @@
-// CUDA loss scaling: the fused unscale + non-finite check over every gradient of a TensorTable in ONE
-// launch (apex multi_tensor_apply style, the table in device memory), and the dynamic scale update.
+// CUDA loss scaling: the fused unscale + non-finite check over every gradient of a TensorTable, and the
+// dynamic scale update. Nothing is read back to the host, nothing is allocated or copied: the call only
+// enqueues kernels on the given stream.
 //
-// The gradients form one virtual index space [0, total) (csrc/include/jepa/multi_tensor.h); each block
-// takes fixed-size chunks of it (grid-stride), finds the tensor owning the chunk start by binary search
-// (jepa::locate_tensor, shared with the CPU code) and walks the pieces of the chunk. inv_scale is read
-// and found_inf written on the device, so the host never waits. Element math (jepa/amp_math.h) is in
-// float32 and shared with the CPU loop: non-finite flags on the float32 bits, unscale_value.
+// The table (pointers and prefix sums) travels by value as the kernel argument, apex multi_tensor_apply
+// style, rather than in device memory: gradients are usually re-created every step (zero_grad with
+// set_to_none), so a table uploaded once per tensor set would cost a cudaMalloc + cudaMemcpy (host
+// syncs) per step. With CUDA >= 12.1 kernel arguments may take up to 32 KB, enough for kLaunchTensors
+// (1984) gradients per launch; a longer list is cut into consecutive launches of that many tensors.
+//
+// Inside a launch the gradients form one virtual index space [0, total) (csrc/include/jepa/multi_tensor.h);
+// each block takes fixed-size chunks of it (grid-stride), finds the tensor owning the chunk start by a
+// binary search over the prefix sums and walks the pieces of the chunk. The search indexes the argument
+// arrays directly (block-uniform indices, like apex's tl.addresses[..][tensor_loc]) instead of going
+// through jepa::locate_tensor's pointer, so the arrays stay in the constant bank. inv_scale is read and
+// found_inf written on the device. Element math (jepa/amp_math.h) is float32 and shared with the CPU loop.
 //
 // found_inf: every block that saw a non-finite value stores 1.0f to it. Several blocks may store at once;
 // the race is harmless because they all store the same value and nothing reads it during the launch.
@@ -15,17 +23,13 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstring>
 #include <memory>
-#include <mutex>
 #include <stdexcept>
 #include <string>
-#include <vector>
 
 #include "jepa/amp_math.h"
 #include "jepa/cuda_ops.h"
 #include "jepa/dtype.h"
-#include "jepa/multi_tensor.h"
 
 namespace jepa {
 namespace cuda {
@@ -36,6 +40,12 @@ constexpr int kThreads = 256;
 constexpr int kUnroll = 4;
 constexpr std::int64_t kChunk = std::int64_t{kThreads} * kUnroll * 8;  // 8192 elements per chunk
 constexpr std::int64_t kMaxBlocks = 8192;                               // grid-stride beyond this
+
+#if CUDART_VERSION >= 12010
+constexpr int kLaunchTensors = 1984;  // sizeof(LaunchTable) ~31.8 KB <= 32764 bytes of kernel arguments
+#else
+constexpr int kLaunchTensors = 248;  // the classic 4 KB kernel-argument limit
+#endif
 
 void check(cudaError_t err, const char* fn, const char* what) {
   if (err != cudaSuccess) {
@@ -64,17 +74,20 @@ struct Elem<__nv_bfloat16> {
   static __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 };
 
-// Layout of a depth-1 table in device memory: n gradient pointers, then n + 1 prefix sums.
-struct GradTable {
-  const std::uintptr_t* ptrs;
-  const std::int64_t* prefix;
-  int n;
+// One launch's share of the table, passed by value: gradient pointers and prefix sums relative to the
+// first gradient of the launch.
+struct LaunchTable {
+  std::uintptr_t ptrs[kLaunchTensors];
+  std::int64_t prefix[kLaunchTensors + 1];
   std::int64_t total;
+  int n;
 };
+static_assert(sizeof(LaunchTable) + 2 * sizeof(void*) <= (kLaunchTensors > 248 ? 32764 : 4096),
+              "kernel arguments too large");
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    unscale_kernel(GradTable table, const float* __restrict__ inv_scale_ptr, float* found_inf) {
+    unscale_kernel(const LaunchTable table, const float* __restrict__ inv_scale_ptr, float* found_inf) {
   const float inv = *inv_scale_ptr;
   const bool write = inv != 1.0f;  // uniform: inv == 1 leaves every value as it is, so only check
   std::uint32_t flag = 0;
@@ -82,7 +95,18 @@ __global__ void __launch_bounds__(kThreads)
   for (std::int64_t c = blockIdx.x; c < nchunks; c += gridDim.x) {
     const std::int64_t begin = c * kChunk;
     const std::int64_t end = begin + kChunk < table.total ? begin + kChunk : table.total;
-    int ti = locate_tensor(table.prefix, table.n, begin);
+    // the tensor owning `begin`: the largest ti with prefix[ti] <= begin (empty tensors are never it)
+    int lo_t = 0;
+    int hi_t = table.n;
+    while (hi_t - lo_t > 1) {
+      const int mid = lo_t + (hi_t - lo_t) / 2;
+      if (table.prefix[mid] <= begin) {
+        lo_t = mid;
+      } else {
+        hi_t = mid;
+      }
+    }
+    int ti = lo_t;
     std::int64_t pos = begin;
     while (pos < end && ti < table.n) {
       const std::int64_t t0 = table.prefix[ti];
@@ -123,53 +147,44 @@ __global__ void update_scale_kernel(float* scale, std::int32_t* growth_tracker, 
   jepa::update_scale(scale, growth_tracker, *found_inf, growth_factor, backoff_factor, growth_interval);
 }
 
-// Uploads a depth-1 table's pointers and prefix sums to the current device once and keeps them with the
-// table (synchronous copy: complete before any stream can use it; a table is built once per set of
-// gradient buffers and reused while they stay put).
-GradTable device_table(const TensorTable& table) {
-  int device = -1;
-  check(cudaGetDevice(&device), "unscale_cuda", "cudaGetDevice");
-  const int n = table.size();
-  const std::size_t ptr_bytes = static_cast<std::size_t>(n) * sizeof(std::uintptr_t);
-  const std::size_t prefix_bytes = (static_cast<std::size_t>(n) + 1) * sizeof(std::int64_t);
-  std::lock_guard<std::mutex> lock(table.device_mutex());
-  TensorTable::DeviceCopy& copy = table.device_copy();
-  if (!copy.data || copy.device != device) {
-    std::vector<unsigned char> host(ptr_bytes + prefix_bytes);
-    std::memcpy(host.data(), table.ptrs(0), ptr_bytes);
-    std::memcpy(host.data() + ptr_bytes, table.prefix(), prefix_bytes);
-    void* dev = nullptr;
-    check(cudaMalloc(&dev, host.size()), "unscale_cuda", "cudaMalloc");
-    std::shared_ptr<void> owner(dev, [](void* p) { cudaFree(p); });  // errors at teardown are ignored
-    check(cudaMemcpy(dev, host.data(), host.size(), cudaMemcpyHostToDevice), "unscale_cuda", "cudaMemcpy");
-    copy.device = device;
-    copy.data = std::move(owner);
-  }
-  auto* base = static_cast<const unsigned char*>(copy.data.get());
-  GradTable out;
-  out.ptrs = reinterpret_cast<const std::uintptr_t*>(base);
-  out.prefix = reinterpret_cast<const std::int64_t*>(base + ptr_bytes);
-  out.n = n;
-  out.total = table.total();
-  return out;
+template <typename T>
+void launch(const LaunchTable& lt, const float* inv_scale, float* found_inf, cudaStream_t s) {
+  const std::int64_t nchunks = (lt.total + kChunk - 1) / kChunk;
+  const unsigned blocks = static_cast<unsigned>(nchunks < kMaxBlocks ? nchunks : kMaxBlocks);
+  unscale_kernel<T><<<blocks, kThreads, 0, s>>>(lt, inv_scale, found_inf);
 }
 
 }  // namespace
 
 void unscale(const TensorTable& table, const float* inv_scale, float* found_inf, std::uintptr_t stream) {
   if (table.depth() != 1) throw std::invalid_argument("unscale_cuda: the table must hold 1 pointer list");
-  if (table.total() == 0) return;
-  const GradTable gt = device_table(table);
-  const std::int64_t nchunks = (gt.total + kChunk - 1) / kChunk;
-  const unsigned blocks = static_cast<unsigned>(nchunks < kMaxBlocks ? nchunks : kMaxBlocks);
-  cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
-  switch (table.dtype()) {
-    case kFloat32: unscale_kernel<float><<<blocks, kThreads, 0, s>>>(gt, inv_scale, found_inf); break;
-    case kFloat16: unscale_kernel<__half><<<blocks, kThreads, 0, s>>>(gt, inv_scale, found_inf); break;
-    case kBFloat16: unscale_kernel<__nv_bfloat16><<<blocks, kThreads, 0, s>>>(gt, inv_scale, found_inf); break;
-    default: throw std::invalid_argument("unscale_cuda: unsupported dtype_code " + std::to_string(table.dtype()));
+  const int dtype = table.dtype();
+  if (dtype != kFloat32 && dtype != kFloat16 && dtype != kBFloat16) {
+    throw std::invalid_argument("unscale_cuda: unsupported dtype_code " + std::to_string(dtype));
   }
-  check(cudaGetLastError(), "unscale_cuda", "kernel launch");
+  if (table.total() == 0) return;
+  cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+  const std::int64_t* prefix = table.prefix();
+  const std::uintptr_t* ptrs = table.ptrs(0);
+  auto lt = std::make_unique<LaunchTable>();  // ~32 KB: on the heap, copied into the launch
+  for (int first = 0; first < table.size(); first += kLaunchTensors) {
+    const int n = table.size() - first < kLaunchTensors ? table.size() - first : kLaunchTensors;
+    const std::int64_t base = prefix[first];
+    if (prefix[first + n] == base) continue;  // only empty tensors in this share
+    lt->n = n;
+    for (int i = 0; i < n; ++i) {
+      lt->ptrs[i] = ptrs[first + i];
+      lt->prefix[i] = prefix[first + i] - base;
+    }
+    lt->prefix[n] = prefix[first + n] - base;
+    lt->total = lt->prefix[n];
+    switch (dtype) {
+      case kFloat32: launch<float>(*lt, inv_scale, found_inf, s); break;
+      case kFloat16: launch<__half>(*lt, inv_scale, found_inf, s); break;
+      default: launch<__nv_bfloat16>(*lt, inv_scale, found_inf, s); break;
+    }
+    check(cudaGetLastError(), "unscale_cuda", "kernel launch");
+  }
 }
 
 void update_scale(float* scale, std::int32_t* growth_tracker, const float* found_inf, double growth_factor,

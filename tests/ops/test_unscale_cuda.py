@@ -53,6 +53,22 @@ def test_cuda_matches_torch_reference(cuda_native, dtype, inv, bad):
     assert found.item() == found_ref.item() == (0.0 if bad is None else 1.0)
 
 
+def test_cuda_more_tensors_than_one_launch_takes(cuda_native):
+    # the table travels as the kernel argument, 1984 tensors per launch: 4100 tensors need 3 launches
+    gen = torch.Generator().manual_seed(8)
+    grads = [torch.randn(int(n), generator=gen).cuda() for n in torch.randint(0, 40, (4100,), generator=gen)]
+    grads[3000] = torch.tensor([1.0, math.nan, 2.0], device="cuda")  # in the second launch
+    grads.append(torch.full((5,), math.inf, device="cuda"))  # in the third
+    expect = [g.clone() for g in grads]
+    inv = torch.tensor(0.25, device="cuda")
+    found, found_ref = torch.zeros((), device="cuda"), torch.zeros((), device="cuda")
+    ops.unscale_reference(expect, inv, found_ref)
+    with ops.use_backend("cuda"):
+        ops.unscale_(grads, inv, found)
+    _assert_same(grads, expect)
+    assert found.item() == found_ref.item() == 1.0
+
+
 def test_cuda_found_inf_stays_one_and_mixed_dtypes(cuda_native):
     grads = [torch.randn(10, device="cuda"), None, torch.randn(7, device="cuda").half(), torch.randn(4, 6, device="cuda").t()]
     expect = [g.clone() if g is not None else None for g in grads]
