@@ -372,3 +372,36 @@ def test_update_scale_bad_arguments(native):
 
 def test_plan_cache_is_cleared_between_tests():
     assert not _native._PLANS
+
+
+def test_concurrent_calls_from_python_threads(native):
+    """The GIL is released during the C++ pass and the pool serves one caller at a time (others run alone):
+    concurrent calls on disjoint grads all give the reference result."""
+    import threading
+
+    n = 2 * native.unscale_config()["min_elements_per_thread"] + 1
+    gen = torch.Generator().manual_seed(21)
+    sets = [[torch.randn(n, generator=gen), torch.randn(77, generator=gen)] for _ in range(4)]
+    sets[2][1][5] = math.inf
+    expect = [[g * 0.125 for g in s] for s in sets]
+    founds = [torch.zeros(()) for _ in sets]
+    errors = []
+
+    def work(k):
+        try:
+            for _ in range(3):  # x (1/8)**3 then back with 8**3 below: exact powers of two
+                ops.unscale_(sets[k], torch.tensor(0.125), founds[k])
+            for _ in range(2):
+                ops.unscale_(sets[k], torch.tensor(8.0), founds[k])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(sets))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for k, (s, e) in enumerate(zip(sets, expect)):
+        _assert_same(s, e)
+        assert founds[k].item() == (1.0 if k == 2 else 0.0)
