@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 from collections import defaultdict
 from typing import Iterable, Sequence
 
@@ -128,6 +129,42 @@ def _run_native(route: str, plan: _native.TensorListPlan, inv_scale: torch.Tenso
             mod.unscale_cuda(plan.table(), inv_scale.data_ptr(), found_inf.data_ptr(), stream)
 
 
+# The last gradient list planned without caching: its key, plan (ids and pointers, no references) and a weak
+# reference to its first tensor. See _grad_plan.
+_HINT: list = []
+
+
+def _grad_plan(present: list[torch.Tensor], grads: list, device: torch.device) -> _native.TensorListPlan:
+    """The validated plan of ``present`` (the non-None grads).
+
+    A cached plan for exactly these tensors (same objects, same data pointers) skips the validation. But
+    caching costs a weak reference per tensor, more than validating again, and gradients are usually new
+    tensors every step (``zero_grad(set_to_none=True)``). So a list is planned without caching the first
+    time, and cached only when it comes back with its first tensor still the same live object (persistent
+    gradients, ``set_to_none=False``). Fresh gradients that happen to reuse the ids and addresses of the
+    previous step's (CPython and the allocator both recycle) do not count: that first tensor died.
+    """
+    key = ("unscale_", len(present), id(present[0]))  # the key jepa.ops._native.get_plan files it under
+    cached = _native._PLANS.get(key)
+    if cached is not None and cached.matches((present,)):
+        if cached.device != device:  # validated against another inv_scale device
+            _validate_grads(grads, device)
+        return cached
+    if _HINT and _HINT[0] == key and _HINT[2]() is present[0] and _HINT[1].matches((present,)):
+        _HINT.clear()
+        # validates afresh, then caches with weak references for the following calls
+        return _native.get_plan("unscale_", (present,), lambda _lists: _validate_grads(grads, device))
+    _validate_grads(grads, device)
+    plan = _native.TensorListPlan((present,))
+    _HINT.clear()
+    if plan.ptrs is not None:
+        try:
+            _HINT.extend((key, plan, weakref.ref(present[0])))
+        except TypeError:  # no weak reference support: never cached
+            pass
+    return plan
+
+
 def unscale_(grads: Iterable[torch.Tensor | None], inv_scale: torch.Tensor, found_inf: torch.Tensor) -> None:
     """Unscale gradients in place and record whether any of them holds inf/NaN.
 
@@ -174,10 +211,7 @@ def unscale_(grads: Iterable[torch.Tensor | None], inv_scale: torch.Tensor, foun
     if not present:
         _validate_grads(grads, device)
         return
-    # A cached plan for exactly these tensors (same objects, same data pointers) skips the validation.
-    plan = _native.get_plan("unscale_", (present,), lambda _lists: _validate_grads(grads, device))
-    if plan.device != device:  # a cached plan was validated against another inv_scale device
-        _validate_grads(grads, device)
+    plan = _grad_plan(present, grads, device)
 
     if backend == "torch":
         unscale_reference(present, inv_scale, found_inf)

@@ -405,3 +405,27 @@ def test_concurrent_calls_from_python_threads(native):
     for k, (s, e) in enumerate(zip(sets, expect)):
         _assert_same(s, e)
         assert founds[k].item() == (1.0 if k == 2 else 0.0)
+
+
+def test_plans_are_cached_only_for_gradients_that_persist(native):
+    from jepa.ops import amp as amp_mod
+
+    inv, found = torch.tensor(0.5), torch.zeros(())
+    # fresh tensors every call (zero_grad(set_to_none=True)): never cached, always right
+    for k in range(4):
+        grads = [torch.full((7,), 2.0**k), torch.full((3,), 4.0)]
+        ops.unscale_(grads, inv, found)
+        assert torch.equal(grads[0], torch.full((7,), 2.0 ** (k - 1))) and torch.equal(grads[1], torch.full((3,), 2.0))
+        assert not _native._PLANS
+        del grads
+    # the same tensors again: cached from the second call on, results unchanged
+    grads = [torch.full((7,), 8.0), torch.full((3,), 8.0)]
+    for k in range(3):
+        ops.unscale_(grads, inv, found)
+        assert torch.equal(grads[0], torch.full((7,), 8.0 / 2 ** (k + 1)))
+        assert bool(_native._PLANS) == (k >= 1)
+    assert found.item() == 0.0
+    grads[1] = torch.full((5,), 1.0)  # one entry replaced: the cached plan no longer matches
+    ops.unscale_(grads, inv, found)
+    assert torch.equal(grads[1], torch.full((5,), 0.5)) and torch.equal(grads[0], torch.full((7,), 0.5))
+    amp_mod._HINT.clear()
