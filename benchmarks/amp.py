@@ -10,7 +10,8 @@ million parameters), float32 on CPU:
 (c) vs ``torch._amp_foreach_non_finite_check_and_unscale_`` (what torch.amp.GradScaler runs);
 (d) ``jepa.amp.GradScaler.unscale_(optimizer)`` vs ``torch.amp.GradScaler("cpu").unscale_(optimizer)``
     end to end (target: >= 1.25x faster);
-plus float16/bfloat16 grads against the torch op, and 2,000 small tensors (per-tensor overhead).
+plus float16/bfloat16 grads against the torch op, and 2,000 small tensors (per-tensor overhead): the op on
+the same tensors every call, and GradScaler.unscale_ on grads re-created every step.
 ``floor`` is the fastest of the timed in-place ``mul_`` passes over one flat float32 buffer of the same bytes
 (read + write once); the other columns are medians.
 
@@ -172,6 +173,29 @@ def small_rows(report, args, device, sync, n_layers):
     )
 
 
+def small_scaler_fresh_rows(report, args, device, sync, n_layers):
+    """GradScaler.unscale_ on n_layers x Linear(32,32) grads that are new tensors every step (the default
+    zero_grad(set_to_none=True)): per-tensor Python overhead, nothing cached."""
+    params = [torch.nn.Parameter(torch.zeros(s, device=device)) for _ in range(n_layers) for s in ((32, 32), (32,))]
+    opt = torch.optim.SGD(params, lr=0.1)
+    reps, warm = max(args.repeat * 10, 50), max(args.warmup * 5, 10)
+    timings = {}
+    for label, scaler in (("ours", GradScaler(device)), ("torch", torch.amp.GradScaler(device))):
+        scaler.scale(torch.ones((), device=device))
+
+        def setup(scaler=scaler):
+            for p in params:
+                p.grad = torch.ones_like(p)
+            scaler._per_optimizer_states = defaultdict(scaler._per_optimizer_states.default_factory)
+
+        timings[label] = measure(lambda scaler=scaler: scaler.unscale_(opt), setup=setup, warmup=warm, repeat=reps,
+                                 sync=sync)
+    report.add(
+        f"{device} fp32 {len(params)} small fresh grads: GradScaler.unscale_(optimizer)", timings["ours"],
+        timings["torch"], reference_name="torch.amp.GradScaler", tensors=len(params),
+    )
+
+
 def main() -> int:
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--size", type=float, default=85.0, help="model size in millions of parameters (default 85)")
@@ -194,6 +218,7 @@ def main() -> int:
         for dtype in (torch.float16, torch.bfloat16):
             big_rows(report, args, "cpu", dtype, shapes, None, full=False)
         small_rows(report, args, "cpu", None, n_layers=200 if args.quick else 1000)
+        small_scaler_fresh_rows(report, args, "cpu", None, n_layers=200 if args.quick else 1000)
 
         if torch.cuda.is_available() and _backend.cuda_kernels_available():
             big_rows(report, args, "cuda", torch.float32, shapes, cuda_sync, full=True)
