@@ -129,9 +129,9 @@ def _run_native(route: str, plan: _native.TensorListPlan, inv_scale: torch.Tenso
             mod.unscale_cuda(plan.table(), inv_scale.data_ptr(), found_inf.data_ptr(), stream)
 
 
-# The last gradient list planned without caching: its key, plan (ids and pointers, no references) and a weak
-# reference to its first tensor. See _grad_plan.
-_HINT: list = []
+# The last gradient list planned without caching: (key, plan (ids and pointers, no references), weak reference
+# to its first tensor), or None. Replaced as a whole, so concurrent callers see one consistent tuple.
+_hint: tuple | None = None
 
 
 def _grad_plan(present: list[torch.Tensor], grads: list, device: torch.device) -> _native.TensorListPlan:
@@ -150,16 +150,18 @@ def _grad_plan(present: list[torch.Tensor], grads: list, device: torch.device) -
         if cached.device != device:  # validated against another inv_scale device
             _validate_grads(grads, device)
         return cached
-    if _HINT and _HINT[0] == key and _HINT[2]() is present[0] and _HINT[1].matches((present,)):
-        _HINT.clear()
+    global _hint
+    hint = _hint
+    if hint is not None and hint[0] == key and hint[2]() is present[0] and hint[1].matches((present,)):
+        _hint = None
         # validates afresh, then caches with weak references for the following calls
         return _native.get_plan("unscale_", (present,), lambda _lists: _validate_grads(grads, device))
     _validate_grads(grads, device)
     plan = _native.TensorListPlan((present,))
-    _HINT.clear()
+    _hint = None
     if plan.ptrs is not None:
         try:
-            _HINT.extend((key, plan, weakref.ref(present[0])))
+            _hint = (key, plan, weakref.ref(present[0]))
         except TypeError:  # no weak reference support: never cached
             pass
     return plan
