@@ -26,6 +26,20 @@
 //                   momentum: float, stream: int) -> None
 //       the same on CUDA device pointers, one kernel launch on `stream` (current device); raises
 //       RuntimeError when the module was built without CUDA
+// ---- amp (loss scaling; defined in csrc/amp/amp_bindings.cpp, registered by register_amp) ----
+//   unscale_config() -> dict                  CPU unscale tuning: min/max_chunk_elements, min_elements_per_thread,
+//                                             avx2_half_path
+//   unscale(table: TensorTable, inv_scale_ptr: int, found_inf_ptr: int, num_threads: int = 0) -> int
+//       CPU, depth-1 table of gradients: g <- g * (*inv_scale_ptr) and *found_inf_ptr <- 1.0 when any element
+//       was inf/NaN, one pass; inv_scale == 1 only checks; GIL released; returns the threads that ran
+//   update_scale(scale_ptr: int, growth_tracker_ptr: int, found_inf_ptr: int, growth_factor: float,
+//                backoff_factor: float, growth_interval: int) -> None
+//       CPU: torch._amp_update_scale_'s arithmetic on a float32 scale, int32 tracker, float32 found_inf
+//   unscale_cuda(table, inv_scale_ptr, found_inf_ptr, stream: int) -> None
+//   update_scale_cuda(scale_ptr, growth_tracker_ptr, found_inf_ptr, growth_factor, backoff_factor,
+//                     growth_interval, stream: int) -> None
+//       the same on device pointers, one launch each on `stream`, no host sync; RuntimeError without CUDA
+// ---- end amp ----
 //
 // Errors: bad arguments raise ValueError (std::invalid_argument), CUDA failures RuntimeError.
 #include <pybind11/pybind11.h>
@@ -52,6 +66,12 @@
 #endif
 
 namespace py = pybind11;
+
+// ---- amp (loss scaling): csrc/amp/amp_bindings.cpp ----
+namespace jepa {
+void register_amp(py::module_& m);
+}  // namespace jepa
+// ---- end amp ----
 
 namespace {
 
@@ -250,4 +270,8 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("target_ptrs"), py::arg("online_ptrs"), py::arg("numels"), py::arg("dtype_code"), py::arg("momentum"),
       py::arg("stream"), "CUDA EMA over raw device buffers, one launch on `stream` (an int cudaStream_t).");
+
+  // ---- amp (loss scaling): unscale_config, unscale, update_scale, unscale_cuda, update_scale_cuda ----
+  jepa::register_amp(m);
+  // ---- end amp ----
 }

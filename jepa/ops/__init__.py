@@ -7,6 +7,7 @@ from jepa.ops._backend import (
     requested_backend,
     use_backend,
 )
+from jepa.ops.amp import unscale_, unscale_reference, update_scale_, update_scale_reference
 from jepa.ops.attention import attention, attention_reference
 from jepa.ops.ema import ema_update, ema_update_reference
 from jepa.ops.info_nce import info_nce, info_nce_reference
@@ -25,5 +26,9 @@ __all__ = [
     "jepa_loss",
     "jepa_loss_reference",
     "requested_backend",
+    "unscale_",
+    "unscale_reference",
+    "update_scale_",
+    "update_scale_reference",
     "use_backend",
 ]

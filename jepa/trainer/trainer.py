@@ -386,7 +386,9 @@ class BaseTrainer:
         self.mixed_precision = mixed_precision
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
         # fp16 needs loss scaling (tiny gradients underflow); bf16 has fp32's range and needs none.
-        self.scaler = torch.amp.GradScaler(self.device.type) if mixed_precision == "fp16" else None
+        from jepa.amp import GradScaler  # noqa: PLC0415  (jepa.amp.GradScaler: torch.amp.GradScaler's API, jepa's kernels)
+
+        self.scaler = GradScaler(self.device.type) if mixed_precision == "fp16" else None
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:

@@ -21,5 +21,13 @@ int device_count();
 // Uses the current CUDA device; the table's pointers must be device pointers on that device.
 void ema_update(const TensorTable& table, float weight, std::uintptr_t stream);
 
+// Loss scaling (kernels/cuda/unscale.cu). g <- g * (*inv_scale) for every tensor of the depth-1 table and
+// *found_inf <- 1.0f when any element was inf/NaN, in one launch on `stream`; inv_scale and found_inf are
+// device pointers (read/written on the device: no host sync). *inv_scale == 1 only checks.
+void unscale(const TensorTable& table, const float* inv_scale, float* found_inf, std::uintptr_t stream);
+// jepa::update_scale (jepa/amp_math.h) on device pointers, one single-thread launch on `stream`.
+void update_scale(float* scale, std::int32_t* growth_tracker, const float* found_inf, double growth_factor,
+                  double backoff_factor, std::int64_t growth_interval, std::uintptr_t stream);
+
 }  // namespace cuda
 }  // namespace jepa
