@@ -209,7 +209,9 @@ def ema_update(
         )
     backend = requested_backend()
     if backend == "triton" and not triton_available():
-        raise BackendUnavailableError(f"ema_update: backend 'triton' is unavailable: {triton_unavailable_reason()}")
+        raise BackendUnavailableError(
+            "ema_update: backend 'triton' is unavailable: triton is not installed (pip install triton)"
+        )
     if backend == "cpp" and not cpp_available():
         raise BackendUnavailableError("ema_update: backend 'cpp' is unavailable: jepa._C is not built or failed to import")
     if backend == "cuda" and not cuda_kernels_available():
