@@ -6,7 +6,7 @@ Backends (see :mod:`jepa.ops._backend`):
 - ``triton``: fused kernels (kernels/triton/info_nce.py): row norms, then the ``N x N`` logits in
   tiles with an online log-sum-exp (never stored), and a fused backward writing the gradients of
   both ``a`` and ``b``. Needs CUDA tensors (or CPU tensors under ``TRITON_INTERPRET=1``) of
-  float32/float16/bfloat16 and ``D <= 4096``.
+  float32/float16/bfloat16 and ``D <= 65536``.
 - ``cuda``/``cpp``: not implemented for this op; forcing them raises :class:`BackendUnavailableError`.
 
 ``auto`` runs Triton for CUDA tensors when it applies, else the reference.

@@ -117,6 +117,30 @@ def test_triton_many_column_tiles_and_zero_rows(poisoned):
     _check(torch.cat([a.grad[:7], a.grad[8:]]), torch.cat([a64.grad[:7], a64.grad[8:]]), 1e-5 if DEVICE == "cpu" else 5e-4)
 
 
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_triton_wide_rows_span_several_feature_chunks_and_blocks(poisoned, symmetric):
+    """D=300: the logit tiles sum over 5 feature chunks, the backward's feature axis has 2 blocks."""
+    from jepa.kernels.triton.info_nce import _blocks  # noqa: PLC0415
+
+    n, d = 17, 300
+    _, block_k, block_do, _, _ = _blocks(n, d, torch.float32)
+    assert d > 4 * block_k and d > block_do
+    gen = torch.Generator().manual_seed(6)
+    a = torch.randn(n, d, generator=gen).to(DEVICE).requires_grad_(True)
+    b = torch.randn(n, d, generator=gen).to(DEVICE).requires_grad_(True)
+    with use_backend("triton"):
+        out = ops.info_nce(a, b, temperature=0.07, symmetric=symmetric)
+    out.backward()
+    a64 = a.detach().double().requires_grad_(True)
+    b64 = b.detach().double().requires_grad_(True)
+    ref = _hand64(a64, b64, 0.07, symmetric)
+    ref.backward()
+    tol = TOL[torch.float32]
+    _check(out, ref, tol)
+    _check(a.grad, a64.grad, tol)
+    _check(b.grad, b64.grad, tol)
+
+
 def test_triton_matches_the_tiny_example_by_hand():
     import math  # noqa: PLC0415
 
@@ -201,3 +225,70 @@ def test_custom_op_opcheck(impl):
         (a, b, 0.5, True, impl),
         test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
     )
+
+
+# ----------------------------------------------------------------------------- real compilation (sm_90)
+
+_AOT_SCRIPT = r"""
+import json, os, sys
+os.environ.pop("TRITON_INTERPRET", None)
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+import importlib
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+TL = {"tl.float32": tl.float32, "tl.float16": tl.float16, "tl.bfloat16": tl.bfloat16}
+for module, kernel, sig, consts, warps in json.loads(sys.argv[1]):
+    fn = getattr(importlib.import_module(module), kernel)
+    names = fn.arg_names
+    consts = {k: TL.get(v, v) if isinstance(v, str) else v for k, v in consts.items()}
+    full = {n: sig.get(n, "constexpr") for n in names}
+    src = ASTSource(fn=fn, signature=full, constexprs={(names.index(k),): v for k, v in consts.items()})
+    triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    print("compiled", kernel)
+"""
+
+
+def _compile_for_sm90(specs, tmp_path):
+    """Compile kernels for an H100 (sm_90) without a GPU: the interpreter never runs Triton's real
+    compiler, so type, layout and lowering errors of the GPU path would otherwise go unseen here."""
+    import json  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    try:
+        from triton.backends import backends  # noqa: PLC0415
+    except ImportError:
+        pytest.skip("this triton has no backend registry")
+    if "nvidia" not in backends:
+        pytest.skip("this triton has no NVIDIA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", _AOT_SCRIPT, json.dumps(specs)], env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("compiled") == len(specs)
+
+
+def test_kernels_compile_for_sm90(tmp_path):
+    mod = "jepa.kernels.triton.info_nce"
+    specs = []
+    for dt, prec, block in (("fp32", "tf32x3", 32), ("bf16", "tf32", 64)):
+        rows = {"N": "i32", "D": "i32"}
+        specs.append([mod, "_inv_norm_kernel", {"X": f"*{dt}", "OUT": "*fp32", **rows, "eps": "fp32"},
+                      {"BLOCK_R": 64, "BLOCK_K": 64}, 4])
+        specs.append([mod, "_lse_kernel", {"X": f"*{dt}", "Y": f"*{dt}", "RX": "*fp32", "RY": "*fp32", "LSE": "*fp32",
+                                           "POS": "*fp32", **rows, "scale2": "fp32", "inv_t": "fp32"},
+                      {"WRITE_POS": True, "BLOCK_M": block, "BLOCK_N": block, "BLOCK_K": 64, "DOT_PRECISION": prec}, 8])
+        specs.append([mod, "_bwd_kernel", {"X": f"*{dt}", "Y": f"*{dt}", "RX": "*fp32", "RY": "*fp32", "LSE_ROW": "*fp32",
+                                           "LSE_COL": "*fp32", "DXH": "*fp32", **rows, "scale2": "fp32", "inv_t": "fp32"},
+                      {"ROW_TERM": True, "COL_TERM": True, "DIAG": 2.0, "BLOCK_M": block, "BLOCK_N": block, "BLOCK_K": 64,
+                       "BLOCK_DO": 256, "DOT_PRECISION": prec}, 8])
+        specs.append([mod, "_finish_kernel", {"X": f"*{dt}", "RX": "*fp32", "DXH": "*fp32", "COEF": "*fp32", "DX": f"*{dt}",
+                                              **rows, "eps": "fp32"}, {"BLOCK_R": 64, "BLOCK_K": 64}, 4])
+    _compile_for_sm90(specs, tmp_path)
