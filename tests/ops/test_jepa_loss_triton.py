@@ -263,6 +263,24 @@ def test_torch_compile_fullgraph_matches_eager(backend, reduction):
         assert gt0 is None and gt1 is None
 
 
+def test_default_inductor_compile_of_both_losses_matches_eager():
+    """torch.compile with its default backend (inductor), fullgraph, on a model using jepa_loss and info_nce."""
+
+    def model(p, t, m):
+        return ops.jepa_loss(p.tanh(), t * 1.5, mask=m) + ops.info_nce(p[:, 0], t[:, 0], symmetric=True)
+
+    gen = torch.Generator().manual_seed(12)
+    pred, target, mask = _inputs((3, 17, 33), torch.float32, True, gen)
+    results = []
+    for fn in (model, torch.compile(model, fullgraph=True)):
+        p, t = pred.clone().requires_grad_(True), target.clone().requires_grad_(True)
+        out = fn(p, t, mask)
+        out.backward()
+        results.append((out.detach(), p.grad, t.grad))
+    for compiled, eager in zip(results[1], results[0]):
+        assert _rel(compiled, eager) <= 1e-5
+
+
 @pytest.mark.parametrize("loss", ["smooth_l1", "mse", "l1"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("normalize", [True, False])
