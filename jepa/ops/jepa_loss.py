@@ -5,8 +5,8 @@ Backends (see :mod:`jepa.ops._backend`):
 - ``torch``: :func:`jepa_loss_reference` (any device and dtype; full autograd, including into the
   target and double backward).
 - ``triton``: one fused kernel pass (kernels/triton/jepa_loss.py): target layer-norm, distance, mask,
-  per-row partial sums (summed afterwards by torch, deterministically); backward writes the gradient
-  of ``pred`` in one more pass. The target gets **no gradient** on this path: in JEPA it is the
+  per-row partial sums, then a one-program deterministic finalize; backward writes the gradient of
+  ``pred`` in one more pass. Neither syncs with the host. The target gets **no gradient** on this path: in JEPA it is the
   output of the EMA target encoder (stop-gradient). Needs CUDA tensors (or CPU tensors under
   ``TRITON_INTERPRET=1``), ``pred`` and ``target`` of one dtype among float32/float16/bfloat16 and
   ``D <= 16384``.
@@ -125,9 +125,11 @@ def _torch_backward(
     "jepa::jepa_loss",
     mutates_args=(),
     schema="(Tensor pred, Tensor target, Tensor? mask, str loss, bool normalize_target, float beta, "
-    "str reduction, str impl) -> Tensor",
+    "str reduction, str impl) -> (Tensor, Tensor)",
 )
 def _jepa_loss_op(pred, target, mask, loss, normalize_target, beta, reduction, impl):
+    # Returns (loss, count): count is the Triton path's float32 (1,) element count of "mean" (kept on
+    # the device for backward), empty otherwise.
     if impl == "triton":
         from jepa.kernels.triton import jepa_loss as kernels  # noqa: PLC0415  (optional dependency)
 
@@ -137,28 +139,30 @@ def _jepa_loss_op(pred, target, mask, loss, normalize_target, beta, reduction, i
     out = jepa_loss_reference(
         pred, target, loss=loss, normalize_target=normalize_target, beta=beta, mask=mask, reduction=reduction
     )
-    return out.clone() if out is pred or out is target else out
+    out = out.clone() if out is pred or out is target else out
+    return out, pred.new_empty((0,), dtype=torch.float32)
 
 
 @_jepa_loss_op.register_fake
 def _(pred, target, mask, loss, normalize_target, beta, reduction, impl):
     dtype = torch.promote_types(pred.dtype, target.dtype)
     shape = pred.shape if reduction == "none" else ()
-    return pred.new_empty(shape, dtype=dtype)
+    count = (1,) if impl == "triton" and reduction != "none" else (0,)
+    return pred.new_empty(shape, dtype=dtype), pred.new_empty(count, dtype=torch.float32)
 
 
 @torch.library.custom_op(
     "jepa::jepa_loss_backward",
     mutates_args=(),
-    schema="(Tensor grad, Tensor pred, Tensor target, Tensor? mask, str loss, bool normalize_target, float beta, "
-    "str reduction, str impl, bool target_grad) -> Tensor[]",
+    schema="(Tensor grad, Tensor count, Tensor pred, Tensor target, Tensor? mask, str loss, bool normalize_target, "
+    "float beta, str reduction, str impl, bool target_grad) -> Tensor[]",
 )
-def _jepa_loss_backward_op(grad, pred, target, mask, loss, normalize_target, beta, reduction, impl, target_grad):
+def _jepa_loss_backward_op(grad, count, pred, target, mask, loss, normalize_target, beta, reduction, impl, target_grad):
     if impl == "triton":
         from jepa.kernels.triton import jepa_loss as kernels  # noqa: PLC0415
 
         gp = kernels.backward(
-            grad, pred, target, mask, loss=loss, normalize_target=normalize_target, beta=beta,
+            grad, count, pred, target, mask, loss=loss, normalize_target=normalize_target, beta=beta,
             reduction=reduction, eps=_LN_EPS,
         )
         return [gp]
@@ -166,7 +170,7 @@ def _jepa_loss_backward_op(grad, pred, target, mask, loss, normalize_target, bet
 
 
 @_jepa_loss_backward_op.register_fake
-def _(grad, pred, target, mask, loss, normalize_target, beta, reduction, impl, target_grad):
+def _(grad, count, pred, target, mask, loss, normalize_target, beta, reduction, impl, target_grad):
     out = [torch.empty_like(pred)]
     if target_grad and impl != "triton":
         out.append(torch.empty_like(target))
@@ -175,16 +179,18 @@ def _(grad, pred, target, mask, loss, normalize_target, beta, reduction, impl, t
 
 def _setup_context(ctx, inputs, output):
     pred, target, mask, loss, normalize_target, beta, reduction, impl = inputs
-    ctx.save_for_backward(pred, target, mask)
+    ctx.save_for_backward(pred, target, mask, output[1])
     ctx.options = (loss, normalize_target, beta, reduction, impl)
 
 
-def _backward(ctx, grad):
-    pred, target, mask = ctx.saved_tensors
+def _backward(ctx, grad, _grad_count):
+    pred, target, mask, count = ctx.saved_tensors
     loss, normalize_target, beta, reduction, impl = ctx.options
     # The Triton path treats the target as detached (stop-gradient): it never computes its gradient.
     target_grad = bool(ctx.needs_input_grad[1]) and impl != "triton"
-    grads = _jepa_loss_backward_op(grad, pred, target, mask, loss, normalize_target, beta, reduction, impl, target_grad)
+    grads = _jepa_loss_backward_op(
+        grad, count, pred, target, mask, loss, normalize_target, beta, reduction, impl, target_grad
+    )
     gp = grads[0] if ctx.needs_input_grad[0] else None
     gt = grads[1] if target_grad else None
     return gp, gt, None, None, None, None, None, None
@@ -298,7 +304,7 @@ def jepa_loss(
         return jepa_loss_reference(
             pred, target, loss=loss, normalize_target=normalize_target, beta=beta, mask=mask, reduction=reduction
         )
-    return _jepa_loss_op(pred, target, mask, *options, impl)
+    return _jepa_loss_op(pred, target, mask, *options, impl)[0]
 
 
 def _target_needs_grad(target: torch.Tensor) -> bool:

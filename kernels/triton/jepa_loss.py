@@ -6,12 +6,13 @@ row never leave registers:
 
 - forward: load pred and target rows, layer-norm the target (no affine, biased variance, eps 1e-5 as
   ``F.layer_norm``), elementwise distance, multiply by the row's mask bit, then either store the
-  elementwise loss (``reduction="none"``) or one float32 partial sum per row. The partials are summed
-  by torch afterwards (a fixed-order reduction: deterministic, unlike atomics) and divided by the
-  element count for ``"mean"``.
+  elementwise loss (``reduction="none"``) or one float32 partial sum (and the mask bit) per row.
+  A one-program finalize kernel sums the partials in a fixed order (deterministic, unlike atomics),
+  counts the selected tokens, divides for ``"mean"`` and writes the loss and the count.
 - backward: recompute the normalized target (cheaper than storing it: it is one more read of a
   tensor we read anyway) and write ``d loss / d pred`` directly. The upstream gradient of a scalar
-  loss is read from device memory (a 0-d tensor), so backward never syncs with the host.
+  loss and the count are read from device memory, so neither pass ever syncs with the host, and a
+  backward is a single launch.
 
 The target gets no gradient here: in JEPA it is the EMA target encoder's output (stop-gradient).
 The dispatcher in jepa/ops/jepa_loss.py only routes a target that needs no gradient here in ``auto``.
@@ -76,15 +77,39 @@ def _jepa_loss_fwd_kernel(
     e = tl.where(m2, e, 0.0)
     if REDUCE:
         tl.store(PARTIAL + rows, tl.sum(e, axis=1), mask=rmask)
+        if HAS_MASK:  # the row's mask bit, for the selected-token count of "mean"
+            tl.store(PARTIAL + R + rows, w, mask=rmask)
     else:
         tl.store(OUT + offs, e.to(OUT.dtype.element_ty), mask=m2)
 
 
 @triton.jit
+def _jepa_loss_finalize_kernel(PARTIAL, OUT, COUNT, R, D, HAS_MASK: tl.constexpr, MEAN: tl.constexpr, BLOCK: tl.constexpr):
+    # One program, a fixed summation order: deterministic, and one launch instead of torch's
+    # sum + count + clamp + divide + cast.
+    total = tl.zeros([BLOCK], tl.float32)
+    selected = tl.zeros([BLOCK], tl.float32)
+    for start in range(0, R, BLOCK):
+        idx = start + tl.arange(0, BLOCK)
+        total += tl.load(PARTIAL + idx, mask=idx < R, other=0.0)
+        if HAS_MASK:
+            selected += tl.load(PARTIAL + R + idx, mask=idx < R, other=0.0)
+    t = tl.sum(total, axis=0)
+    if HAS_MASK:
+        n = tl.maximum(tl.sum(selected, axis=0), 1.0) * D  # at least one token, as the reference
+    else:
+        n = R.to(tl.float32) * D
+    if MEAN:
+        t = t / n
+    tl.store(OUT, t.to(OUT.dtype.element_ty))
+    tl.store(COUNT, n)
+
+
+@triton.jit
 def _jepa_loss_bwd_kernel(
-    P, T, M, G, GP, R, D, beta, eps,
+    P, T, M, G, COUNT, GP, R, D, beta, eps,
     LOSS: tl.constexpr, NORMALIZE: tl.constexpr, HAS_MASK: tl.constexpr, G_FULL: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    MEAN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     rows = pid * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
@@ -105,7 +130,9 @@ def _jepa_loss_bwd_kernel(
     if G_FULL:
         g = tl.load(G + offs, mask=m2, other=0.0).to(tl.float32)
     else:
-        g = tl.load(G).to(tl.float32)  # scalar upstream gradient, already divided by the count for "mean"
+        g = tl.load(G).to(tl.float32)  # the scalar upstream gradient, read on the device: no host sync
+        if MEAN:
+            g = g / tl.load(COUNT)
     gp = de * g
     if HAS_MASK:
         w = tl.load(M + rows, mask=rmask, other=0).to(tl.float32)
@@ -128,13 +155,6 @@ def _mask_bytes(mask: torch.Tensor | None) -> torch.Tensor | None:
     return None if mask is None else mask.reshape(-1).contiguous().view(torch.uint8)
 
 
-def count(pred: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | int:
-    """The denominator of ``"mean"``: every element, or the selected tokens (at least 1) x D."""
-    if mask is None:
-        return pred.numel()
-    return mask.sum().clamp(min=1) * pred.shape[-1]
-
-
 def forward(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -145,8 +165,13 @@ def forward(
     beta: float,
     reduction: str,
     eps: float = 1e-5,
-) -> torch.Tensor:
-    """Loss of ``pred`` against (layer-normed) ``target``; both ``(..., D)``, same dtype, ``D <= MAX_D``."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss of ``pred`` against (layer-normed) ``target``; both ``(..., D)``, same dtype, ``D <= MAX_D``.
+
+    Returns ``(loss, count)``: the loss (scalar, or ``pred``'s shape for ``"none"``) in ``pred.dtype``,
+    and a float32 ``(1,)`` tensor with the element count ``"mean"`` divides by (selected tokens, at
+    least 1, x D), which :func:`backward` reads on the device (empty for ``"none"``).
+    """
     D = pred.shape[-1]
     p, t, m = _rows(pred), _rows(target), _mask_bytes(mask)
     R = p.shape[0]
@@ -154,7 +179,7 @@ def forward(
     reduce = reduction != "none"
     out = partial = p  # unused pointer placeholders (the constexpr branches never touch them)
     if reduce:
-        partial = torch.empty(R, dtype=torch.float32, device=p.device)
+        partial = torch.empty(2 * R if m is not None else R, dtype=torch.float32, device=p.device)
     else:
         out = torch.empty_like(p)
     _jepa_loss_fwd_kernel[(grid,)](
@@ -163,15 +188,18 @@ def forward(
         BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
     )
     if not reduce:
-        return out.view(pred.shape)
-    total = partial.sum()
-    if reduction == "mean":
-        total = total / count(pred, mask)
-    return total.to(pred.dtype)
+        return out.view(pred.shape), torch.empty(0, dtype=torch.float32, device=p.device)
+    total = torch.empty((), dtype=pred.dtype, device=p.device)
+    n = torch.empty(1, dtype=torch.float32, device=p.device)
+    _jepa_loss_finalize_kernel[(1,)](
+        partial, total, n, R, D, HAS_MASK=m is not None, MEAN=reduction == "mean", BLOCK=1024, num_warps=4
+    )
+    return total, n
 
 
 def backward(
     grad: torch.Tensor,
+    count: torch.Tensor,
     pred: torch.Tensor,
     target: torch.Tensor,
     mask: torch.Tensor | None,
@@ -182,23 +210,18 @@ def backward(
     reduction: str,
     eps: float = 1e-5,
 ) -> torch.Tensor:
-    """``d loss / d pred`` given the upstream gradient ``grad`` (a scalar, or ``pred``'s shape for "none")."""
+    """``d loss / d pred`` given the upstream gradient ``grad`` (a scalar, or ``pred``'s shape for "none")
+    and the ``count`` :func:`forward` returned."""
     D = pred.shape[-1]
     p, t, m = _rows(pred), _rows(target), _mask_bytes(mask)
     R = p.shape[0]
     block_r, block_d, grid, warps = _launch_shape(R, D)
     full = reduction == "none"
-    if full:
-        g = _rows(grad.expand(pred.shape))
-    else:
-        g = grad.reshape(()).to(torch.float32)
-        if reduction == "mean":
-            g = g / count(pred, mask)  # a device op: no host sync, also for a mask count
-        g = g.reshape(1).contiguous()
+    g = _rows(grad.expand(pred.shape)) if full else grad.reshape(1)
     gp = torch.empty_like(p)
     _jepa_loss_bwd_kernel[(grid,)](
-        p, t, m if m is not None else p, g, gp, R, D, float(beta), float(eps),
+        p, t, m if m is not None else p, g, count if count.numel() else g, gp, R, D, float(beta), float(eps),
         LOSS=LOSS_CODES[loss], NORMALIZE=bool(normalize_target), HAS_MASK=m is not None, G_FULL=full,
-        BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
+        MEAN=reduction == "mean", BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
     )
     return gp.view(pred.shape)

@@ -128,6 +128,22 @@ def test_triton_without_target_normalization(poisoned, loss):
     assert _rel(pred.grad, p64.grad) <= 1e-5
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_triton_finalize_sums_more_rows_than_one_block(poisoned, reduction):
+    """2,500 rows: the one-program finalize walks its 1,024-row block three times (sum and mask count)."""
+    gen = torch.Generator().manual_seed(13)
+    pred, target, mask = _inputs((5, 500, 9), torch.float32, True, gen)
+    pred.requires_grad_(True)
+    with use_backend("triton"):
+        out = ops.jepa_loss(pred, target, loss="mse", mask=mask, reduction=reduction)
+    out.backward()
+    p64 = pred.detach().double().requires_grad_(True)
+    ref = _hand64(p64, target, "mse", True, 1.0, mask, reduction)
+    ref.backward()
+    assert _rel(out, ref) <= 1e-5
+    assert _rel(pred.grad, p64.grad) <= 1e-5
+
+
 def test_triton_masked_mean_of_no_selected_token_is_zero(poisoned):
     pred, target = torch.randn(2, 5, 33, device=DEVICE), torch.randn(2, 5, 33, device=DEVICE)
     pred.requires_grad_(True)
@@ -292,7 +308,7 @@ def test_custom_op_torch_backward_gradcheck_float64(loss, reduction, normalize):
     mask = torch.tensor([[True, False, True], [True, True, False]])
     op = torch.ops.jepa.jepa_loss
     assert torch.autograd.gradcheck(
-        lambda p, t: op(p, t, mask, loss, normalize, 0.5, reduction, "torch"), (pred, target)
+        lambda p, t: op(p, t, mask, loss, normalize, 0.5, reduction, "torch")[0], (pred, target)
     )
 
 
@@ -372,6 +388,10 @@ def test_kernels_compile_for_sm90(tmp_path):
             consts = {"LOSS": 0, "NORMALIZE": True, "HAS_MASK": True, "BLOCK_R": 2, "BLOCK_D": 2048}
             specs.append([mod, "_jepa_loss_fwd_kernel", {**common, "OUT": f"*{dt}", "PARTIAL": "*fp32"},
                           {**consts, "REDUCE": reduce}, 8])
-            specs.append([mod, "_jepa_loss_bwd_kernel", {**common, "G": "*fp32" if reduce else f"*{dt}", "GP": f"*{dt}"},
-                          {**consts, "G_FULL": not reduce, "LOSS": 2}, 8])
+            specs.append([mod, "_jepa_loss_bwd_kernel",
+                          {**common, "G": f"*{dt}", "COUNT": "*fp32", "GP": f"*{dt}"},
+                          {**consts, "G_FULL": not reduce, "MEAN": reduce, "LOSS": 2}, 8])
+        specs.append([mod, "_jepa_loss_finalize_kernel", {"PARTIAL": "*fp32", "OUT": f"*{dt}", "COUNT": "*fp32",
+                                                          "R": "i64", "D": "i32"},
+                      {"HAS_MASK": True, "MEAN": True, "BLOCK": 1024}, 4])
     _compile_for_sm90(specs, tmp_path)
