@@ -198,11 +198,9 @@ def _dot_precision(x: torch.Tensor) -> str:
     return "ieee"
 
 
-def _inv_norms(x: torch.Tensor, eps: float, block_r: int, block_k: int) -> torch.Tensor:
+def _inv_norms(x: torch.Tensor, out: torch.Tensor, eps: float, block_r: int, block_k: int) -> None:
     N, D = x.shape
-    out = torch.empty(N, dtype=torch.float32, device=x.device)
     _inv_norm_kernel[(triton.cdiv(N, block_r),)](x, out, N, D, float(eps), BLOCK_R=block_r, BLOCK_K=block_k)
-    return out
 
 
 def forward(
@@ -220,8 +218,8 @@ def forward(
     prec = _dot_precision(a)
     stats = torch.zeros(4, N, dtype=torch.float32, device=a.device)
     ra, rb, lse_r, lse_c = stats.unbind(0)
-    ra.copy_(_inv_norms(a, eps, block_r, block_k))
-    rb.copy_(_inv_norms(b, eps, block_r, block_k))
+    _inv_norms(a, ra, eps, block_r, block_k)  # rows of stats are contiguous: written in place
+    _inv_norms(b, rb, eps, block_r, block_k)
     pos = torch.empty(N, dtype=torch.float32, device=a.device)
     inv_t = 1.0 / float(temperature)
     grid = (triton.cdiv(N, block),)
