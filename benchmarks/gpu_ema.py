@@ -11,10 +11,12 @@ Targets (H100): Triton EMA >= 80% of copy bandwidth and >= 10x the per-parameter
 Without CUDA (or without triton) it prints "no GPU: skipped" and exits 0.
 
 Usage: python benchmarks/gpu_ema.py [--size vit_h|vit_l|vit_b|MILLIONS] [--out results.json] [--quick]
+       python benchmarks/gpu_ema.py --interpret-smoke   (no GPU: runs the script end to end on the CPU)
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -25,6 +27,14 @@ from _harness import Report, apply_threads, cuda_sync, make_parser, measure  # n
 
 import jepa.ops as ops  # noqa: E402
 from jepa.ops import _backend  # noqa: E402
+
+# "cuda"; --interpret-smoke runs the same code on the CPU through Triton's interpreter (tiny sizes,
+# meaningless timings: it only checks that the script and the kernels run end to end).
+DEVICE = "cuda"
+
+
+def _sync():
+    return cuda_sync if DEVICE == "cuda" else None
 
 MOMENTUM = 0.996
 PRESETS = {"vit_b": (12, 768, 16), "vit_l": (24, 1024, 16), "vit_h": (32, 1280, 14)}
@@ -58,9 +68,11 @@ def shapes_for(size: str, quick: bool):
 
 def copy_bandwidth(args) -> float:
     n = (256 << 20) if args.quick else (1 << 30)
-    src = torch.empty(n // 4, dtype=torch.float32, device="cuda").fill_(1.0)
+    if DEVICE != "cuda":
+        n = 1 << 20
+    src = torch.empty(n // 4, dtype=torch.float32, device=DEVICE).fill_(1.0)
     dst = torch.empty_like(src)
-    t = measure(lambda: dst.copy_(src), warmup=args.warmup, repeat=args.repeat, sync=cuda_sync)
+    t = measure(lambda: dst.copy_(src), warmup=args.warmup, repeat=args.repeat, sync=_sync())
     del src, dst
     return 2 * n / t.median
 
@@ -71,17 +83,17 @@ def per_param_loop(targets, onlines, m):
 
 
 def bench(report, args, bw, dtype, shapes):
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    targets = [torch.randn(s, device="cuda", generator=gen).to(dtype) for s in shapes]
-    onlines = [torch.randn(s, device="cuda", generator=gen).to(dtype) for s in shapes]
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    targets = [torch.randn(s, device=DEVICE, generator=gen).to(dtype) for s in shapes]
+    onlines = [torch.randn(s, device=DEVICE, generator=gen).to(dtype) for s in shapes]
     numel = sum(t.numel() for t in targets)
     nbytes = 3 * numel * targets[0].element_size()
     floor = nbytes / bw
-    label = f"ema {str(dtype).replace('torch.', '')} {numel / 1e6:.0f}M params, {len(shapes)} tensors"
-    m_dev = torch.tensor(MOMENTUM, device="cuda")
+    label = f"ema {str(dtype).replace('torch.', '')} {numel / 1e6:.1f}M params, {len(shapes)} tensors"
+    m_dev = torch.tensor(MOMENTUM, device=DEVICE)
 
     def t(fn):
-        return measure(fn, warmup=args.warmup, repeat=args.repeat, sync=cuda_sync)
+        return measure(fn, warmup=args.warmup, repeat=args.repeat, sync=_sync())
 
     def forced(backend, m):
         def fn():
@@ -94,8 +106,6 @@ def bench(report, args, bw, dtype, shapes):
     ours = {"triton": t(forced("triton", MOMENTUM)), "triton (device momentum)": t(forced("triton", m_dev))}
     if _backend.cuda_kernels_available():
         ours["jepa._C cuda"] = t(forced("cuda", MOMENTUM))
-    else:
-        report.note("jepa._C has no CUDA kernels here: no 'jepa._C cuda' rows")
     extra = {"numel": numel, "tensors": len(shapes), "bytes_moved": nbytes}
     for name, timing in ours.items():
         gbps = nbytes / timing.median
@@ -113,13 +123,22 @@ def bench(report, args, bw, dtype, shapes):
 def main() -> int:
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--size", default="vit_h", help="vit_h (632M, default), vit_l, vit_b, or millions of parameters")
+    parser.add_argument("--interpret-smoke", action="store_true",
+                        help="run tiny sizes on the CPU under TRITON_INTERPRET=1 (checks the script, not speed)")
     args = parser.parse_args()
     apply_threads(args)
+    if args.interpret_smoke:
+        global DEVICE
+        os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton
+        DEVICE = "cpu"
+        args.quick, args.repeat, args.warmup = True, 1, 0
     if args.quick:
         args.repeat, args.warmup = min(args.repeat, 5), min(args.warmup, 1)
     shapes = shapes_for(args.size, args.quick)  # validates --size also where there is no GPU
+    if DEVICE != "cuda":
+        shapes = vit_shapes(1, 64, 4, tokens=17)
     report = Report("gpu_ema", args)
-    if not torch.cuda.is_available():
+    if DEVICE == "cuda" and not torch.cuda.is_available():
         report.skip("gpu_ema", "no GPU: skipped")
         return report.finish()
     if not _backend.triton_available():
@@ -127,6 +146,10 @@ def main() -> int:
         return report.finish()
     bw = copy_bandwidth(args)
     report.note(f"measured device copy bandwidth: {bw / 1e9:.0f} GB/s (read + write)")
+    if not _backend.cuda_kernels_available():
+        report.note("jepa._C has no usable CUDA kernels here: no 'jepa._C cuda' rows")
+    if DEVICE != "cuda":
+        report.note("--interpret-smoke: CPU + Triton interpreter, tiny sizes; the timings mean nothing")
     with torch.no_grad():
         for dtype in (torch.float32, torch.bfloat16):
             bench(report, args, bw, dtype, shapes)

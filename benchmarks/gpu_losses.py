@@ -15,10 +15,12 @@ Targets (H100): jepa_loss >= 2x eager and >= 70% of copy bandwidth; info_nce >= 
 Without CUDA (or without triton) it prints "no GPU: skipped" and exits 0.
 
 Usage: python benchmarks/gpu_losses.py [--out results.json] [--quick] [--repeat N]
+       python benchmarks/gpu_losses.py --interpret-smoke   (no GPU: runs the script end to end on the CPU)
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -30,18 +32,30 @@ from _harness import Report, apply_threads, cuda_sync, make_parser, measure  # n
 import jepa.ops as ops  # noqa: E402
 from jepa.ops import _backend  # noqa: E402
 
+# "cuda"; --interpret-smoke runs the same code on the CPU through Triton's interpreter (tiny sizes,
+# meaningless timings: it only checks that the script and the kernels run end to end).
+DEVICE = "cuda"
+
+
+def _sync():
+    return cuda_sync if DEVICE == "cuda" else None
+
 
 def copy_bandwidth(args) -> float:
     """Bytes per second of a device-to-device copy (read + write counted)."""
     n = (256 << 20) if args.quick else (1 << 30)
-    src = torch.empty(n // 4, dtype=torch.float32, device="cuda").fill_(1.0)
+    if DEVICE != "cuda":
+        n = 1 << 20
+    src = torch.empty(n // 4, dtype=torch.float32, device=DEVICE).fill_(1.0)
     dst = torch.empty_like(src)
-    t = measure(lambda: dst.copy_(src), warmup=args.warmup, repeat=args.repeat, sync=cuda_sync)
+    t = measure(lambda: dst.copy_(src), warmup=args.warmup, repeat=args.repeat, sync=_sync())
     del src, dst
     return 2 * n / t.median
 
 
-def peak_bytes(fn) -> int:
+def peak_bytes(fn) -> int | None:
+    if DEVICE != "cuda":
+        return None
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
@@ -51,15 +65,17 @@ def peak_bytes(fn) -> int:
 
 
 def _time(fn, args):
-    return measure(fn, warmup=args.warmup, repeat=args.repeat, sync=cuda_sync)
+    return measure(fn, warmup=args.warmup, repeat=args.repeat, sync=_sync())
 
 
 def bench_jepa_loss(report, args, bw, dtype):
     b, n, d = (32, 160, 1280) if args.quick else (256, 160, 1280)
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    pred = torch.randn(b, n, d, device="cuda", dtype=dtype, generator=gen).requires_grad_(True)
-    target = torch.randn(b, n, d, device="cuda", dtype=dtype, generator=gen)
-    mask = torch.rand(b, n, device="cuda", generator=gen) > 0.25
+    if DEVICE != "cuda":
+        b, n, d = 2, 33, 65
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    pred = torch.randn(b, n, d, device=DEVICE, dtype=dtype, generator=gen).requires_grad_(True)
+    target = torch.randn(b, n, d, device=DEVICE, dtype=dtype, generator=gen)
+    mask = torch.rand(b, n, device=DEVICE, generator=gen) > 0.25
     esize = pred.element_size()
     label = f"jepa_loss {str(dtype).replace('torch.', '')} {b}x{n}x{d} smooth_l1 masked"
 
@@ -88,9 +104,11 @@ def bench_jepa_loss(report, args, bw, dtype):
 
 def bench_info_nce(report, args, dtype):
     n, d = (2048, 256) if args.quick else (8192, 768)
-    gen = torch.Generator(device="cuda").manual_seed(1)
-    a = torch.randn(n, d, device="cuda", dtype=dtype, generator=gen).requires_grad_(True)
-    b = torch.randn(n, d, device="cuda", dtype=dtype, generator=gen).requires_grad_(True)
+    if DEVICE != "cuda":
+        n, d = 129, 40
+    gen = torch.Generator(device=DEVICE).manual_seed(1)
+    a = torch.randn(n, d, device=DEVICE, dtype=dtype, generator=gen).requires_grad_(True)
+    b = torch.randn(n, d, device=DEVICE, dtype=dtype, generator=gen).requires_grad_(True)
     mm = _time(lambda: torch.mm(a.detach(), b.detach().T), args).median
     label = f"info_nce {str(dtype).replace('torch.', '')} N={n} D={d} symmetric"
 
@@ -117,12 +135,19 @@ def bench_info_nce(report, args, dtype):
 
 def main() -> int:
     parser = make_parser(__doc__.splitlines()[0])
+    parser.add_argument("--interpret-smoke", action="store_true",
+                        help="run tiny sizes on the CPU under TRITON_INTERPRET=1 (checks the script, not speed)")
     args = parser.parse_args()
     apply_threads(args)
+    if args.interpret_smoke:
+        global DEVICE
+        os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton
+        DEVICE = "cpu"
+        args.quick, args.repeat, args.warmup = True, 1, 0
     if args.quick:
         args.repeat, args.warmup = min(args.repeat, 5), min(args.warmup, 1)
     report = Report("gpu_losses", args)
-    if not torch.cuda.is_available():
+    if DEVICE == "cuda" and not torch.cuda.is_available():
         report.skip("gpu_losses", "no GPU: skipped")
         return report.finish()
     if not _backend.triton_available():
@@ -130,6 +155,8 @@ def main() -> int:
         return report.finish()
     bw = copy_bandwidth(args)
     report.note(f"measured device copy bandwidth: {bw / 1e9:.0f} GB/s (read + write)")
+    if DEVICE != "cuda":
+        report.note("--interpret-smoke: CPU + Triton interpreter, tiny sizes; the timings mean nothing")
     for dtype in (torch.float32, torch.bfloat16):
         bench_jepa_loss(report, args, bw, dtype)
         bench_info_nce(report, args, dtype)
