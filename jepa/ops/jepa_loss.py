@@ -292,10 +292,8 @@ def jepa_loss(
         if why:
             raise BackendUnavailableError(f"jepa_loss: backend 'triton' cannot run: {why}")
         impl = "triton"
-    elif backend == "auto" and pred.device.type == "cuda" and not _target_needs_grad(target) and not _triton_reason(
-        pred, target, mask
-    ):
-        impl = "triton"
+    elif backend == "auto":
+        impl = _auto_impl(pred.device.type == "cuda", _target_needs_grad(target), lambda: _triton_reason(pred, target, mask))
     else:
         impl = "torch"
     if pred.numel() == 0:
@@ -305,6 +303,14 @@ def jepa_loss(
             pred, target, loss=loss, normalize_target=normalize_target, beta=beta, mask=mask, reduction=reduction
         )
     return _jepa_loss_op(pred, target, mask, *options, impl)[0]
+
+
+def _auto_impl(on_cuda: bool, target_needs_grad: bool, triton_reason) -> str:
+    """``auto``'s choice: Triton for CUDA tensors it can run on, unless a gradient into the target is
+    asked for (the kernels treat the target as detached, the reference does not); else torch."""
+    if on_cuda and not target_needs_grad and not triton_reason():
+        return "triton"
+    return "torch"
 
 
 def _target_needs_grad(target: torch.Tensor) -> bool:

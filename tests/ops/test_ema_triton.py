@@ -197,6 +197,37 @@ def test_forced_triton_without_triton_installed_raises(monkeypatch):
         ops.ema_update([torch.zeros(2)], [torch.zeros(2)], 0.5)
 
 
+@pytest.mark.parametrize(
+    "native_ok, triton_ok, tensor_momentum, expected",
+    [
+        (True, True, False, "cuda"),  # jepa._C's CUDA kernel first (DESIGN.md)
+        (True, True, True, "triton"),  # ... unless the momentum lives on the device: no host sync
+        (False, True, False, "triton"),
+        (True, False, True, "cuda"),
+        (False, False, False, "torch"),
+        (False, False, True, "torch"),
+    ],
+)
+def test_auto_choice_on_cuda_tensors(monkeypatch, native_ok, triton_ok, tensor_momentum, expected):
+    import types  # noqa: PLC0415
+
+    calls = []
+    monkeypatch.setattr(ema_mod, "cuda_kernels_available", lambda: native_ok)
+    monkeypatch.setattr(ema_mod, "triton_available", lambda: triton_ok)
+    monkeypatch.setattr(ema_mod, "_triton_reason", lambda *a: "")
+    monkeypatch.setattr(ema_mod, "_run_cuda", lambda plan, m: calls.append(("cuda", m)))
+    monkeypatch.setattr(ema_mod, "_run_triton", lambda plan, t, o, m: calls.append(("triton", m)))
+    monkeypatch.setattr(ema_mod, "ema_update_reference", lambda t, o, m: calls.append(("torch", m)))
+    plan = types.SimpleNamespace(route="cuda")
+    m = torch.tensor(0.5) if tensor_momentum else 0.5
+    ema_mod._auto_cuda(plan, [torch.zeros(2)], [torch.ones(2)], m)
+    assert [c[0] for c in calls] == [expected]
+    if expected == "cuda":
+        assert isinstance(calls[0][1], float)  # the CUDA launcher takes a host float
+    elif tensor_momentum:
+        assert isinstance(calls[0][1], torch.Tensor)  # Triton and torch read it on the device
+
+
 def test_auto_on_cpu_still_prefers_cpp(native, monkeypatch):
     calls = []
     monkeypatch.setattr(ema_mod, "_run_triton", lambda *a: calls.append("triton"))

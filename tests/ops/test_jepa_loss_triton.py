@@ -226,6 +226,27 @@ def test_auto_on_cpu_uses_the_reference(monkeypatch):
     assert not calls and torch.isfinite(out)
 
 
+@pytest.mark.parametrize(
+    "on_cuda, target_needs_grad, reason, expected",
+    [
+        (True, False, "", "triton"),
+        (True, True, "", "torch"),  # a target gradient is asked for: keep the reference's semantics
+        (True, False, "dtype torch.float64 is not supported", "torch"),
+        (False, False, "", "torch"),  # CPU tensors: no C++ path for this op, the reference
+    ],
+)
+def test_auto_choice(on_cuda, target_needs_grad, reason, expected):
+    assert jl_mod._auto_impl(on_cuda, target_needs_grad, lambda: reason) == expected
+
+
+def test_target_needs_grad_follows_grad_mode():
+    t = torch.randn(2, 3, requires_grad=True)
+    assert jl_mod._target_needs_grad(t)
+    with torch.no_grad():
+        assert not jl_mod._target_needs_grad(t)
+    assert not jl_mod._target_needs_grad(t.detach())
+
+
 def test_beta_type_is_checked():
     x = torch.randn(2, 3)
     with pytest.raises(TypeError, match="beta must be a number > 0, got str '1'"):
