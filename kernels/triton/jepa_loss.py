@@ -44,7 +44,7 @@ def _normalized_rows(T, offs, m2, D, eps, NORMALIZE: tl.constexpr):
         mean = tl.sum(t, axis=1) / D
         tc = tl.where(m2, t - mean[:, None], 0.0)
         var = tl.sum(tc * tc, axis=1) / D
-        t = tc / tl.sqrt(var + eps)[:, None]
+        t = tc * (1.0 / tl.sqrt(var + eps))[:, None]  # one division per row, not per element
     return t
 
 
