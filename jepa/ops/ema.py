@@ -253,8 +253,10 @@ def _auto_cuda(plan: _native.TensorListPlan, targets, onlines, m: float | torch.
     """auto on CUDA tensors: jepa._C's CUDA kernel, else Triton, else the reference. A device momentum
     goes to Triton first (the CUDA kernel's launcher would need it on the host: a sync)."""
     native_ok = plan.route == "cuda" and cuda_kernels_available()
-    triton_ok = triton_available() and not _triton_reason(targets, onlines, plan)
-    if triton_ok and (isinstance(m, torch.Tensor) or not native_ok):
+    if native_ok and not isinstance(m, torch.Tensor):
+        _mark_modified(targets)
+        _run_cuda(plan, m)
+    elif triton_available() and not _triton_reason(targets, onlines, plan):
         _mark_modified(targets)
         _run_triton(plan, targets, onlines, m)
     elif native_ok:
