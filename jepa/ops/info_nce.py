@@ -1,11 +1,35 @@
-"""InfoNCE: the contrastive cross-entropy with in-batch negatives."""
+"""InfoNCE: the contrastive cross-entropy with in-batch negatives.
+
+Backends (see :mod:`jepa.ops._backend`):
+
+- ``torch``: :func:`info_nce_reference` (any device and dtype, full autograd).
+- ``triton``: fused kernels (kernels/triton/info_nce.py): row norms, then the ``N x N`` logits in
+  tiles with an online log-sum-exp (never stored), and a fused backward writing the gradients of
+  both ``a`` and ``b``. Needs CUDA tensors (or CPU tensors under ``TRITON_INTERPRET=1``) of
+  float32/float16/bfloat16 and ``D <= 65536``.
+- ``cuda``/``cpp``: not implemented for this op; forcing them raises :class:`BackendUnavailableError`.
+
+``auto`` runs Triton for CUDA tensors when it applies, else the reference.
+Both paths are the custom op ``torch.ops.jepa.info_nce`` (fake implementation + autograd registered),
+so ``torch.compile(fullgraph=True)`` traces callers without graph breaks.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from jepa.ops._backend import BackendUnavailableError, requested_backend
+from jepa.ops._backend import (
+    BackendUnavailableError,
+    requested_backend,
+    triton_can_run,
+    triton_unavailable_reason,
+)
+
+__all__ = ["info_nce", "info_nce_reference"]
+
+_NORM_EPS = 1e-12  # F.normalize's default
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def info_nce_reference(a: torch.Tensor, b: torch.Tensor, *, temperature: float = 0.1, symmetric: bool = False) -> torch.Tensor:
@@ -18,6 +42,106 @@ def info_nce_reference(a: torch.Tensor, b: torch.Tensor, *, temperature: float =
     if symmetric:
         loss = 0.5 * (loss + F.cross_entropy(logits.T, labels))
     return loss
+
+
+# ----------------------------------------------------------------------------- custom op
+
+
+def _torch_backward(
+    grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, temperature: float, symmetric: bool
+) -> list[torch.Tensor]:
+    """Analytic gradients of :func:`info_nce_reference` (float32 math, float64 for float64 inputs)."""
+    work = torch.float64 if a.dtype == torch.float64 else torch.float32
+    x, y = a.to(work), b.to(work)
+    nx = x.norm(dim=1, keepdim=True)
+    ny = y.norm(dim=1, keepdim=True)
+    xh, yh = x / nx.clamp_min(_NORM_EPS), y / ny.clamp_min(_NORM_EPS)
+    s = xh @ yh.T / temperature
+    n = s.shape[0]
+    eye = torch.eye(n, dtype=work, device=a.device)
+    g = torch.softmax(s, dim=1) - eye
+    if symmetric:
+        g = 0.5 * (g + torch.softmax(s, dim=0) - eye)
+    g = g * (grad.to(work) / n)
+    dxh = g @ yh / temperature
+    dyh = g.T @ xh / temperature
+
+    def through_normalize(xhat, dxhat, nrm):
+        proj = (xhat * dxhat).sum(1, keepdim=True)
+        return torch.where(nrm > _NORM_EPS, (dxhat - xhat * proj) / nrm, dxhat / _NORM_EPS)
+
+    return [through_normalize(xh, dxh, nx).to(a.dtype), through_normalize(yh, dyh, ny).to(b.dtype)]
+
+
+@torch.library.custom_op(
+    "jepa::info_nce",
+    mutates_args=(),
+    schema="(Tensor a, Tensor b, float temperature, bool symmetric, str impl) -> (Tensor, Tensor)",
+)
+def _info_nce_op(a, b, temperature, symmetric, impl):
+    if impl == "triton":
+        from jepa.kernels.triton import info_nce as kernels  # noqa: PLC0415  (optional dependency)
+
+        return kernels.forward(a, b, temperature=temperature, symmetric=symmetric, eps=_NORM_EPS)
+    loss = info_nce_reference(a, b, temperature=temperature, symmetric=symmetric)
+    return loss, a.new_empty((0,), dtype=torch.float32)
+
+
+@_info_nce_op.register_fake
+def _(a, b, temperature, symmetric, impl):
+    stats = a.new_empty((4, a.shape[0]) if impl == "triton" else (0,), dtype=torch.float32)
+    return a.new_empty((), dtype=a.dtype), stats
+
+
+@torch.library.custom_op(
+    "jepa::info_nce_backward",
+    mutates_args=(),
+    schema="(Tensor grad, Tensor a, Tensor b, Tensor stats, float temperature, bool symmetric, str impl) "
+    "-> (Tensor, Tensor)",
+)
+def _info_nce_backward_op(grad, a, b, stats, temperature, symmetric, impl):
+    if impl == "triton":
+        from jepa.kernels.triton import info_nce as kernels  # noqa: PLC0415
+
+        return kernels.backward(grad, a, b, stats, temperature=temperature, symmetric=symmetric, eps=_NORM_EPS)
+    da, db = _torch_backward(grad, a, b, temperature, symmetric)
+    return da, db
+
+
+@_info_nce_backward_op.register_fake
+def _(grad, a, b, stats, temperature, symmetric, impl):
+    return torch.empty_like(a), torch.empty_like(b)
+
+
+def _setup_context(ctx, inputs, output):
+    a, b, temperature, symmetric, impl = inputs
+    ctx.save_for_backward(a, b, output[1])
+    ctx.options = (temperature, symmetric, impl)
+
+
+def _backward(ctx, grad, _grad_stats):
+    a, b, stats = ctx.saved_tensors
+    da, db = _info_nce_backward_op(grad, a, b, stats, *ctx.options)
+    return (da if ctx.needs_input_grad[0] else None), (db if ctx.needs_input_grad[1] else None), None, None, None
+
+
+_info_nce_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def _triton_reason(a: torch.Tensor, b: torch.Tensor) -> str:
+    """Why the Triton kernels cannot run on these inputs ("" when they can)."""
+    if not triton_can_run(a, b):
+        return triton_unavailable_reason(a, b)
+    if a.dtype not in _TRITON_DTYPES:
+        return f"dtype {a.dtype} is not supported by the Triton kernels (float32, float16, bfloat16)"
+    from jepa.kernels.triton.info_nce import MAX_D  # noqa: PLC0415  (triton is importable here)
+
+    if a.shape[1] > MAX_D:
+        return f"D={a.shape[1]} exceeds the Triton kernels' limit of {MAX_D}"
+    return ""
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, *, temperature: float = 0.1, symmetric: bool = False) -> torch.Tensor:
@@ -34,11 +158,12 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, *, temperature: float = 0.1, symm
         symmetric: average the ``a -> b`` and ``b -> a`` losses.
 
     Returns:
-        A scalar tensor.
+        A scalar tensor (dtype of ``a``).
 
     Raises:
         ValueError / TypeError: on bad shapes, dtypes or a non-positive temperature.
-        BackendUnavailableError: when a backend other than ``auto``/``torch`` is forced.
+        BackendUnavailableError: when the forced backend cannot run (``cuda``/``cpp`` never do for
+            this op; ``triton`` without triton, on CPU tensors without ``TRITON_INTERPRET=1``, ...).
     """
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
         raise TypeError(f"info_nce: a and b must be tensors, got {type(a).__name__} and {type(b).__name__}")
@@ -59,8 +184,19 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, *, temperature: float = 0.1, symm
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"info_nce: temperature must be a number > 0, got {temperature!r}")
     backend = requested_backend()
-    if backend not in ("auto", "torch"):
+    if backend in ("cuda", "cpp"):
         raise BackendUnavailableError(
-            f"info_nce: backend {backend!r} is not implemented yet for info_nce (available: torch)"
+            f"info_nce: backend {backend!r} is not implemented for info_nce (available: torch, triton)"
         )
-    return info_nce_reference(a, b, temperature=float(temperature), symmetric=symmetric)
+    if backend == "triton":
+        why = _triton_reason(a, b)
+        if why:
+            raise BackendUnavailableError(f"info_nce: backend 'triton' cannot run: {why}")
+        impl = "triton"
+    elif backend == "auto" and a.device.type == "cuda" and not _triton_reason(a, b):
+        impl = "triton"
+    else:
+        impl = "torch"
+    if impl == "torch" and not torch.compiler.is_compiling():
+        return info_nce_reference(a, b, temperature=float(temperature), symmetric=symmetric)
+    return _info_nce_op(a, b, float(temperature), bool(symmetric), impl)[0]

@@ -1,14 +1,45 @@
-"""The JEPA prediction loss: distance between predicted and (normalized) target embeddings."""
+"""The JEPA prediction loss: distance between predicted and (normalized) target embeddings.
+
+Backends (see :mod:`jepa.ops._backend`):
+
+- ``torch``: :func:`jepa_loss_reference` (any device and dtype; full autograd, including into the
+  target and double backward).
+- ``triton``: one fused kernel pass (kernels/triton/jepa_loss.py): target layer-norm, distance, mask,
+  per-row partial sums, then a one-program deterministic finalize; backward writes the gradient of
+  ``pred`` in one more pass. Neither syncs with the host. The target gets **no gradient** on this path: in JEPA it is the
+  output of the EMA target encoder (stop-gradient). Needs CUDA tensors (or CPU tensors under
+  ``TRITON_INTERPRET=1``), ``pred`` and ``target`` of one dtype among float32/float16/bfloat16 and
+  ``D <= 16384``.
+- ``cuda``/``cpp``: not implemented for this op; forcing them raises :class:`BackendUnavailableError`.
+
+``auto`` runs Triton for CUDA tensors when it applies *and* the target needs no gradient (so the
+reference semantics are kept whenever a gradient into the target is asked for), else the reference.
+Empty inputs take the reference path on every backend (there is nothing to launch).
+
+Both paths are registered as the custom op ``torch.ops.jepa.jepa_loss`` (``torch.library.custom_op``
+with a fake implementation and autograd), so ``torch.compile(fullgraph=True)`` traces models calling
+:func:`jepa_loss` without graph breaks; under compilation the torch backend runs through the op too,
+with an analytic backward (into pred and target) equal to the reference's.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from jepa.ops._backend import BackendUnavailableError, requested_backend
+from jepa.ops._backend import (
+    BackendUnavailableError,
+    requested_backend,
+    triton_can_run,
+    triton_unavailable_reason,
+)
+
+__all__ = ["JEPA_LOSS_KINDS", "REDUCTIONS", "jepa_loss", "jepa_loss_reference"]
 
 JEPA_LOSS_KINDS = ("smooth_l1", "mse", "l1")
 REDUCTIONS = ("mean", "sum", "none")
+_LN_EPS = 1e-5  # F.layer_norm's default, as in I-JEPA
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _elementwise(pred: torch.Tensor, target: torch.Tensor, loss: str, beta: float, reduction: str) -> torch.Tensor:
@@ -46,6 +77,146 @@ def jepa_loss_reference(
     return total / count.to(total.dtype)
 
 
+# ----------------------------------------------------------------------------- custom op
+
+
+def _torch_backward(
+    grad: torch.Tensor,
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None,
+    loss: str,
+    normalize_target: bool,
+    beta: float,
+    reduction: str,
+    target_grad: bool,
+) -> list[torch.Tensor]:
+    """Analytic gradients of :func:`jepa_loss_reference` (float32 math, float64 for float64 inputs)."""
+    work = torch.float64 if torch.float64 in (pred.dtype, target.dtype) else torch.float32
+    p, t = pred.to(work), target.to(work)
+    if normalize_target:
+        tc = t - t.mean(-1, keepdim=True)
+        rstd = torch.rsqrt((tc * tc).mean(-1, keepdim=True) + _LN_EPS)
+        t = tc * rstd
+    d = p - t
+    if loss == "smooth_l1":
+        de = torch.where(d.abs() < beta, d / beta, d.sign())
+    elif loss == "mse":
+        de = 2.0 * d
+    else:
+        de = d.sign()
+    g = grad.to(work)
+    if reduction == "mean":
+        n = pred.numel() if mask is None else mask.sum().clamp(min=1) * pred.shape[-1]
+        g = g / n
+    gp = de * g
+    if mask is not None:
+        gp = gp * mask.unsqueeze(-1).to(work)
+    out = [gp.to(pred.dtype)]
+    if target_grad:
+        gt = -gp
+        if normalize_target:  # layer-norm backward (no affine)
+            gt = rstd * (gt - gt.mean(-1, keepdim=True) - t * (gt * t).mean(-1, keepdim=True))
+        out.append(gt.to(target.dtype))
+    return out
+
+
+@torch.library.custom_op(
+    "jepa::jepa_loss",
+    mutates_args=(),
+    schema="(Tensor pred, Tensor target, Tensor? mask, str loss, bool normalize_target, float beta, "
+    "str reduction, str impl) -> (Tensor, Tensor)",
+)
+def _jepa_loss_op(pred, target, mask, loss, normalize_target, beta, reduction, impl):
+    # Returns (loss, count): count is the Triton path's float32 (1,) element count of "mean" (kept on
+    # the device for backward), empty otherwise.
+    if impl == "triton":
+        from jepa.kernels.triton import jepa_loss as kernels  # noqa: PLC0415  (optional dependency)
+
+        return kernels.forward(
+            pred, target, mask, loss=loss, normalize_target=normalize_target, beta=beta, reduction=reduction, eps=_LN_EPS
+        )
+    out = jepa_loss_reference(
+        pred, target, loss=loss, normalize_target=normalize_target, beta=beta, mask=mask, reduction=reduction
+    )
+    out = out.clone() if out is pred or out is target else out
+    return out, pred.new_empty((0,), dtype=torch.float32)
+
+
+@_jepa_loss_op.register_fake
+def _(pred, target, mask, loss, normalize_target, beta, reduction, impl):
+    dtype = torch.promote_types(pred.dtype, target.dtype)
+    shape = pred.shape if reduction == "none" else ()
+    count = (1,) if impl == "triton" and reduction != "none" else (0,)
+    return pred.new_empty(shape, dtype=dtype), pred.new_empty(count, dtype=torch.float32)
+
+
+@torch.library.custom_op(
+    "jepa::jepa_loss_backward",
+    mutates_args=(),
+    schema="(Tensor grad, Tensor count, Tensor pred, Tensor target, Tensor? mask, str loss, bool normalize_target, "
+    "float beta, str reduction, str impl, bool target_grad) -> Tensor[]",
+)
+def _jepa_loss_backward_op(grad, count, pred, target, mask, loss, normalize_target, beta, reduction, impl, target_grad):
+    if impl == "triton":
+        from jepa.kernels.triton import jepa_loss as kernels  # noqa: PLC0415
+
+        gp = kernels.backward(
+            grad, count, pred, target, mask, loss=loss, normalize_target=normalize_target, beta=beta,
+            reduction=reduction, eps=_LN_EPS,
+        )
+        return [gp]
+    return _torch_backward(grad, pred, target, mask, loss, normalize_target, beta, reduction, target_grad)
+
+
+@_jepa_loss_backward_op.register_fake
+def _(grad, count, pred, target, mask, loss, normalize_target, beta, reduction, impl, target_grad):
+    out = [torch.empty_like(pred)]
+    if target_grad and impl != "triton":
+        out.append(torch.empty_like(target))
+    return out
+
+
+def _setup_context(ctx, inputs, output):
+    pred, target, mask, loss, normalize_target, beta, reduction, impl = inputs
+    ctx.save_for_backward(pred, target, mask, output[1])
+    ctx.options = (loss, normalize_target, beta, reduction, impl)
+
+
+def _backward(ctx, grad, _grad_count):
+    pred, target, mask, count = ctx.saved_tensors
+    loss, normalize_target, beta, reduction, impl = ctx.options
+    # The Triton path treats the target as detached (stop-gradient): it never computes its gradient.
+    target_grad = bool(ctx.needs_input_grad[1]) and impl != "triton"
+    grads = _jepa_loss_backward_op(
+        grad, count, pred, target, mask, loss, normalize_target, beta, reduction, impl, target_grad
+    )
+    gp = grads[0] if ctx.needs_input_grad[0] else None
+    gt = grads[1] if target_grad else None
+    return gp, gt, None, None, None, None, None, None
+
+
+_jepa_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def _triton_reason(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> str:
+    """Why the Triton kernels cannot run on these inputs ("" when they can)."""
+    if not triton_can_run(pred, target, mask):
+        return triton_unavailable_reason(pred, target, mask)
+    if pred.dtype != target.dtype:
+        return f"pred is {pred.dtype} but target is {target.dtype}; the Triton kernels need one dtype"
+    if pred.dtype not in _TRITON_DTYPES:
+        return f"dtype {pred.dtype} is not supported by the Triton kernels (float32, float16, bfloat16)"
+    from jepa.kernels.triton.jepa_loss import MAX_D  # noqa: PLC0415  (triton is importable here)
+
+    if pred.shape[-1] > MAX_D:
+        return f"D={pred.shape[-1]} exceeds the Triton kernels' row limit of {MAX_D}"
+    return ""
+
+
 def jepa_loss(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -60,10 +231,11 @@ def jepa_loss(
 
     Args:
         pred: predicted embeddings, floating point, shape ``(..., D)``.
-        target: target embeddings, same shape as ``pred``. Gradients flow into it too; detach it
-            first for the I-JEPA stop-gradient.
+        target: target embeddings, same shape as ``pred``. With the torch backend (and in ``auto``
+            whenever the target requires a gradient) gradients flow into it too; detach it first for
+            the I-JEPA stop-gradient. The forced ``triton`` backend never computes a target gradient.
         loss: ``"smooth_l1"`` (I-JEPA), ``"mse"`` or ``"l1"``.
-        normalize_target: layer-norm every target row over its last dimension (no affine) first.
+        normalize_target: layer-norm every target row over its last dimension (no affine, eps 1e-5) first.
         beta: smooth-L1 transition point (> 0); used only by ``"smooth_l1"``.
         mask: optional bool tensor of shape ``pred.shape[:-1]``; True marks the tokens that count.
             ``"mean"`` is then the mean over selected tokens x features (0 when none is selected),
@@ -76,7 +248,8 @@ def jepa_loss(
 
     Raises:
         ValueError / TypeError: on bad shapes, dtypes or option values.
-        BackendUnavailableError: when a backend other than ``auto``/``torch`` is forced.
+        BackendUnavailableError: when the forced backend cannot run (``cuda``/``cpp`` never do for
+            this op; ``triton`` without triton, on CPU tensors without ``TRITON_INTERPRET=1``, ...).
     """
     if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise TypeError(f"jepa_loss: pred and target must be tensors, got {type(pred).__name__} and {type(target).__name__}")
@@ -94,6 +267,8 @@ def jepa_loss(
         raise ValueError(f"jepa_loss: loss must be one of {JEPA_LOSS_KINDS}, got {loss!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"jepa_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+        raise TypeError(f"jepa_loss: beta must be a number > 0, got {type(beta).__name__} {beta!r}")
     if loss == "smooth_l1" and not beta > 0:
         raise ValueError(f"jepa_loss: beta must be > 0 for smooth_l1, got {beta!r}")
     if mask is not None:
@@ -107,10 +282,36 @@ def jepa_loss(
         if mask.device != pred.device:
             raise ValueError(f"jepa_loss: mask is on {mask.device} but pred is on {pred.device}; expected one device")
     backend = requested_backend()
-    if backend not in ("auto", "torch"):
+    if backend in ("cuda", "cpp"):
         raise BackendUnavailableError(
-            f"jepa_loss: backend {backend!r} is not implemented yet for jepa_loss (available: torch)"
+            f"jepa_loss: backend {backend!r} is not implemented for jepa_loss (available: torch, triton)"
         )
-    return jepa_loss_reference(
-        pred, target, loss=loss, normalize_target=normalize_target, beta=beta, mask=mask, reduction=reduction
-    )
+    options = (loss, bool(normalize_target), float(beta), reduction)
+    if backend == "triton":
+        why = _triton_reason(pred, target, mask)
+        if why:
+            raise BackendUnavailableError(f"jepa_loss: backend 'triton' cannot run: {why}")
+        impl = "triton"
+    elif backend == "auto":
+        impl = _auto_impl(pred.device.type == "cuda", _target_needs_grad(target), lambda: _triton_reason(pred, target, mask))
+    else:
+        impl = "torch"
+    if pred.numel() == 0:
+        impl = "torch"  # nothing to launch; the reference gives torch's values for empty inputs
+    if impl == "torch" and not torch.compiler.is_compiling():
+        return jepa_loss_reference(
+            pred, target, loss=loss, normalize_target=normalize_target, beta=beta, mask=mask, reduction=reduction
+        )
+    return _jepa_loss_op(pred, target, mask, *options, impl)[0]
+
+
+def _auto_impl(on_cuda: bool, target_needs_grad: bool, triton_reason) -> str:
+    """``auto``'s choice: Triton for CUDA tensors it can run on, unless a gradient into the target is
+    asked for (the kernels treat the target as detached, the reference does not); else torch."""
+    if on_cuda and not target_needs_grad and not triton_reason():
+        return "triton"
+    return "torch"
+
+
+def _target_needs_grad(target: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and target.requires_grad

@@ -287,7 +287,8 @@ def test_context_manager_overrides_env_var(native, monkeypatch):
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
-def test_forcing_gpu_backends_on_cpu_tensors_raises(native, backend):
+def test_forcing_gpu_backends_on_cpu_tensors_raises(native, backend, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # Triton runs CPU tensors only under its interpreter
     t, o = _pair()
     before = [x.clone() for x in t]
     with ops.use_backend(backend), pytest.raises(BackendUnavailableError, match=backend):
@@ -296,6 +297,7 @@ def test_forcing_gpu_backends_on_cpu_tensors_raises(native, backend):
 
 
 def test_forcing_triton_raises_even_for_empty_lists(monkeypatch):
+    monkeypatch.setattr(ema_mod, "triton_available", lambda: False)  # as where triton is not installed
     monkeypatch.setenv("JEPA_BACKEND", "triton")
     with pytest.raises(BackendUnavailableError, match="triton"):
         ops.ema_update([], [], 0.5)

@@ -1,0 +1,418 @@
+"""jepa.ops.jepa_loss: the Triton kernels (under TRITON_INTERPRET=1 on CPU) against a float64 reference,
+forward and backward; the torch.library custom op under torch.compile; dispatch and errors."""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import jepa.ops as ops  # noqa: E402
+from jepa.ops import BackendUnavailableError, _backend, use_backend  # noqa: E402
+
+jl_mod = importlib.import_module("jepa.ops.jepa_loss")  # the module (jepa.ops.jepa_loss is also the function's name)
+
+if not _backend.triton_can_run(torch.empty(1, device="cuda" if torch.cuda.is_available() else "cpu")):
+    pytest.skip("Triton cannot run here (no GPU and TRITON_INTERPRET is not set)", allow_module_level=True)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+SHAPES = [(1, 1, 33), (3, 17, 33), (1, 129, 33), (3, 17, 8)]
+
+
+class _PoisonedTorch:
+    """Stands in for ``torch`` inside the kernel module: fresh buffers come back full of NaN, so an
+    element the kernel forgot to write shows up as NaN (which never passes)."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def empty(*args, **kwargs):
+        return torch.empty(*args, **kwargs).fill_(float("nan"))
+
+    @staticmethod
+    def empty_like(*args, **kwargs):
+        return torch.empty_like(*args, **kwargs).fill_(float("nan"))
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    from jepa.kernels.triton import jepa_loss as kernels  # noqa: PLC0415
+
+    monkeypatch.setattr(kernels, "torch", _PoisonedTorch())
+
+
+def _hand64(pred, target, loss, normalize, beta, mask, reduction):
+    """Float64 loss written from the formulas (no torch.nn.functional)."""
+    p, t = pred.double(), target.double()
+    if normalize:
+        mu = t.mean(-1, keepdim=True)
+        var = ((t - mu) ** 2).mean(-1, keepdim=True)
+        t = (t - mu) / torch.sqrt(var + 1e-5)
+    d = p - t
+    if loss == "mse":
+        e = d * d
+    elif loss == "l1":
+        e = d.abs()
+    else:
+        e = torch.where(d.abs() < beta, 0.5 * d * d / beta, d.abs() - 0.5 * beta)
+    if mask is not None:
+        e = e * mask.unsqueeze(-1).double()
+    if reduction == "none":
+        return e
+    if reduction == "sum":
+        return e.sum()
+    n = e.numel() if mask is None else max(int(mask.sum()), 1) * pred.shape[-1]
+    return e.sum() / n
+
+
+def _rel(out, ref):
+    out, ref = out.double(), ref.double()
+    assert not torch.isnan(out).any(), "NaN in the output"
+    den = ref.norm().item()
+    num = (out - ref).norm().item()
+    return num / den if den > 0 else num
+
+
+def _inputs(shape, dtype, use_mask, gen):
+    b, n, d = shape
+    pred = torch.randn(b, n, d, generator=gen).to(dtype)
+    target = (torch.randn(b, n, d, generator=gen) * 2 + 0.5).to(dtype)
+    mask = None
+    if use_mask:
+        mask = torch.rand(b, n, generator=gen) > 0.4
+        mask.view(-1)[0] = True  # at least one selected token
+    return pred.to(DEVICE), target.to(DEVICE), None if mask is None else mask.to(DEVICE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("loss", ["smooth_l1", "mse", "l1"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("use_mask", [False, True], ids=["nomask", "mask"])
+def test_triton_forward_and_backward_match_float64(poisoned, dtype, shape, loss, reduction, use_mask):
+    gen = torch.Generator().manual_seed(hash((str(dtype), shape, loss, reduction, use_mask)) % 2**31)
+    pred, target, mask = _inputs(shape, dtype, use_mask, gen)
+    beta = 0.7
+    pred.requires_grad_(True)
+    with use_backend("triton"):
+        out = ops.jepa_loss(pred, target, loss=loss, beta=beta, mask=mask, reduction=reduction)
+    p64 = pred.detach().double().requires_grad_(True)
+    ref = _hand64(p64, target, loss, True, beta, mask, reduction)
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert _rel(out, ref) <= TOL[dtype]
+    upstream = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    out.backward(upstream.to(DEVICE, dtype))
+    ref.backward(upstream.to(DEVICE))
+    assert pred.grad is not None and pred.grad.dtype == dtype
+    assert _rel(pred.grad, p64.grad) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("loss", ["smooth_l1", "mse", "l1"])
+def test_triton_without_target_normalization(poisoned, loss):
+    gen = torch.Generator().manual_seed(3)
+    pred, target, mask = _inputs((3, 17, 33), torch.float32, True, gen)
+    pred.requires_grad_(True)
+    with use_backend("triton"):
+        out = ops.jepa_loss(pred, target, loss=loss, normalize_target=False, beta=2.0, mask=mask)
+    out.backward()
+    p64 = pred.detach().double().requires_grad_(True)
+    ref = _hand64(p64, target, loss, False, 2.0, mask, "mean")
+    ref.backward()
+    assert _rel(out, ref) <= 1e-5
+    assert _rel(pred.grad, p64.grad) <= 1e-5
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_triton_finalize_sums_more_rows_than_one_block(poisoned, reduction):
+    """2,500 rows: the one-program finalize walks its 1,024-row block three times (sum and mask count)."""
+    gen = torch.Generator().manual_seed(13)
+    pred, target, mask = _inputs((5, 500, 9), torch.float32, True, gen)
+    pred.requires_grad_(True)
+    with use_backend("triton"):
+        out = ops.jepa_loss(pred, target, loss="mse", mask=mask, reduction=reduction)
+    out.backward()
+    p64 = pred.detach().double().requires_grad_(True)
+    ref = _hand64(p64, target, "mse", True, 1.0, mask, reduction)
+    ref.backward()
+    assert _rel(out, ref) <= 1e-5
+    assert _rel(pred.grad, p64.grad) <= 1e-5
+
+
+def test_triton_masked_mean_of_no_selected_token_is_zero(poisoned):
+    pred, target = torch.randn(2, 5, 33, device=DEVICE), torch.randn(2, 5, 33, device=DEVICE)
+    pred.requires_grad_(True)
+    with use_backend("triton"):
+        out = ops.jepa_loss(pred, target, mask=torch.zeros(2, 5, dtype=torch.bool, device=DEVICE))
+    out.backward()
+    assert out.item() == 0.0
+    assert torch.equal(pred.grad, torch.zeros_like(pred))
+
+
+def test_triton_target_gets_no_gradient():
+    pred = torch.randn(3, 17, 33, device=DEVICE, requires_grad=True)
+    target = torch.randn(3, 17, 33, device=DEVICE, requires_grad=True)
+    with use_backend("triton"):
+        ops.jepa_loss(pred, target).backward()
+    assert pred.grad is not None and target.grad is None
+
+
+def test_triton_matches_torch_backend_on_noncontiguous_and_2d_inputs():
+    base = torch.randn(33, 40, device=DEVICE)
+    pred = base.t()[:, :33]  # (40, 33) strided view
+    target = torch.randn(40, 33, device=DEVICE)
+    with use_backend("triton"):
+        ours = ops.jepa_loss(pred, target, loss="mse", reduction="sum")
+    with use_backend("torch"):
+        ref = ops.jepa_loss(pred, target, loss="mse", reduction="sum")
+    assert _rel(ours, ref) <= 1e-5
+
+
+def test_triton_nan_propagates_like_the_reference():
+    pred = torch.randn(2, 3, 8, device=DEVICE)
+    pred[1, 2, 5] = float("nan")
+    target = torch.randn(2, 3, 8, device=DEVICE)
+    mask = torch.tensor([[True, True, True], [True, True, False]], device=DEVICE)
+    with use_backend("triton"):
+        out = ops.jepa_loss(pred, target, mask=mask)
+    with use_backend("torch"):
+        ref = ops.jepa_loss(pred, target, mask=mask)
+    assert torch.isnan(out) and torch.isnan(ref)  # NaN * 0 is NaN in both: a NaN prediction is not hidden
+
+
+def test_empty_input_uses_the_reference_on_every_backend():
+    pred = torch.randn(0, 5, device=DEVICE)
+    with use_backend("triton"):
+        out = ops.jepa_loss(pred, pred.clone(), reduction="sum")
+    assert out.item() == 0.0
+
+
+# ----------------------------------------------------------------------------- dispatch and errors
+
+
+def test_forced_triton_on_cpu_without_interpreter_raises(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x = torch.randn(2, 3)
+    with use_backend("triton"), pytest.raises(BackendUnavailableError, match="triton.*CPU"):
+        ops.jepa_loss(x, x)
+
+
+def test_forced_triton_refuses_mixed_or_unsupported_dtypes():
+    x = torch.randn(2, 3, device=DEVICE)
+    with use_backend("triton"), pytest.raises(BackendUnavailableError, match="float16.*float32|float32.*float16"):
+        ops.jepa_loss(x, x.half())
+    with use_backend("triton"), pytest.raises(BackendUnavailableError, match="float64"):
+        ops.jepa_loss(x.double(), x.double())
+
+
+def test_forced_triton_refuses_rows_wider_than_its_limit():
+    from jepa.kernels.triton.jepa_loss import MAX_D  # noqa: PLC0415
+
+    x = torch.randn(1, MAX_D + 1, device=DEVICE)
+    with use_backend("triton"), pytest.raises(BackendUnavailableError, match=f"D={MAX_D + 1}"):
+        ops.jepa_loss(x, x)
+
+
+def test_auto_on_cpu_uses_the_reference(monkeypatch):
+    calls = []
+    monkeypatch.setattr(jl_mod, "_jepa_loss_op", lambda *a: calls.append(a))
+    x = torch.randn(2, 3)
+    out = ops.jepa_loss(x, x + 1)
+    assert not calls and torch.isfinite(out)
+
+
+@pytest.mark.parametrize(
+    "on_cuda, target_needs_grad, reason, expected",
+    [
+        (True, False, "", "triton"),
+        (True, True, "", "torch"),  # a target gradient is asked for: keep the reference's semantics
+        (True, False, "dtype torch.float64 is not supported", "torch"),
+        (False, False, "", "torch"),  # CPU tensors: no C++ path for this op, the reference
+    ],
+)
+def test_auto_choice(on_cuda, target_needs_grad, reason, expected):
+    assert jl_mod._auto_impl(on_cuda, target_needs_grad, lambda: reason) == expected
+
+
+def test_target_needs_grad_follows_grad_mode():
+    t = torch.randn(2, 3, requires_grad=True)
+    assert jl_mod._target_needs_grad(t)
+    with torch.no_grad():
+        assert not jl_mod._target_needs_grad(t)
+    assert not jl_mod._target_needs_grad(t.detach())
+
+
+def test_beta_type_is_checked():
+    x = torch.randn(2, 3)
+    with pytest.raises(TypeError, match="beta must be a number > 0, got str '1'"):
+        ops.jepa_loss(x, x, beta="1")
+
+
+# ----------------------------------------------------------------------------- custom op / torch.compile
+
+
+def _graphs_of(fn, *args):
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(fn, fullgraph=True, backend=backend)(*args)
+    return "\n".join(g.code for g in graphs)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_torch_compile_fullgraph_matches_eager(backend, reduction):
+    gen = torch.Generator().manual_seed(11)
+    pred, target, mask = _inputs((3, 17, 33), torch.float32, True, gen)
+    target_grad = backend == "torch"  # the Triton path gives the target no gradient
+
+    def model(p, t, m):
+        out = ops.jepa_loss(p.tanh(), t * 1.5, loss="smooth_l1", beta=0.5, mask=m, reduction=reduction)
+        return (out * out).sum()
+
+    with use_backend(backend):
+        code = _graphs_of(model, pred, target, mask)
+        assert "torch.ops.jepa.jepa_loss" in code  # traced as one op, not inlined or broken
+        results = []
+        for compiled in (False, True):
+            p = pred.clone().requires_grad_(True)
+            t = target.clone().requires_grad_(target_grad)
+            torch._dynamo.reset()
+            fn = torch.compile(model, fullgraph=True, backend="aot_eager") if compiled else model
+            out = fn(p, t, mask)
+            out.backward()
+            results.append((out.detach(), p.grad, t.grad))
+    (o0, gp0, gt0), (o1, gp1, gt1) = results
+    assert _rel(o1, o0) <= 1e-6
+    assert _rel(gp1, gp0) <= 1e-6
+    if target_grad:
+        assert _rel(gt1, gt0) <= 1e-6
+    else:
+        assert gt0 is None and gt1 is None
+
+
+def test_default_inductor_compile_of_both_losses_matches_eager():
+    """torch.compile with its default backend (inductor), fullgraph, on a model using jepa_loss and info_nce."""
+
+    def model(p, t, m):
+        return ops.jepa_loss(p.tanh(), t * 1.5, mask=m) + ops.info_nce(p[:, 0], t[:, 0], symmetric=True)
+
+    gen = torch.Generator().manual_seed(12)
+    pred, target, mask = _inputs((3, 17, 33), torch.float32, True, gen)
+    results = []
+    for fn in (model, torch.compile(model, fullgraph=True)):
+        p, t = pred.clone().requires_grad_(True), target.clone().requires_grad_(True)
+        out = fn(p, t, mask)
+        out.backward()
+        results.append((out.detach(), p.grad, t.grad))
+    for compiled, eager in zip(results[1], results[0]):
+        assert _rel(compiled, eager) <= 1e-5
+
+
+@pytest.mark.parametrize("loss", ["smooth_l1", "mse", "l1"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_custom_op_torch_backward_gradcheck_float64(loss, reduction, normalize):
+    """The analytic backward used under torch.compile equals the reference's autograd (pred and target)."""
+    gen = torch.Generator().manual_seed(5)
+    pred = torch.randn(2, 3, 5, dtype=torch.float64, generator=gen).requires_grad_(True)
+    target = torch.randn(2, 3, 5, dtype=torch.float64, generator=gen).requires_grad_(True)
+    mask = torch.tensor([[True, False, True], [True, True, False]])
+    op = torch.ops.jepa.jepa_loss
+    assert torch.autograd.gradcheck(
+        lambda p, t: op(p, t, mask, loss, normalize, 0.5, reduction, "torch")[0], (pred, target)
+    )
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_custom_op_opcheck(impl):
+    gen = torch.Generator().manual_seed(9)
+    pred, target, mask = _inputs((2, 5, 9), torch.float32, True, gen)
+    pred.requires_grad_(True)
+    target.requires_grad_(impl == "torch")
+    for reduction in ("mean", "none"):
+        torch.library.opcheck(
+            torch.ops.jepa.jepa_loss.default,
+            (pred, target, mask, "smooth_l1", True, 1.0, reduction, impl),
+            test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
+        )
+
+
+def test_relative_error_helper_catches_nan():
+    with pytest.raises(AssertionError, match="NaN"):
+        _rel(torch.tensor([math.nan]), torch.tensor([1.0]))
+
+
+# ----------------------------------------------------------------------------- real compilation (sm_90)
+
+_AOT_SCRIPT = r"""
+import json, os, sys
+os.environ.pop("TRITON_INTERPRET", None)
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+import importlib
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+TL = {"tl.float32": tl.float32, "tl.float16": tl.float16, "tl.bfloat16": tl.bfloat16}
+for module, kernel, sig, consts, warps in json.loads(sys.argv[1]):
+    fn = getattr(importlib.import_module(module), kernel)
+    names = fn.arg_names
+    consts = {k: TL.get(v, v) if isinstance(v, str) else v for k, v in consts.items()}
+    full = {n: sig.get(n, "constexpr") for n in names}
+    src = ASTSource(fn=fn, signature=full, constexprs={(names.index(k),): v for k, v in consts.items()})
+    triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    print("compiled", kernel)
+"""
+
+
+def _compile_for_sm90(specs, tmp_path):
+    """Compile kernels for an H100 (sm_90) without a GPU: the interpreter never runs Triton's real
+    compiler, so type, layout and lowering errors of the GPU path would otherwise go unseen here."""
+    import json  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    try:
+        from triton.backends import backends  # noqa: PLC0415
+    except ImportError:
+        pytest.skip("this triton has no backend registry")
+    if "nvidia" not in backends:
+        pytest.skip("this triton has no NVIDIA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", _AOT_SCRIPT, json.dumps(specs)], env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("compiled") == len(specs)
+
+
+def test_kernels_compile_for_sm90(tmp_path):
+    mod = "jepa.kernels.triton.jepa_loss"
+    specs = []
+    for dt in ("fp32", "bf16"):
+        common = {"P": f"*{dt}", "T": f"*{dt}", "M": "*u8", "R": "i64", "D": "i32", "beta": "fp32", "eps": "fp32"}
+        for reduce in (True, False):
+            consts = {"LOSS": 0, "NORMALIZE": True, "HAS_MASK": True, "BLOCK_R": 2, "BLOCK_D": 2048}
+            specs.append([mod, "_jepa_loss_fwd_kernel", {**common, "OUT": f"*{dt}", "PARTIAL": "*fp32"},
+                          {**consts, "REDUCE": reduce}, 8])
+            specs.append([mod, "_jepa_loss_bwd_kernel",
+                          {**common, "G": f"*{dt}", "COUNT": "*fp32", "GP": f"*{dt}"},
+                          {**consts, "G_FULL": not reduce, "MEAN": reduce, "LOSS": 2}, 8])
+        specs.append([mod, "_jepa_loss_finalize_kernel", {"PARTIAL": "*fp32", "OUT": f"*{dt}", "COUNT": "*fp32",
+                                                          "R": "i64", "D": "i32"},
+                      {"HAS_MASK": True, "MEAN": True, "BLOCK": 1024}, 4])
+    _compile_for_sm90(specs, tmp_path)
