@@ -75,6 +75,9 @@ class JEPA(BaseModel):
         self._predictor_takes_mask = _accepts(predictor, "mask")
         self._ema_layout = None
         self._ema_calls = 0
+        # Host copies of the two schedule buffers, so the momentum is computed without reading a
+        # CUDA buffer (a host sync) every step; re-read after load_state_dict / .to().
+        self._host_schedule: list[int] | None = None
         # load_state_dict(assign=True) swaps parameter objects: rebuild the flat EMA layout after it.
         self.register_load_state_dict_post_hook(_reset_ema_layout_hook)
 
@@ -128,13 +131,23 @@ class JEPA(BaseModel):
         if int(total_steps) < 0:
             raise ValueError(f"JEPA.set_total_steps: total_steps must be >= 0, got {total_steps}")
         self.ema_total_steps.fill_(int(total_steps))
+        if self._host_schedule is not None:
+            self._host_schedule[1] = int(total_steps)
+
+    def _schedule(self) -> list[int]:
+        """[ema_step, ema_total_steps] as Python ints. On the CPU the buffers are read (free); on a
+        GPU a host copy kept in step with them is used, so no update waits for the device (after
+        writing those buffers yourself on a GPU, call :meth:`reset_ema_layout`)."""
+        if self._host_schedule is None or self.ema_step.device.type == "cpu":
+            self._host_schedule = [int(self.ema_step), int(self.ema_total_steps)]
+        return self._host_schedule
 
     def current_momentum(self) -> float:
         """Momentum used by the next :meth:`update_target_encoder` call (cosine schedule)."""
-        total = int(self.ema_total_steps)
+        step, total = self._schedule()
         if total <= 0:
             return self.momentum_start
-        progress = min(int(self.ema_step), total) / total
+        progress = min(step, total) / total
         return self.momentum_end - (self.momentum_end - self.momentum_start) * (math.cos(math.pi * progress) + 1) / 2
 
     @torch.no_grad()
@@ -168,6 +181,7 @@ class JEPA(BaseModel):
         for bt, bo in buffers:
             bt.copy_(bo)
         self.ema_step += 1
+        self._schedule()[0] += 1
         return m
 
     EMA_LAYOUT_CHECK_EVERY = 64
@@ -176,6 +190,7 @@ class JEPA(BaseModel):
         """Forget the flat EMA layout; the next update rebuilds it from the current parameters."""
         self._ema_layout = None
         self._ema_calls = 0
+        self._host_schedule = None
 
     def _build_ema_layout(self):
         params_t = list(self.target_encoder.parameters())
