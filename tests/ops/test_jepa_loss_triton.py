@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import zlib
 
 import pytest
 import torch
@@ -96,7 +97,8 @@ def _inputs(shape, dtype, use_mask, gen):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("use_mask", [False, True], ids=["nomask", "mask"])
 def test_triton_forward_and_backward_match_float64(poisoned, dtype, shape, loss, reduction, use_mask):
-    gen = torch.Generator().manual_seed(hash((str(dtype), shape, loss, reduction, use_mask)) % 2**31)
+    # str hashes change per process (PYTHONHASHSEED): derive the seed with crc32 so every run sees the same inputs
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((str(dtype), shape, loss, reduction, use_mask)).encode()))
     pred, target, mask = _inputs(shape, dtype, use_mask, gen)
     beta = 0.7
     pred.requires_grad_(True)
@@ -108,7 +110,7 @@ def test_triton_forward_and_backward_match_float64(poisoned, dtype, shape, loss,
     assert _rel(out, ref) <= TOL[dtype]
     upstream = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
     out.backward(upstream.to(DEVICE, dtype))
-    ref.backward(upstream.to(DEVICE))
+    ref.backward(upstream.to(dtype).to(DEVICE, torch.float64))  # the upstream gradient the kernel received
     assert pred.grad is not None and pred.grad.dtype == dtype
     assert _rel(pred.grad, p64.grad) <= TOL[dtype]
 
