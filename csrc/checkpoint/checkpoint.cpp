@@ -288,10 +288,12 @@ Reader::Reader(const std::string& path, bool populate) : path_(path) {
                         std::to_string(8 + hlen + cursor) + " (unexpected trailing bytes)");
     }
     tensors_ = std::move(entries);
+    ::close(fd_);  // the mapping keeps the file's pages; no descriptor stays open per loaded checkpoint
+    fd_ = -1;
   } catch (...) {
     if (base_) ::munmap(base_, static_cast<std::size_t>(size_));
     base_ = nullptr;
-    ::close(fd_);
+    if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
     throw;
   }

@@ -139,8 +139,10 @@ def load(path: str | os.PathLike, *, map_location: str | torch.device | None = "
     types; other safetensors files a flat ``{name: tensor}`` dict; torch files are read with
     ``torch.load(weights_only=True)`` (no unpickling of arbitrary objects). With ``verify`` (the
     default) every checksum is checked before anything is returned; ``verify=False`` maps the file
-    lazily. CPU tensors are zero-copy views of a private (copy-on-write) mapping of the file: the
-    file never changes, and they stay valid after the file is deleted or replaced.
+    lazily. CPU tensors are zero-copy views of a private (copy-on-write) mapping of the file:
+    writing to them never changes the file, and they stay valid after the file is deleted or
+    replaced by a rename (as :func:`save` does); truncating the file in place while they are
+    alive is not supported (as with ``torch.load(mmap=True)``).
     ``map_location`` moves tensors to that device.
 
     Raises:

@@ -14,6 +14,7 @@ from jepa.io._codec import DTYPE_TO_ST, ST_TO_DTYPE, Encoded, decode
 __all__ = ["FORMAT", "CheckpointError", "native", "read_file", "write_file"]
 
 FORMAT = "jepa.checkpoint/1"
+MAX_HEADER_BYTES = 100 << 20  # the limit of jepa._C's reader and of the safetensors package
 _CRC_KEY = b'"jepa.crc32c":"'
 _HEADER_CRC_KEY = b'"jepa.header_crc32c":"'
 _ITEMSIZE = {d: torch.empty((), dtype=d).element_size() for d in ST_TO_DTYPE.values()}
@@ -68,6 +69,11 @@ def build_header(names: list[str], tensors: list[torch.Tensor], metadata: dict[s
     meta["jepa.header_crc32c"] = "00000000"
     header = json.dumps({"__metadata__": meta, **entries}, separators=(",", ":")).encode("utf-8")
     header += b" " * (-len(header) % 8)
+    if len(header) > MAX_HEADER_BYTES:
+        raise ValueError(
+            f"jepa.io.save: the checkpoint header would be {len(header)} bytes, over the {MAX_HEADER_BYTES}-byte limit "
+            "readers enforce; store large non-tensor data (long lists of numbers) as tensors"
+        )
     crc_start = header.index(_CRC_KEY) + len(_CRC_KEY)
     crc_pos = [0] * len(tensors)
     for rank, i in enumerate(order):

@@ -363,3 +363,12 @@ def test_multi_chunk_checksums_match_single_chunk(tmp_path):
     for chunk in (7, 4096, 1 << 20):
         result = reader.verify(num_threads=2, chunk_bytes=chunk)
         assert result["bad_tensors"] == [] and result["header_ok"] and result["has_checksums"]
+
+
+def test_oversized_header_is_refused_at_save_time(tmp_path, monkeypatch):
+    from jepa.io import _file
+
+    monkeypatch.setattr(_file, "MAX_HEADER_BYTES", 4096)
+    with pytest.raises(ValueError, match="header would be .* bytes"):
+        jio.save({"history": list(range(2000))}, tmp_path / "h.pt")
+    assert not any(tmp_path.iterdir())
