@@ -372,3 +372,33 @@ def test_oversized_header_is_refused_at_save_time(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="header would be .* bytes"):
         jio.save({"history": list(range(2000))}, tmp_path / "h.pt")
     assert not any(tmp_path.iterdir())
+
+
+def test_tensor_names_are_stable_flattened_paths_and_unique(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "a.b": torch.zeros(1), "a": {"b": torch.ones(1)}}
+    path = jio.save(state, tmp_path / "n.pt")
+    names = set(load_file(str(path)))
+    expected = {"model.0.weight", "model.0.bias", "a.b", "a.b~1"}
+    expected |= {f"optimizer.state.{i}.{k}" for i in (0, 1) for k in ("step", "exp_avg", "exp_avg_sq")}
+    assert names == expected
+    out = jio.load(path)
+    assert torch.equal(out["a.b"], torch.zeros(1)) and torch.equal(out["a"]["b"], torch.ones(1))
+
+
+@pytest.mark.parametrize("writer", ["jepa", "safetensors"])
+def test_unicode_and_escaped_tensor_names_round_trip(tmp_path, writer):
+    names = ['quote"and\\backslash', "new\nline\ttab\x01", "naïve-ünï", "emoji-😀", "/slash", "__metadata", ""]
+    tensors = {n: torch.full((2,), float(i)) for i, n in enumerate(names)}
+    path = tmp_path / "u.safetensors"
+    if writer == "jepa":
+        jio.save(tensors, path)
+    else:
+        save_file(tensors, str(path))  # raw UTF-8 in the header (serde_json), not \u escapes
+    for loaded in (jio.load(path), load_file(str(path))):
+        assert set(loaded) == set(names)
+        for n in names:
+            assert torch.equal(loaded[n], tensors[n]), n
