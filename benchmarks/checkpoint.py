@@ -4,7 +4,7 @@ and the safetensors package, next to the hardware floor.
 State: a ViT-B/16-sized model (~86M parameters, timm layout), its EMA target copy and AdamW state
 (exp_avg, exp_avg_sq, step), float32: ~1.4 GB. ``--size`` scales the depth down (0.25: 3 blocks).
 
-Rows (files are read from the page cache: each is written just before it is read):
+Rows (save timings are interleaved across methods; files are read from the page cache):
   save (durable)       ours: jepa.io.save (tmp file, fsync, rename, dir fsync)
                        reference: torch.save + fsync of the file; floor: one write() of the same
                        bytes from one buffer + fsync
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -36,7 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Report, apply_threads, make_parser, measure  # noqa: E402
+from _harness import Report, Timing, apply_threads, make_parser, measure  # noqa: E402
 
 import jepa.io as jio  # noqa: E402
 
@@ -115,6 +116,18 @@ def read_floor(path: Path, buf: bytearray) -> None:
             view = view[n:]
 
 
+def interleaved(fns, *, warmup: int, repeat: int) -> list[Timing]:
+    """Time each of ``fns`` ``repeat`` times, in rotation (after ``warmup`` untimed rounds)."""
+    values: list[list[float]] = [[] for _ in fns]
+    for round_ in range(warmup + repeat):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            if round_ >= warmup:
+                values[i].append(time.perf_counter() - t0)
+    return [Timing(statistics.median(v), min(v), max(v), repeat, v) for v in values]
+
+
 def touch_all(state) -> None:
     """Read one element per 4 KiB page of every tensor (lazy loads really map their pages)."""
     for t in _tensors(state):
@@ -145,9 +158,11 @@ def main() -> int:
         # ---------------------------------------------------------------- saves
         flat = torch.empty(nbytes, dtype=torch.uint8)
         flat.fill_(1)
-        floor_save = measure(lambda: write_floor(floor_path, memoryview(flat.numpy())), warmup=w, repeat=r)
-        ours_save = measure(lambda: jio.save(state, ours_path), warmup=w, repeat=r)
-        torch_save = measure(lambda: (torch.save(state, torch_path), fsync_file(torch_path)), warmup=w, repeat=r)
+        # Interleaved (floor, ours, torch, floor, ours, ...): the disk's speed drifts with what else
+        # the machine writes, and each method should see the same conditions.
+        floor_save, ours_save, torch_save = interleaved(
+            [lambda: write_floor(floor_path, memoryview(flat.numpy())), lambda: jio.save(state, ours_path),
+             lambda: (torch.save(state, torch_path), fsync_file(torch_path))], warmup=w, repeat=r)
         report.add(f"save {gb:.2f} GB (durable)", ours_save, torch_save, floor_s=floor_save.median,
                    reference_name="torch.save+fsync")
         report.target("save <= 1.2x write+fsync floor", ours_save.median / floor_save.median, 1.2, higher_is_better=False)
