@@ -4,8 +4,10 @@ a huge allocation. A few thousand cases in all; the later reliability issue fuzz
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import struct
 import tempfile
 
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 import jepa.io as jio
 
 _DIR = tempfile.mkdtemp(prefix="jepa-io-fuzz-")
+atexit.register(shutil.rmtree, _DIR, True)
 _FILE = os.path.join(_DIR, "f.pt")
 _SETTINGS = settings(max_examples=600, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 
