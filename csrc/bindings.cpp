@@ -41,6 +41,21 @@
 //       the same on device pointers, one launch each on `stream`, no host sync; RuntimeError without CUDA
 // ---- end amp ----
 //
+//
+//   --- checkpoint IO (csrc/checkpoint/; only jepa/io calls these) ---
+//   crc32c(data: buffer, crc: int = 0, impl: str = "auto"|"portable"|"hardware") -> int
+//   crc32c_combine(crc_a: int, crc_b: int, len_b: int) -> int     CRC of A||B
+//   crc32c_hardware() -> bool                 SSE4.2 CRC32C path available on this CPU
+//   checkpoint_write(path, header: bytes, crc_pos, header_crc_pos, ptrs, nbytes, offsets,
+//                    num_threads=0, chunk_bytes=8 MiB, durable=True) -> dict
+//       writes a safetensors-layout file atomically (path.tmp-<pid>, parallel pwrite + CRC32C,
+//       fsync, rename, directory fsync); GIL released; see csrc/checkpoint/checkpoint.h
+//   class CheckpointReader(path: str, populate: bool = False)   mmap + validated header; buffer
+//       protocol over the whole file; tensors() -> [(name, dtype, shape, begin, end)] in data
+//       order; metadata() -> dict | None; verify(num_threads=0, chunk_bytes=8 MiB) -> dict
+//   parallel_copy(dst_ptrs, src_ptrs, nbytes, num_threads=0, chunk_bytes=8 MiB) -> int
+//   CheckpointFormatError (ValueError subclass): the file is not a valid checkpoint; failed system
+//       calls raise OSError with errno (FileNotFoundError, ...)
 // Errors: bad arguments raise ValueError (std::invalid_argument), CUDA failures RuntimeError.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -51,6 +66,8 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/checkpoint.h"
+#include "checkpoint/crc32c.h"
 #include "ema_cpu.h"
 #include "jepa/dtype.h"
 #include "jepa/ema_math.h"
@@ -138,6 +155,156 @@ void cuda_ema(const TensorTable& table, double momentum, std::uintptr_t stream) 
   throw std::runtime_error("ema_update_cuda: jepa._C was built without CUDA (has_cuda() is False)");
 #endif
 }
+
+// ---------------------------------------------------------------- checkpoint IO (begin)
+namespace ckpt_bind {
+
+namespace ck = jepa::ckpt;
+
+std::pair<const unsigned char*, std::size_t> contiguous_bytes(const py::buffer& data) {
+  py::buffer_info info = data.request();
+  std::size_t expect = static_cast<std::size_t>(info.itemsize);
+  for (auto i = info.ndim; i-- > 0;) {
+    if (info.shape[static_cast<std::size_t>(i)] > 1 && info.strides[static_cast<std::size_t>(i)] != static_cast<py::ssize_t>(expect)) {
+      throw std::invalid_argument("crc32c: data must be a contiguous buffer");
+    }
+    expect *= static_cast<std::size_t>(info.shape[static_cast<std::size_t>(i)]);
+  }
+  return {static_cast<const unsigned char*>(info.ptr), static_cast<std::size_t>(info.size * info.itemsize)};
+}
+
+ck::CrcImpl parse_impl(const std::string& impl) {
+  if (impl == "auto") return ck::CrcImpl::kAuto;
+  if (impl == "portable") return ck::CrcImpl::kPortable;
+  if (impl == "hardware") {
+    if (!ck::crc32c_hardware_available()) throw std::invalid_argument("crc32c: impl='hardware' but this CPU lacks SSE4.2");
+    return ck::CrcImpl::kHardware;
+  }
+  throw std::invalid_argument("crc32c: impl must be 'auto', 'portable' or 'hardware', got '" + impl + "'");
+}
+
+std::uint32_t crc_of(const py::buffer& data, std::uint32_t crc, const std::string& impl) {
+  const ck::CrcImpl which = parse_impl(impl);
+  py::buffer_info keep = data.request();  // holds the buffer while the GIL is released
+  auto bytes = contiguous_bytes(data);
+  py::gil_scoped_release release;
+  return ck::crc32c_extend(crc, bytes.first, bytes.second, which);
+}
+
+py::dict write(const std::string& path, const py::bytes& header, std::vector<std::uint64_t> crc_pos,
+               std::int64_t header_crc_pos, const std::vector<std::uintptr_t>& ptrs, std::vector<std::uint64_t> nbytes,
+               std::vector<std::uint64_t> offsets, int num_threads, std::uint64_t chunk_bytes, bool durable) {
+  ck::WriteRequest req;
+  req.path = path;
+  req.header = std::string(header);
+  req.crc_pos = std::move(crc_pos);
+  req.header_crc_pos = header_crc_pos;
+  req.ptrs.reserve(ptrs.size());
+  for (auto p : ptrs) req.ptrs.push_back(reinterpret_cast<const void*>(p));
+  req.nbytes = std::move(nbytes);
+  req.offsets = std::move(offsets);
+  req.num_threads = num_threads;
+  req.chunk_bytes = chunk_bytes;
+  req.durable = durable;
+  ck::WriteStats st;
+  {
+    py::gil_scoped_release release;
+    st = ck::write_checkpoint(req);
+  }
+  py::dict d;
+  d["file_bytes"] = st.file_bytes;
+  d["threads"] = st.threads;
+  d["crcs"] = st.crcs;
+  d["header_crc"] = st.header_crc;
+  return d;
+}
+
+int copy(const std::vector<std::uintptr_t>& dst, const std::vector<std::uintptr_t>& src, const std::vector<std::uint64_t>& nbytes,
+         int num_threads, std::uint64_t chunk_bytes) {
+  std::vector<void*> d;
+  std::vector<const void*> s;
+  for (auto p : dst) d.push_back(reinterpret_cast<void*>(p));
+  for (auto p : src) s.push_back(reinterpret_cast<const void*>(p));
+  py::gil_scoped_release release;
+  return ck::parallel_copy(d, s, nbytes, num_threads, chunk_bytes);
+}
+
+void define(py::module_& m) {
+  static py::exception<ck::FormatError> format_error(m, "CheckpointFormatError", PyExc_ValueError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const ck::FormatError& e) {
+      PyErr_SetString(format_error.ptr(), e.what());
+    } catch (const ck::IoError& e) {
+      py::object err = py::module_::import("builtins").attr("OSError")(e.err(), e.what(), e.filename());
+      PyErr_SetObject(PyExc_OSError, err.ptr());
+    }
+  });
+
+  m.def("crc32c", &crc_of, py::arg("data"), py::arg("crc") = 0, py::arg("impl") = "auto",
+        "CRC32C of a contiguous buffer, continuing `crc` (0 to start). impl: 'auto', 'portable', 'hardware'.");
+  m.def("crc32c_combine", &ck::crc32c_combine, py::arg("crc_a"), py::arg("crc_b"), py::arg("len_b"),
+        "CRC32C of A||B from crc(A), crc(B) and len(B).");
+  m.def("crc32c_hardware", &ck::crc32c_hardware_available, "True when the SSE4.2 CRC32C path runs on this CPU.");
+  m.def("checkpoint_write", &write, py::arg("path"), py::arg("header"), py::arg("crc_pos"), py::arg("header_crc_pos"),
+        py::arg("ptrs"), py::arg("nbytes"), py::arg("offsets"), py::arg("num_threads") = 0,
+        py::arg("chunk_bytes") = ck::kDefaultChunkBytes, py::arg("durable") = true,
+        "Write a checkpoint file atomically from raw CPU buffers (GIL released). See csrc/checkpoint/checkpoint.h.");
+  m.def("parallel_copy", &copy, py::arg("dst_ptrs"), py::arg("src_ptrs"), py::arg("nbytes"), py::arg("num_threads") = 0,
+        py::arg("chunk_bytes") = ck::kDefaultChunkBytes, "memcpy of many CPU buffers on several threads (GIL released).");
+
+  py::class_<ck::Reader>(m, "CheckpointReader", py::buffer_protocol(),
+                         "A memory-mapped checkpoint/safetensors file with a validated header.")
+      .def(py::init([](const std::string& path, bool populate) {
+             py::gil_scoped_release release;
+             return new ck::Reader(path, populate);
+           }),
+           py::arg("path"), py::arg("populate") = false)
+      .def_buffer([](ck::Reader& r) {
+        return py::buffer_info(r.data(), 1, py::format_descriptor<unsigned char>::format(), 1,
+                               {static_cast<py::ssize_t>(r.file_size())}, {static_cast<py::ssize_t>(1)}, false);
+      })
+      .def_property_readonly("path", &ck::Reader::path)
+      .def_property_readonly("file_size", &ck::Reader::file_size)
+      .def_property_readonly("header_bytes", &ck::Reader::header_bytes)
+      .def_property_readonly("data_start", &ck::Reader::data_start)
+      .def("tensors",
+           [](const ck::Reader& r) {
+             py::list out;
+             for (const auto& t : r.tensors()) out.append(py::make_tuple(t.name, t.dtype, t.shape, t.begin, t.end));
+             return out;
+           },
+           "[(name, dtype, shape, begin, end)] in data order (offsets relative to data_start).")
+      .def("metadata",
+           [](const ck::Reader& r) -> py::object {
+             if (!r.has_metadata()) return py::none();
+             py::dict d;
+             for (const auto& kv : r.metadata()) d[py::str(kv.first)] = py::str(kv.second);
+             return std::move(d);
+           },
+           "The __metadata__ map, or None when the header has none.")
+      .def("verify",
+           [](const ck::Reader& r, int num_threads, std::uint64_t chunk_bytes) {
+             ck::VerifyResult v;
+             {
+               py::gil_scoped_release release;
+               v = r.verify(num_threads, chunk_bytes);
+             }
+             py::dict d;
+             d["has_checksums"] = v.has_checksums;
+             d["has_header_crc"] = v.has_header_crc;
+             d["header_ok"] = v.header_ok;
+             d["bad_tensors"] = v.bad_tensors;
+             d["threads"] = v.threads;
+             return d;
+           },
+           py::arg("num_threads") = 0, py::arg("chunk_bytes") = ck::kDefaultChunkBytes,
+           "Check the header CRC and every tensor's CRC32C (threads over chunks; GIL released).");
+}
+
+}  // namespace ckpt_bind
+// ---------------------------------------------------------------- checkpoint IO (end)
 
 }  // namespace
 
@@ -274,4 +441,5 @@ PYBIND11_MODULE(_C, m) {
   // ---- amp (loss scaling): unscale_config, unscale, update_scale, unscale_cuda, update_scale_cuda ----
   jepa::register_amp(m);
   // ---- end amp ----
+  ckpt_bind::define(m);  // checkpoint IO: crc32c*, checkpoint_write, CheckpointReader, parallel_copy
 }

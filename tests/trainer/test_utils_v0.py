@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from jepa import io as jio
 from jepa.config import Config
 from jepa.models import JEPA, Encoder, Predictor
 from jepa.trainer import create_trainer
@@ -91,7 +92,7 @@ def test_save_load_checkpoint_round_trip(tmp_path, name):
     path = save_checkpoint(model, opt, sched, 3, torch.tensor(0.25), tmp_path / name)
     assert path == tmp_path / name and path.is_file()
     assert not list(path.parent.glob("*.tmp-*"))  # atomic write left no temporary behind
-    state = torch.load(path, weights_only=True)
+    state = jio.load(path)  # our format (safetensors layout), read by content
     assert {"model", "optimizer", "scheduler", "epoch", "loss", "model_class", "model_config"} <= set(state)
     assert state["epoch"] == 3 and state["loss"] == 0.25 and state["model_class"] == "JEPA"
 
@@ -108,7 +109,7 @@ def test_save_load_checkpoint_round_trip(tmp_path, name):
 def test_checkpoint_without_optimizer_and_scheduler(tmp_path):
     model = _model()
     path = save_checkpoint(model, None, None, 0, 1.5, tmp_path / "w.pt")
-    state = torch.load(path, weights_only=True)
+    state = jio.load(path)  # our format (safetensors layout), read by content
     assert "optimizer" not in state and "scheduler" not in state
     _, o, s, epoch = load_checkpoint(path, _model(seed=2))
     assert o is None and s is None and epoch == 0
@@ -117,7 +118,7 @@ def test_checkpoint_without_optimizer_and_scheduler(tmp_path):
         load_checkpoint(path, _model(seed=2), opt)
     plain = nn.Linear(3, 2)  # not a BaseModel: no class/config recorded, still loadable
     path = save_checkpoint(plain, None, None, 1, 0.0, tmp_path / "plain.pt")
-    assert "model_class" not in torch.load(path, weights_only=True)
+    assert "model_class" not in jio.load(path)  # our format (safetensors layout), read by content
     other = nn.Linear(3, 2)
     load_checkpoint(path, other)
     _assert_same_weights(plain, other)
