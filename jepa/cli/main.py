@@ -156,7 +156,15 @@ def _train(args: argparse.Namespace) -> int:
     ckpt_dir = Path(trainer.save_dir)
     if args.resume:
         # 'auto': the newest checkpoint of <output-dir>/checkpoints that loads and verifies
-        trainer.resume = args.resume
+        from jepa.trainer.trainer import find_latest_checkpoint  # noqa: PLC0415
+
+        resume = find_latest_checkpoint(ckpt_dir) if args.resume == "auto" else Path(args.resume)
+        if resume is not None:
+            trainer.load_checkpoint(resume)
+            if trainer.is_global_zero:
+                print(f"resumed from {resume} at epoch {trainer.current_epoch}, step {trainer.global_step}")
+        elif trainer.is_global_zero:
+            print(f"--resume auto: no checkpoint in {ckpt_dir}, starting from scratch")
 
     if not trainer.is_global_zero:  # other ranks train; rank 0 reports
         torch.manual_seed(config.training.seed + 1)  # as train_and_probe does on rank 0

@@ -183,6 +183,11 @@ class BaseTrainer:
         checkpoint_every_n_steps: also write ``latest.pt`` every n optimizer steps; it records the
             position inside the epoch, so a resumed run continues at the next batch (same data
             order and RNG streams as an uninterrupted run).
+        async_checkpoint: the checkpoints :meth:`train` writes (best, last, every n epochs/steps)
+            are snapshotted to CPU memory and written by a background thread
+            (:func:`jepa.io.save` with ``async_=True``): the loop is blocked only for the copy. At
+            most one write is in flight; :meth:`train` waits for the last one before returning.
+            ``on_save_checkpoint`` callbacks then see a path whose file may still be in flight.
     """
 
     def __init__(
@@ -220,6 +225,7 @@ class BaseTrainer:
         max_nan_skips: int = 10,
         nan_check_every_n_steps: int | None = None,
         checkpoint_every_n_steps: int | None = None,
+        async_checkpoint: bool = False,
     ) -> None:
         if strategy != "ddp":
             if strategy == "fsdp":
@@ -324,6 +330,7 @@ class BaseTrainer:
         self.max_nan_skips = max_nan_skips
         self.nan_check_every_n_steps = nan_check_every_n_steps
         self.checkpoint_every_n_steps = checkpoint_every_n_steps
+        self.async_checkpoint = bool(async_checkpoint)
         self.nan_skipped_steps = 0  # optimizer steps dropped by on_nan="skip"
         self._consecutive_nan = 0
         self._window_nonfinite = False  # on_nan="skip": this accumulation window saw a non-finite loss
@@ -646,7 +653,9 @@ class BaseTrainer:
         """Save from inside :meth:`train`: every rank's RNG state is gathered, rank 0 writes, and all
         ranks wait for the file (no rank reads a checkpoint that is still being written)."""
         if self.dist is None or self.dist.world_size == 1:
-            return self.save_checkpoint(name)
+            path = jio.save(self.checkpoint_state(), self._resolve_path(name), async_=self.async_checkpoint)
+            self._callback("on_save_checkpoint", path)
+            return path
         mine = {"rng": _rng_state()}
         if self._epoch_progress is not None:
             mine["epoch_rng"] = self._epoch_progress["epoch_rng"]
@@ -658,7 +667,7 @@ class BaseTrainer:
             state["rng_per_rank"] = [g["rng"] for g in gathered]
             if self._epoch_progress is not None:
                 state["epoch_rng_per_rank"] = [g["epoch_rng"] for g in gathered]
-            path = jio.save(state, path)
+            path = jio.save(state, path, async_=self.async_checkpoint)
             self._callback("on_save_checkpoint", path)
         self._barrier()
         return path
@@ -871,6 +880,8 @@ class BaseTrainer:
         finally:
             if bar is not None:
                 bar.close()
+            if self.async_checkpoint and self.is_global_zero:
+                jio.wait()  # the last checkpoint is on disk when train() returns (or raises)
         return self.history
 
     @torch.no_grad()

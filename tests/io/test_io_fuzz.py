@@ -1,6 +1,7 @@
 """Bounded fuzzing of the checkpoint reader: random bytes, mutated and truncated valid files and
 random JSON headers must give a clean CheckpointError (or a valid load), never a crash, a hang or
-a huge allocation. A few thousand cases in all; the later reliability issue fuzzes for longer."""
+a huge allocation. A few thousand cases in all in CI (derandomized); for a long run set JEPA_FUZZ_EXAMPLES (cases per
+test, e.g. JEPA_FUZZ_EXAMPLES=100000 pytest tests/io/test_io_fuzz.py), which also randomizes the cases."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ import jepa.io as jio
 _DIR = tempfile.mkdtemp(prefix="jepa-io-fuzz-")
 atexit.register(shutil.rmtree, _DIR, True)
 _FILE = os.path.join(_DIR, "f.pt")
-_SETTINGS = settings(max_examples=600, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+_LONG = int(os.environ.get("JEPA_FUZZ_EXAMPLES", "0") or 0)
+_SETTINGS = settings(
+    max_examples=_LONG or 600, deadline=None, derandomize=not _LONG, suppress_health_check=list(HealthCheck)
+)
 
 
 def _valid_file() -> bytes:

@@ -65,3 +65,20 @@ def test_no_checkpoint_starts_from_scratch(tmp_path):
     trainer = _trainer(tmp_path, resume="auto")
     trainer.train(_loader(), num_epochs=1)
     assert trainer.global_step == 2
+
+
+def test_async_checkpoints_match_sync_ones(tmp_path):
+    """async_checkpoint=True writes the same checkpoints (in a background thread) as sync saves."""
+    from jepa import io as jio
+
+    sync = _trainer(tmp_path / "sync", checkpoint_every_n_epochs=1)
+    sync.train(_loader(), num_epochs=2)
+    asyn = _trainer(tmp_path / "async", checkpoint_every_n_epochs=1, async_checkpoint=True)
+    asyn.train(_loader(), num_epochs=2)
+    names = sorted(p.name for p in (tmp_path / "sync").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "async").iterdir()) == ["best_model.pt", "epoch_1.pt", "epoch_2.pt", "last.pt"]
+    for name in names:
+        a, b = jio.load(tmp_path / "sync" / name), jio.load(tmp_path / "async" / name)
+        assert a["global_step"] == b["global_step"]
+        for key in a["model"]:
+            assert torch.equal(a["model"][key], b["model"][key]), (name, key)
