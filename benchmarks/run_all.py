@@ -1,4 +1,6 @@
-"""Run every benchmarks/bench_*.py, each writing its JSON into --out-dir.
+"""Run every benchmark script of benchmarks/ (bench_*.py, checkpoint.py, amp.py, gpu_*.py), each
+writing its JSON into --out-dir. quality.py (a multi-seed training run, minutes) only runs when
+named with --only quality.
 
 Usage: python benchmarks/run_all.py [--out-dir bench-results] [--quick] [--only NAME ...]
 Exit status: 1 when a benchmark crashed (or, with --strict, missed a target), else 0.
@@ -16,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description="Run every benchmarks/bench_*.py")
+    p = argparse.ArgumentParser(description="Run every benchmark script of benchmarks/")
     p.add_argument("--out-dir", type=Path, default=Path("bench-results"), help="folder for the JSON files")
     p.add_argument("--quick", action="store_true", help="pass --quick to every benchmark (smoke run)")
     p.add_argument("--strict", action="store_true", help="pass --strict: a missed target fails the run")
@@ -24,10 +26,12 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None, help="pass --threads N (torch.set_num_threads) to each")
     args = p.parse_args()
 
-    scripts = sorted(HERE.glob("bench_*.py"))
+    every = sorted(p for p in HERE.glob("*.py") if not p.stem.startswith("_") and p.stem != "run_all")
     if args.only:
         wanted = {name.removeprefix("bench_").removesuffix(".py") for name in args.only}
-        scripts = [s for s in scripts if s.stem.removeprefix("bench_") in wanted]
+        scripts = [s for s in every if s.stem.removeprefix("bench_") in wanted]
+    else:
+        scripts = [s for s in every if s.stem != "quality"]
     if not scripts:
         print("run_all: no benchmarks to run", file=sys.stderr)
         return 1
