@@ -3,6 +3,11 @@ import os
 import pytest
 import torch
 
+# Subprocesses started by tests (python -c, -m jepa.cli, torchrun) must import the installed jepa
+# (with its compiled jepa._C and jepa.kernels), not the source tree that the current directory holds
+# when pytest runs from the repository root: Python >= 3.11 then leaves the cwd off sys.path.
+os.environ.setdefault("PYTHONSAFEPATH", "1")
+
 # Without a GPU, Triton kernels are tested on CPU tensors through Triton's interpreter. It must be
 # switched on before triton is first imported, so here, not in a test module.
 if not torch.cuda.is_available():

@@ -100,6 +100,13 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _close_at_exit(ref: Any) -> None:
+    trainer = ref()
+    if trainer is not None:
+        with contextlib.suppress(Exception):
+            trainer.close()
+
+
 class PeerFailureError(RuntimeError):
     """This rank stopped because another rank of a distributed run failed."""
 
@@ -314,6 +321,11 @@ class BaseTrainer:
             )
         self._ddp_calls_seen = 0
         self._sharded: dict[int, tuple[Any, Any]] = {}
+        if self.dist is not None and self.dist.owns_group:
+            import atexit  # noqa: PLC0415
+            import weakref  # noqa: PLC0415
+
+            atexit.register(_close_at_exit, weakref.ref(self))
         if resume is not None and not (resume == "auto" or isinstance(resume, (str, os.PathLike))):
             raise ValueError(f"resume must be None, 'auto' or a checkpoint path, got {resume!r}")
         self.resume = resume
@@ -693,9 +705,21 @@ class BaseTrainer:
             log.warning("resumed from %s at epoch %d, step %d", path, self.current_epoch, self.global_step)
 
     def close(self) -> None:
-        """Destroy the process group when this trainer created it (also done at interpreter exit)."""
-        if self.dist is not None and self.dist.owns_group and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        """Destroy the process group when this trainer created it (also done at interpreter exit).
+
+        The DDP wrapper is released first: it holds the process group, and a group whose last
+        reference goes away only at interpreter teardown can abort the process there."""
+        if self.dist is None or not self.dist.owns_group or not torch.distributed.is_initialized():
+            return
+        import gc  # noqa: PLC0415
+
+        if self._ddp is not None:
+            if self.dist.world_size > 1:
+                self._barrier()  # no rank tears down while another is still in a collective
+            self._ddp = None
+            self._sharded.clear()
+            gc.collect()
+        torch.distributed.destroy_process_group()
 
     def train(
         self, train_loader: DataLoader | None = None, num_epochs: int | None = None, val_loader: DataLoader | None = None
