@@ -705,11 +705,12 @@ class BaseTrainer:
             log.warning("resumed from %s at epoch %d, step %d", path, self.current_epoch, self.global_step)
 
     def close(self) -> None:
-        """Destroy the process group when this trainer created it (also done at interpreter exit).
+        """Release the DDP wrapper and destroy the process group when this trainer created it (also
+        done at interpreter exit; a group you created yourself is left for you to destroy).
 
         The DDP wrapper is released first: it holds the process group, and a group whose last
         reference goes away only at interpreter teardown can abort the process there."""
-        if self.dist is None or not self.dist.owns_group or not torch.distributed.is_initialized():
+        if self.dist is None or not torch.distributed.is_initialized():
             return
         import gc  # noqa: PLC0415
 
@@ -719,7 +720,8 @@ class BaseTrainer:
             self._ddp = None
             self._sharded.clear()
             gc.collect()
-        torch.distributed.destroy_process_group()
+        if self.dist.owns_group:
+            torch.distributed.destroy_process_group()
 
     def train(
         self, train_loader: DataLoader | None = None, num_epochs: int | None = None, val_loader: DataLoader | None = None
@@ -745,6 +747,8 @@ class BaseTrainer:
             num_epochs = self.num_epochs
         if not isinstance(num_epochs, int) or isinstance(num_epochs, bool) or num_epochs < 1:
             raise ValueError(f"num_epochs must be an int >= 1, got {num_epochs!r}")
+        if self.dist is not None and self._ddp is None:
+            raise RuntimeError("this distributed trainer was closed (trainer.close()); build a new one to train again")
         train_loader = self._shard(train_loader)
         val_loader = self._shard(val_loader, shuffle=False)
         self.max_epochs = num_epochs

@@ -8,6 +8,7 @@ modes:
            (TORCHELASTIC_RESTART_COUNT=0) rank 1 SIGKILLs itself after epoch 2
   error    rank 1 raises in a callback after epoch 1 (the run must end, not hang)
   accum    like train with per-rank micro-batches of PER_RANK_BATCH // 2 and gradient_accumulation=2
+  v0       the v0 docs' example: the user calls dist.init_process_group, then DistributedTrainer(config, ...)
 """
 
 from __future__ import annotations
@@ -57,8 +58,34 @@ class RecordingLogger:
         self.calls += 1
 
 
+def v0_example(out: Path) -> None:
+    """spec/training-api-v0.md, "Distributed Training", as written (gloo on CPU)."""
+    import torch.distributed as dist
+
+    from jepa.config import load_config
+    from jepa.trainer.distributed import DistributedTrainer
+
+    config = load_config("quick")
+    config.training.epochs = 1
+    config.logging.output_dir = str(out / "v0")
+    config.logging.progress_bar = False
+    dist.init_process_group(backend="gloo")
+    trainer = DistributedTrainer(config, world_size=torch.distributed.get_world_size(), rank=torch.distributed.get_rank())
+    history = trainer.train()
+    result = {"rank": trainer.rank, "world_size": trainer.world_size, "owns_group": trainer.dist.owns_group,
+              "sampler": type(trainer._active_train_loader.sampler).__name__, "history": history,
+              "ddp": type(trainer._ddp).__name__}
+    (out / f"result_rank{trainer.rank}.json").write_text(json.dumps(result))
+    trainer.close()  # the user's group: left alone
+    assert dist.is_initialized()
+    dist.destroy_process_group()
+
+
 def main() -> None:
     mode, out = sys.argv[1], Path(sys.argv[2])
+    if mode == "v0":
+        out.mkdir(parents=True, exist_ok=True)
+        return v0_example(out)
     epochs = int(sys.argv[3]) if len(sys.argv) > 3 else 2
     rank = int(os.environ["RANK"])
     import jepa.io as jio

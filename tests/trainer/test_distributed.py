@@ -121,6 +121,19 @@ def test_an_exception_on_one_rank_ends_the_run(tmp_path):
     assert not (out / "result_rank0.json").exists()
 
 
+def test_v0_distributed_trainer_in_the_users_process_group(tmp_path):
+    out = tmp_path / "run"
+    proc = _torchrun([str(WORKER), "v0", str(out)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = _results(out)
+    for r, rank in ((r0, 0), (r1, 1)):
+        assert r["rank"] == rank and r["world_size"] == 2
+        assert r["owns_group"] is False  # the user's own dist.init_process_group was used
+        assert r["sampler"] == "DistributedSampler" and r["ddp"] == "DistributedDataParallel"
+    assert r0["history"]["train_loss"] == pytest.approx(r1["history"]["train_loss"])
+    assert (out / "v0" / "checkpoints" / "last.pt").is_file()
+
+
 def test_cli_under_torchrun_trains_the_default_data(tmp_path):
     out = tmp_path / "cli"
     proc = _torchrun(
