@@ -57,6 +57,21 @@ def cuda_sync() -> None:
         torch.cuda.synchronize()
 
 
+def copy_bandwidth(args: argparse.Namespace, device: str = "cuda") -> float:
+    """Bytes per second of a device-to-device copy (read + write counted): the bandwidth floor of
+    memory-bound kernels. 1 GiB (256 MiB with --quick; 1 MiB off CUDA, for smoke runs)."""
+    import torch  # noqa: PLC0415
+
+    n = (256 << 20) if args.quick else (1 << 30)
+    if device != "cuda":
+        n = 1 << 20
+    src = torch.empty(n // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    t = measure(lambda: dst.copy_(src), warmup=args.warmup, repeat=args.repeat, sync=cuda_sync if device == "cuda" else None)
+    del src, dst
+    return 2 * n / t.median
+
+
 def measure(
     fn: Callable[[], Any],
     *,

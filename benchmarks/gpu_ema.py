@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Report, apply_threads, cuda_sync, make_parser, measure  # noqa: E402
+from _harness import Report, apply_threads, copy_bandwidth, cuda_sync, make_parser, measure  # noqa: E402
 
 import jepa.ops as ops  # noqa: E402
 from jepa.ops import _backend  # noqa: E402
@@ -64,17 +64,6 @@ def shapes_for(size: str, quick: bool):
         per_block = 12 * dim * dim + 13 * dim
         depth = max(1, round(millions * 1e6 / per_block))
     return vit_shapes(2 if quick else depth, dim, patch)
-
-
-def copy_bandwidth(args) -> float:
-    n = (256 << 20) if args.quick else (1 << 30)
-    if DEVICE != "cuda":
-        n = 1 << 20
-    src = torch.empty(n // 4, dtype=torch.float32, device=DEVICE).fill_(1.0)
-    dst = torch.empty_like(src)
-    t = measure(lambda: dst.copy_(src), warmup=args.warmup, repeat=args.repeat, sync=_sync())
-    del src, dst
-    return 2 * n / t.median
 
 
 def per_param_loop(targets, onlines, m):
@@ -144,7 +133,7 @@ def main() -> int:
     if not _backend.triton_available():
         report.skip("gpu_ema", "no GPU: skipped (triton is not installed)")
         return report.finish()
-    bw = copy_bandwidth(args)
+    bw = copy_bandwidth(args, DEVICE)
     report.note(f"measured device copy bandwidth: {bw / 1e9:.0f} GB/s (read + write)")
     if not _backend.cuda_kernels_available():
         report.note("jepa._C has no usable CUDA kernels here: no 'jepa._C cuda' rows")

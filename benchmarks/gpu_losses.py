@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Report, apply_threads, cuda_sync, make_parser, measure  # noqa: E402
+from _harness import Report, apply_threads, copy_bandwidth, cuda_sync, make_parser, measure  # noqa: E402
 
 import jepa.ops as ops  # noqa: E402
 from jepa.ops import _backend  # noqa: E402
@@ -39,18 +39,6 @@ DEVICE = "cuda"
 
 def _sync():
     return cuda_sync if DEVICE == "cuda" else None
-
-
-def copy_bandwidth(args) -> float:
-    """Bytes per second of a device-to-device copy (read + write counted)."""
-    n = (256 << 20) if args.quick else (1 << 30)
-    if DEVICE != "cuda":
-        n = 1 << 20
-    src = torch.empty(n // 4, dtype=torch.float32, device=DEVICE).fill_(1.0)
-    dst = torch.empty_like(src)
-    t = measure(lambda: dst.copy_(src), warmup=args.warmup, repeat=args.repeat, sync=_sync())
-    del src, dst
-    return 2 * n / t.median
 
 
 def peak_bytes(fn) -> int | None:
@@ -153,7 +141,7 @@ def main() -> int:
     if not _backend.triton_available():
         report.skip("gpu_losses", "no GPU: skipped (triton is not installed)")
         return report.finish()
-    bw = copy_bandwidth(args)
+    bw = copy_bandwidth(args, DEVICE)
     report.note(f"measured device copy bandwidth: {bw / 1e9:.0f} GB/s (read + write)")
     if DEVICE != "cuda":
         report.note("--interpret-smoke: CPU + Triton interpreter, tiny sizes; the timings mean nothing")

@@ -229,53 +229,7 @@ def test_custom_op_opcheck(impl):
 
 # ----------------------------------------------------------------------------- real compilation (sm_90)
 
-_AOT_SCRIPT = r"""
-import json, os, sys
-os.environ.pop("TRITON_INTERPRET", None)
-os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-import importlib
-import triton
-import triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-
-TL = {"tl.float32": tl.float32, "tl.float16": tl.float16, "tl.bfloat16": tl.bfloat16}
-for module, kernel, sig, consts, warps in json.loads(sys.argv[1]):
-    fn = getattr(importlib.import_module(module), kernel)
-    names = fn.arg_names
-    consts = {k: TL.get(v, v) if isinstance(v, str) else v for k, v in consts.items()}
-    full = {n: sig.get(n, "constexpr") for n in names}
-    src = ASTSource(fn=fn, signature=full, constexprs={(names.index(k),): v for k, v in consts.items()})
-    triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
-    print("compiled", kernel)
-"""
-
-
-def _compile_for_sm90(specs, tmp_path):
-    """Compile kernels for an H100 (sm_90) without a GPU: the interpreter never runs Triton's real
-    compiler, so type, layout and lowering errors of the GPU path would otherwise go unseen here."""
-    import json  # noqa: PLC0415
-    import os  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
-    try:
-        from triton.backends import backends  # noqa: PLC0415
-    except ImportError:
-        pytest.skip("this triton has no backend registry")
-    if "nvidia" not in backends:
-        pytest.skip("this triton has no NVIDIA backend")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    proc = subprocess.run(
-        [sys.executable, "-c", _AOT_SCRIPT, json.dumps(specs)], env=env, cwd=tmp_path,
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stdout.count("compiled") == len(specs)
-
-
-def test_kernels_compile_for_sm90(tmp_path):
+def test_kernels_compile_for_sm90(compile_for_sm90):
     mod = "jepa.kernels.triton.info_nce"
     specs = []
     for dt, prec, block in (("fp32", "tf32x3", 32), ("bf16", "tf32", 64)):
@@ -291,4 +245,4 @@ def test_kernels_compile_for_sm90(tmp_path):
                        "BLOCK_DO": 256, "DOT_PRECISION": prec}, 8])
         specs.append([mod, "_finish_kernel", {"X": f"*{dt}", "RX": "*fp32", "DXH": "*fp32", "COEF": "*fp32", "DX": f"*{dt}",
                                               **rows, "eps": "fp32"}, {"BLOCK_R": 64, "BLOCK_K": 64}, 4])
-    _compile_for_sm90(specs, tmp_path)
+    compile_for_sm90(specs)
