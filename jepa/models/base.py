@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from jepa import io as jio
 from jepa.io import atomic_write
 
 CONFIG_NAME = "config.json"
@@ -122,8 +123,10 @@ class BaseModel(nn.Module):
         cls.__init__ = __init__
 
     # ------------------------------------------------------------------ save / load
-    def save_pretrained(self, save_directory: str | os.PathLike, *, safe_serialization: bool | None = None) -> Path:
-        """Write ``config.json`` and the weights (``model.safetensors`` when safetensors is installed).
+    def save_pretrained(self, save_directory: str | os.PathLike, *, safe_serialization: bool = True) -> Path:
+        """Write ``config.json`` and the weights: ``model.safetensors`` (written by :func:`jepa.io.save`:
+        atomic, fsync'd, a CRC32C per tensor; readable by ``safetensors.torch.load_file``), or
+        ``pytorch_model.bin`` (``torch.save``) with ``safe_serialization=False``.
 
         Returns the directory path.
         """
@@ -131,14 +134,8 @@ class BaseModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"class": type(self).__name__, "config": self.config, "jepa_version": _version()}
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        if safe_serialization is None:
-            safe_serialization = _has_safetensors()
         if safe_serialization:
-            from safetensors.torch import save_file  # noqa: PLC0415
-
-            # safetensors refuses tensors sharing memory; clone so tied weights are stored twice
-            # and restored by load_state_dict.
-            atomic_write(directory / SAFETENSORS_NAME, lambda p: save_file({k: v.clone() for k, v in state.items()}, p))
+            jio.save(state, directory / SAFETENSORS_NAME)
             stale = directory / TORCH_WEIGHTS_NAME
         else:
             atomic_write(directory / TORCH_WEIGHTS_NAME, lambda p: torch.save(state, p))
@@ -169,9 +166,7 @@ class BaseModel(nn.Module):
         model = build_model(class_name, meta["config"], **modules)
         st_path, pt_path = directory / SAFETENSORS_NAME, directory / TORCH_WEIGHTS_NAME
         if st_path.is_file():
-            from safetensors.torch import load_file  # noqa: PLC0415
-
-            state = load_file(str(st_path), device=str(map_location))
+            state = jio.load(st_path, map_location=map_location)  # ours (checksums verified) or any safetensors file
         elif pt_path.is_file():
             state = torch.load(pt_path, map_location=map_location, weights_only=True)
         else:
@@ -197,14 +192,6 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
                 f"model has {tuple(tensor.shape)}"
             )
     model.load_state_dict(state, strict=True)
-
-
-def _has_safetensors() -> bool:
-    try:
-        import safetensors  # noqa: F401, PLC0415
-    except ImportError:
-        return False
-    return True
 
 
 def _version() -> str:

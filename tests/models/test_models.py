@@ -65,6 +65,15 @@ def test_save_pretrained_round_trip_is_bit_identical(tmp_path):
     x, y = torch.randn(2, 3, 16), torch.randn(2, 3, 16)
     model.eval(), rebuilt.eval()
     assert all(torch.equal(a, b) for a, b in zip(model(x, y), rebuilt(x, y)))
+    # model.safetensors is a real safetensors file: the safetensors package reads every weight,
+    # and a file written by the safetensors package loads back through from_pretrained
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    theirs = safetensors_torch.load_file(str(tmp_path / "m" / "model.safetensors"))
+    assert theirs.keys() == model.state_dict().keys()
+    assert all(torch.equal(theirs[k], v) for k, v in model.state_dict().items())
+    safetensors_torch.save_file({k: v.clone() for k, v in theirs.items()}, str(tmp_path / "m" / "model.safetensors"))
+    again = JEPA.from_pretrained(tmp_path / "m")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
 
 
 def test_from_pretrained_with_given_modules_and_torch_fallback(tmp_path):
