@@ -3,7 +3,6 @@ tensor momentum (all backends), mixed dtypes in one call, launch-table caching, 
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ pytest.importorskip("triton")
 import jepa.ops as ops  # noqa: E402
 from jepa.ops import BackendUnavailableError, _backend  # noqa: E402
 from jepa.ops import ema as ema_mod  # noqa: E402
+from oracles import multi_rel_err
 
 if not _backend.triton_can_run(torch.empty(1, device="cuda" if torch.cuda.is_available() else "cpu")):
     pytest.skip("Triton cannot run here (no GPU and TRITON_INTERPRET is not set)", allow_module_level=True)
@@ -43,9 +43,7 @@ def _ref64(targets, onlines, m):
 def _rel_err(outs, refs):
     for o in outs:
         assert not torch.isnan(o).any(), "NaN in the output"
-    num = math.sqrt(sum(float(((o.double() - r) ** 2).sum()) for o, r in zip(outs, refs)))
-    den = math.sqrt(sum(float((r**2).sum()) for r in refs))
-    return num / den if den > 0 else num
+    return multi_rel_err(outs, refs)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

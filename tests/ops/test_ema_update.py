@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import multiprocessing as mp
 import threading
 import time
@@ -13,6 +12,7 @@ import torch
 import jepa.ops as ops
 from jepa.ops import BackendUnavailableError, _backend, _native
 from jepa.ops import ema as ema_mod
+from oracles import multi_rel_err as _rel_err
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -48,12 +48,6 @@ def _reference64(targets, onlines, m):
 
 
 @torch.no_grad()
-def _rel_err(outs, refs):
-    num = math.sqrt(sum(float(((o.double() - r) ** 2).sum()) for o, r in zip(outs, refs)))
-    den = math.sqrt(sum(float((r**2).sum()) for r in refs))
-    return num / den if den > 0 else num
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("momentum", MOMENTA)
 def test_cpp_matches_float64_reference(native, dtype, momentum):

@@ -5,7 +5,6 @@ Runs only where torch sees a GPU and jepa._C was built with CUDA (skipped on CPU
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ import torch
 import jepa.ops as ops
 from jepa.ops import BackendUnavailableError, _backend
 from jepa.ops import ema as ema_mod
+from oracles import multi_rel_err as _rel_err
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -36,12 +36,6 @@ def _make(sizes, dtype, gen):
 
 
 @torch.no_grad()
-def _rel_err(outs, refs):
-    num = math.sqrt(sum(float(((a.double() - r) ** 2).sum()) for a, r in zip(outs, refs)))
-    den = math.sqrt(sum(float((r**2).sum()) for r in refs))
-    return num / den if den > 0 else num
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("momentum", [0.0, 1.0, 0.9, 0.5, 0.996])
 def test_cuda_matches_float64_reference(cuda_native, dtype, momentum):

@@ -12,6 +12,7 @@ pytest.importorskip("triton")
 
 import jepa.ops as ops  # noqa: E402
 from jepa.ops import BackendUnavailableError, _backend, use_backend  # noqa: E402
+from oracles import PoisonedTorch
 
 if not _backend.triton_can_run(torch.empty(1, device="cuda" if torch.cuda.is_available() else "cpu")):
     pytest.skip("Triton cannot run here (no GPU and TRITON_INTERPRET is not set)", allow_module_level=True)
@@ -22,30 +23,11 @@ TOL = {torch.float32: 1e-5 if DEVICE == "cpu" else 5e-4, torch.float16: 1e-2, to
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
 
 
-class _PoisonedTorch:
-    """``torch`` inside the kernel module, with fresh buffers full of NaN (unwritten elements show)."""
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-    @staticmethod
-    def empty(*args, **kwargs):
-        return torch.empty(*args, **kwargs).fill_(float("nan"))
-
-    @staticmethod
-    def empty_like(*args, **kwargs):
-        return torch.empty_like(*args, **kwargs).fill_(float("nan"))
-
-    @staticmethod
-    def zeros(*args, **kwargs):
-        return torch.empty(*args, **kwargs).fill_(float("nan"))
-
-
 @pytest.fixture
 def poisoned(monkeypatch):
     from jepa.kernels.triton import info_nce as kernels  # noqa: PLC0415
 
-    monkeypatch.setattr(kernels, "torch", _PoisonedTorch())
+    monkeypatch.setattr(kernels, "torch", PoisonedTorch())
 
 
 def _hand64(a, b, temperature, symmetric):

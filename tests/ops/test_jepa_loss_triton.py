@@ -14,6 +14,7 @@ pytest.importorskip("triton")
 
 import jepa.ops as ops  # noqa: E402
 from jepa.ops import BackendUnavailableError, _backend, use_backend  # noqa: E402
+from oracles import PoisonedTorch, jepa_loss_hand64 as _hand64
 
 jl_mod = importlib.import_module("jepa.ops.jepa_loss")  # the module (jepa.ops.jepa_loss is also the function's name)
 
@@ -25,51 +26,11 @@ TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 SHAPES = [(1, 1, 33), (3, 17, 33), (1, 129, 33), (3, 17, 8)]
 
 
-class _PoisonedTorch:
-    """Stands in for ``torch`` inside the kernel module: fresh buffers come back full of NaN, so an
-    element the kernel forgot to write shows up as NaN (which never passes)."""
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-    @staticmethod
-    def empty(*args, **kwargs):
-        return torch.empty(*args, **kwargs).fill_(float("nan"))
-
-    @staticmethod
-    def empty_like(*args, **kwargs):
-        return torch.empty_like(*args, **kwargs).fill_(float("nan"))
-
-
 @pytest.fixture
 def poisoned(monkeypatch):
     from jepa.kernels.triton import jepa_loss as kernels  # noqa: PLC0415
 
-    monkeypatch.setattr(kernels, "torch", _PoisonedTorch())
-
-
-def _hand64(pred, target, loss, normalize, beta, mask, reduction):
-    """Float64 loss written from the formulas (no torch.nn.functional)."""
-    p, t = pred.double(), target.double()
-    if normalize:
-        mu = t.mean(-1, keepdim=True)
-        var = ((t - mu) ** 2).mean(-1, keepdim=True)
-        t = (t - mu) / torch.sqrt(var + 1e-5)
-    d = p - t
-    if loss == "mse":
-        e = d * d
-    elif loss == "l1":
-        e = d.abs()
-    else:
-        e = torch.where(d.abs() < beta, 0.5 * d * d / beta, d.abs() - 0.5 * beta)
-    if mask is not None:
-        e = e * mask.unsqueeze(-1).double()
-    if reduction == "none":
-        return e
-    if reduction == "sum":
-        return e.sum()
-    n = e.numel() if mask is None else max(int(mask.sum()), 1) * pred.shape[-1]
-    return e.sum() / n
+    monkeypatch.setattr(kernels, "torch", PoisonedTorch())
 
 
 def _rel(out, ref):

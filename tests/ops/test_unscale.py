@@ -14,6 +14,7 @@ import torch
 
 import jepa.ops as ops
 from jepa.ops import BackendUnavailableError, _native
+from oracles import multi_rel_err as _rel_err
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -49,12 +50,6 @@ def _assert_same(got, want):
 
 
 @torch.no_grad()
-def _rel_err(outs, refs):
-    num = math.sqrt(sum(float(((o.double() - r) ** 2).sum()) for o, r in zip(outs, refs)))
-    den = math.sqrt(sum(float((r**2).sum()) for r in refs))
-    return num / den if den > 0 else num
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("inv", INV_SCALES)
 def test_cpp_matches_torch_reference_bit_for_bit(native, dtype, inv):
