@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -121,7 +120,6 @@ def _train(args: argparse.Namespace) -> int:
     import torch  # noqa: PLC0415
 
     from jepa.config import ConfigError, load_config, save_config  # noqa: PLC0415
-    from jepa.data import load_digits_split  # noqa: PLC0415
     from jepa.trainer.experiment import build_probe_run, train_and_probe  # noqa: PLC0415
 
     try:
@@ -156,11 +154,8 @@ def _train(args: argparse.Namespace) -> int:
     ckpt_dir = Path(trainer.save_dir)
     if args.resume:
         # 'auto': the newest checkpoint of <output-dir>/checkpoints that loads and verifies
-        from jepa.trainer.trainer import find_latest_checkpoint  # noqa: PLC0415
-
-        resume = find_latest_checkpoint(ckpt_dir) if args.resume == "auto" else Path(args.resume)
+        resume = trainer.resume_from(args.resume)
         if resume is not None:
-            trainer.load_checkpoint(resume)
             if trainer.is_global_zero:
                 print(f"resumed from {resume} at epoch {trainer.current_epoch}, step {trainer.global_step}")
         elif trainer.is_global_zero:

@@ -35,7 +35,7 @@ log = logging.getLogger("jepa")
 __all__ = [
     "DistributedContext",
     "DistributedTrainer",
-    "all_reduce_mean",
+    "all_reduce",
     "distributed_loader",
     "gather_rows",
     "init_distributed",
@@ -200,22 +200,16 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over ranks (a new tensor; ``values`` itself is unchanged)."""
+def all_reduce(values: torch.Tensor, op: str = "mean") -> torch.Tensor:
+    """``values`` reduced over ranks with ``op`` ("mean", "sum" or "max"), as a new tensor
+    (``values`` itself is unchanged); ``values`` when not distributed."""
+    if op not in ("mean", "sum", "max"):
+        raise ValueError(f"all_reduce: op must be 'mean', 'sum' or 'max', got {op!r}")
     if not is_distributed():
         return values
     out = values.detach().clone()
-    dist.all_reduce(out)
-    return out / dist.get_world_size()
-
-
-def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum of ``values`` over ranks (a new tensor)."""
-    if not is_distributed():
-        return values
-    out = values.detach().clone()
-    dist.all_reduce(out)
-    return out
+    dist.all_reduce(out, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return out / dist.get_world_size() if op == "mean" else out
 
 
 def _sampler_of(loader: DataLoader) -> Any:

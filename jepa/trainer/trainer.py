@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import random
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -626,13 +625,9 @@ class BaseTrainer:
     def _reduce(self, values: torch.Tensor, op: str = "mean") -> torch.Tensor:
         if self.dist is None or self.dist.world_size == 1:
             return values
-        from jepa.trainer import distributed as D  # noqa: PLC0415
+        from jepa.trainer.distributed import all_reduce  # noqa: PLC0415
 
-        if op == "max":
-            out = values.detach().clone()
-            torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.MAX)
-            return out
-        return D.all_reduce_mean(values) if op == "mean" else D.all_reduce_sum(values)
+        return all_reduce(values, op)
 
     def _barrier(self) -> None:
         if self.dist is not None and self.dist.world_size > 1:
@@ -687,22 +682,34 @@ class BaseTrainer:
     def _maybe_resume(self) -> None:
         if self.resume is None or self._resumed:
             return
-        self._resumed = True
-        if self.resume == "auto":
-            path = find_latest_checkpoint(self.save_dir) if self.is_global_zero else None
-            if self.dist is not None and self.dist.world_size > 1:
-                box = [None if path is None else str(path)]
-                torch.distributed.broadcast_object_list(box, src=0)
-                path = None if box[0] is None else Path(box[0])
-            if path is None:
-                if self.is_global_zero:
-                    log.info("resume='auto': no checkpoint in %s, starting from scratch", self.save_dir)
-                return
-        else:
-            path = Path(self.resume)
-        self.load_checkpoint(path)
-        if self.is_global_zero:
+        path = self.resume_from(self.resume)
+        if path is not None and self.is_global_zero:
             log.warning("resumed from %s at epoch %d, step %d", path, self.current_epoch, self.global_step)
+
+    def resume_from(self, resume: str | os.PathLike) -> Path | None:
+        """Load the checkpoint to continue from: a path, or ``"auto"`` for the newest one in
+        ``save_dir`` that loads and verifies (chosen by rank 0 and broadcast when distributed; every
+        rank must call this). Returns the path, or None when ``"auto"`` found no checkpoint."""
+        self._resumed = True
+        if resume != "auto":
+            path = Path(resume)
+            self.load_checkpoint(path)
+            return path
+        found = _load_latest_checkpoint(self.save_dir, self.device) if self.is_global_zero else None
+        path = None if found is None else found[0]
+        if self.dist is not None and self.dist.world_size > 1:
+            box = [None if path is None else str(path)]
+            torch.distributed.broadcast_object_list(box, src=0)
+            path = None if box[0] is None else Path(box[0])
+        if path is None:
+            if self.is_global_zero:
+                log.info("resume='auto': no checkpoint in %s, starting from scratch", self.save_dir)
+            return None
+        if found is not None:  # rank 0 already holds the verified state
+            self._restore(found[1], path)
+        else:
+            self.load_checkpoint(path)
+        return path
 
     def close(self) -> None:
         """Release the DDP wrapper and destroy the process group when this trainer created it (also
@@ -794,7 +801,8 @@ class BaseTrainer:
                     _set_rng_state(position["epoch_rng"])
                     running += float(position["running_loss"])
                     n_batches = int(position["running_batches"])
-                epoch_rng = _rng_state()
+                # the RNG state the epoch's data order is drawn from (what a mid-epoch resume replays)
+                epoch_rng = _rng_state() if self.checkpoint_every_n_steps else None
                 for batch_idx, batch in enumerate(train_loader):
                     if batch_idx < skip_batches:
                         if batch_idx + 1 == skip_batches:
@@ -996,7 +1004,10 @@ class BaseTrainer:
         path = self._resolve_path(name)
         if not path.is_file() and Path(name).is_file():
             path = Path(name)
-        state = jio.load(path, map_location=self.device)
+        return self._restore(jio.load(path, map_location=self.device), path, restore_rng=restore_rng)
+
+    def _restore(self, state: dict[str, Any], path: Path, *, restore_rng: bool = True) -> dict[str, Any]:
+        """Apply a loaded checkpoint ``state`` (read from ``path``) to this trainer."""
         if "model" not in state:
             raise jio.CheckpointError(f"{str(path)!r} is not a jepa trainer checkpoint (no 'model' entry)")
         load_state_dict_strict(self.model, state["model"], source=str(path))
@@ -1072,6 +1083,14 @@ def find_latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     Temporary files of an interrupted save (``*.tmp-<pid>``) are never candidates; a damaged or
     truncated file is skipped with a warning and the next newest one is tried.
     """
+    found = _load_latest_checkpoint(directory)
+    return None if found is None else found[0]
+
+
+def _load_latest_checkpoint(
+    directory: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[Path, dict[str, Any]] | None:
+    """:func:`find_latest_checkpoint` with the state it loaded (so the winner is read only once)."""
     directory = Path(directory)
     if not directory.is_dir():
         return None
@@ -1082,12 +1101,12 @@ def find_latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     candidates.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
     for path in candidates:
         try:
-            state = jio.load(path)
+            state = jio.load(path, map_location=map_location)
         except (jio.CheckpointError, OSError, ValueError) as exc:
             log.warning("skipping unreadable checkpoint %s: %s", path, exc)
             continue
         if isinstance(state, Mapping) and "model" in state:
-            return path
+            return path, state
     return None
 
 
