@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "jepa/cuda_elem.cuh"
 #include "jepa/cuda_ops.h"
 #include "jepa/dtype.h"
 #include "jepa/ema_math.h"
@@ -31,33 +32,6 @@ constexpr int kThreads = 256;
 constexpr int kUnroll = 4;
 constexpr std::int64_t kChunk = std::int64_t{kThreads} * kUnroll * 8;  // 8192 elements per chunk
 constexpr std::int64_t kMaxBlocks = 8192;                               // grid-stride beyond this
-
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("ema_update_cuda: ") + what + " failed: " + cudaGetErrorString(err));
-  }
-}
-
-template <typename T>
-struct Elem;
-
-template <>
-struct Elem<float> {
-  static __device__ __forceinline__ float load(const float* p) { return *p; }
-  static __device__ __forceinline__ void store(float* p, float v) { *p = v; }
-};
-
-template <>
-struct Elem<__half> {
-  static __device__ __forceinline__ float load(const __half* p) { return __half2float(*p); }
-  static __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
-};
-
-template <>
-struct Elem<__nv_bfloat16> {
-  static __device__ __forceinline__ float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-  static __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-};
 
 // Layout of the table in device memory: n target pointers, n online pointers, n + 1 prefix sums.
 struct DeviceTable {
@@ -114,7 +88,7 @@ __global__ void __launch_bounds__(kThreads) ema_update_kernel(DeviceTable table,
 // table (synchronous copy: the copy is complete before any stream can use it).
 DeviceTable device_table(const TensorTable& table) {
   int device = -1;
-  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaGetDevice(&device), "ema_update_cuda", "cudaGetDevice");
   const int n = table.size();
   const std::size_t ptr_bytes = static_cast<std::size_t>(n) * sizeof(std::uintptr_t);
   const std::size_t prefix_bytes = (static_cast<std::size_t>(n) + 1) * sizeof(std::int64_t);
@@ -126,9 +100,9 @@ DeviceTable device_table(const TensorTable& table) {
     std::memcpy(host.data() + ptr_bytes, table.ptrs(1), ptr_bytes);
     std::memcpy(host.data() + 2 * ptr_bytes, table.prefix(), prefix_bytes);
     void* dev = nullptr;
-    check(cudaMalloc(&dev, host.size()), "cudaMalloc");
+    check(cudaMalloc(&dev, host.size()), "ema_update_cuda", "cudaMalloc");
     std::shared_ptr<void> owner(dev, [](void* p) { cudaFree(p); });  // errors at teardown are ignored
-    check(cudaMemcpy(dev, host.data(), host.size(), cudaMemcpyHostToDevice), "cudaMemcpy");
+    check(cudaMemcpy(dev, host.data(), host.size(), cudaMemcpyHostToDevice), "ema_update_cuda", "cudaMemcpy");
     copy.device = device;
     copy.data = std::move(owner);
   }
@@ -172,7 +146,7 @@ void ema_update(const TensorTable& table, float weight, std::uintptr_t stream) {
     case kBFloat16: ema_update_kernel<__nv_bfloat16><<<blocks, kThreads, 0, s>>>(dt, weight); break;
     default: throw std::invalid_argument("ema_update_cuda: unsupported dtype_code " + std::to_string(table.dtype()));
   }
-  check(cudaGetLastError(), "kernel launch");
+  check(cudaGetLastError(), "ema_update_cuda", "kernel launch");
 }
 
 }  // namespace cuda

@@ -28,6 +28,7 @@
 #include <string>
 
 #include "jepa/amp_math.h"
+#include "jepa/cuda_elem.cuh"
 #include "jepa/cuda_ops.h"
 #include "jepa/dtype.h"
 
@@ -46,33 +47,6 @@ constexpr int kLaunchTensors = 1984;  // sizeof(LaunchTable) ~31.8 KB <= 32764 b
 #else
 constexpr int kLaunchTensors = 248;  // the classic 4 KB kernel-argument limit
 #endif
-
-void check(cudaError_t err, const char* fn, const char* what) {
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string(fn) + ": " + what + " failed: " + cudaGetErrorString(err));
-  }
-}
-
-template <typename T>
-struct Elem;
-
-template <>
-struct Elem<float> {
-  static __device__ __forceinline__ float load(const float* p) { return *p; }
-  static __device__ __forceinline__ void store(float* p, float v) { *p = v; }
-};
-
-template <>
-struct Elem<__half> {
-  static __device__ __forceinline__ float load(const __half* p) { return __half2float(*p); }
-  static __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
-};
-
-template <>
-struct Elem<__nv_bfloat16> {
-  static __device__ __forceinline__ float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-  static __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-};
 
 // One launch's share of the table, passed by value: gradient pointers and prefix sums relative to the
 // first gradient of the launch.
