@@ -18,6 +18,7 @@
 #include "jepa/dtype.h"
 #include "jepa/ema_math.h"
 #include "jepa/multi_tensor.h"
+#include "cpu_features.h"
 #include "thread_pool.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -154,30 +155,14 @@ JEPA_F16C_TARGET void ema_span_bf16_avx2(std::uint16_t* __restrict t, const std:
   }
 }
 
-bool cpu_has_f16c() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-}
 #endif
-
-bool detect_avx2_path() {
-  // JEPA_CPU_DISABLE_AVX2=1 forces the portable loops (used by the tests to cover them on AVX2 machines).
-  const char* off = std::getenv("JEPA_CPU_DISABLE_AVX2");
-  if (off != nullptr && off[0] != '\0' && !(off[0] == '0' && off[1] == '\0')) return false;
-#if JEPA_X86_F16C_PATH
-  return cpu_has_f16c();
-#else
-  return false;
-#endif
-}
 
 void span_f32(void* t, const void* o, std::int64_t n, float w) {
   ema_span_f32(static_cast<float*>(t), static_cast<const float*>(o), n, w);
 }
 void span_bf16(void* t, const void* o, std::int64_t n, float w) {
 #if JEPA_X86_F16C_PATH
-  static const bool vec = detect_avx2_path();  // AVX2 + FMA (+ F16C)
-  if (vec) {
+  if (cpu_avx2_fma_f16c()) {
     ema_span_bf16_avx2(static_cast<std::uint16_t*>(t), static_cast<const std::uint16_t*>(o), n, w);
     return;
   }
@@ -186,8 +171,7 @@ void span_bf16(void* t, const void* o, std::int64_t n, float w) {
 }
 void span_f16(void* t, const void* o, std::int64_t n, float w) {
 #if JEPA_X86_F16C_PATH
-  static const bool vec = detect_avx2_path();
-  if (vec) {
+  if (cpu_avx2_fma_f16c()) {
     ema_span_f16_f16c(static_cast<std::uint16_t*>(t), static_cast<const std::uint16_t*>(o), n, w);
     return;
   }
@@ -214,10 +198,7 @@ std::int64_t chunk_elements(std::int64_t total, int threads) {
   return (chunk + 1023) / 1024 * 1024;
 }
 
-bool avx2_vector_path() {
-  static const bool vec = detect_avx2_path();
-  return vec;
-}
+bool avx2_vector_path() { return cpu_avx2_fma_f16c(); }
 
 int ema_update(const TensorTable& table, double momentum, int num_threads) {
   if (table.depth() != 2) {

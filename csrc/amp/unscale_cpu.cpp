@@ -22,6 +22,7 @@
 #include "jepa/amp_math.h"
 #include "jepa/dtype.h"
 #include "jepa/multi_tensor.h"
+#include "cpu_features.h"
 #include "thread_pool.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -174,28 +175,9 @@ JEPA_UNSCALE_F16C_TARGET bool span_bf16_scale_avx2(std::uint16_t* __restrict p, 
   return (_mm256_movemask_epi8(flag) & static_cast<int>(0xAAAAAAAAu)) != 0;
 }
 
-bool cpu_has_avx2_f16c() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-}
 #endif
 
-bool detect_avx2_path() {
-  // JEPA_CPU_DISABLE_AVX2=1 forces the portable loops (the tests use it to cover them on AVX2 machines);
-  // same switch as the EMA.
-  const char* off = std::getenv("JEPA_CPU_DISABLE_AVX2");
-  if (off != nullptr && off[0] != '\0' && !(off[0] == '0' && off[1] == '\0')) return false;
-#if JEPA_UNSCALE_X86_PATH
-  return cpu_has_avx2_f16c();
-#else
-  return false;
-#endif
-}
-
-bool avx2_path() {
-  static const bool vec = detect_avx2_path();
-  return vec;
-}
+bool avx2_path() { return cpu_avx2_fma_f16c(); }
 
 bool f32_scale(void* p, std::int64_t n, float inv) { return span_f32_scale(static_cast<float*>(p), n, inv); }
 bool f32_check(void* p, std::int64_t n, float) { return span_f32_check(static_cast<const float*>(p), n); }
