@@ -57,6 +57,39 @@ def cuda_sync() -> None:
         torch.cuda.synchronize()
 
 
+def add_interpret_smoke(parser: argparse.ArgumentParser) -> None:
+    """The ``--interpret-smoke`` flag of the Triton benchmarks."""
+    parser.add_argument("--interpret-smoke", action="store_true",
+                        help="run tiny sizes on the CPU under TRITON_INTERPRET=1 (checks the script, not speed)")
+
+
+def triton_bench_device(args: argparse.Namespace) -> str:
+    """The device a Triton benchmark runs on: ``"cuda"``, or ``"cpu"`` with ``--interpret-smoke`` (which
+    sets TRITON_INTERPRET=1 before anything imports triton and shrinks the run to one quick round).
+    ``--quick`` caps the repeats."""
+    device = "cuda"
+    if args.interpret_smoke:
+        os.environ["TRITON_INTERPRET"] = "1"
+        device = "cpu"
+        args.quick, args.repeat, args.warmup = True, 1, 0
+    if args.quick:
+        args.repeat, args.warmup = min(args.repeat, 5), min(args.warmup, 1)
+    return device
+
+
+def triton_bench_skip_reason(device: str) -> str:
+    """Why a Triton benchmark cannot run on ``device`` ("" when it can)."""
+    import torch  # noqa: PLC0415
+
+    from jepa.ops import _backend  # noqa: PLC0415
+
+    if device == "cuda" and not torch.cuda.is_available():
+        return "no GPU: skipped"
+    if not _backend.triton_available():
+        return "no GPU: skipped (triton is not installed)"
+    return ""
+
+
 def copy_bandwidth(args: argparse.Namespace, device: str = "cuda") -> float:
     """Bytes per second of a device-to-device copy (read + write counted): the bandwidth floor of
     memory-bound kernels. 1 GiB (256 MiB with --quick; 1 MiB off CUDA, for smoke runs)."""

@@ -16,14 +16,16 @@ Usage: python benchmarks/gpu_ema.py [--size vit_h|vit_l|vit_b|MILLIONS] [--out r
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Report, apply_threads, copy_bandwidth, cuda_sync, make_parser, measure  # noqa: E402
+from _harness import (  # noqa: E402
+    Report, add_interpret_smoke, apply_threads, copy_bandwidth, cuda_sync, make_parser, measure, triton_bench_device,
+    triton_bench_skip_reason,
+)
 
 import jepa.ops as ops  # noqa: E402
 from jepa.ops import _backend  # noqa: E402
@@ -112,26 +114,18 @@ def bench(report, args, bw, dtype, shapes):
 def main() -> int:
     parser = make_parser(__doc__.splitlines()[0])
     parser.add_argument("--size", default="vit_h", help="vit_h (632M, default), vit_l, vit_b, or millions of parameters")
-    parser.add_argument("--interpret-smoke", action="store_true",
-                        help="run tiny sizes on the CPU under TRITON_INTERPRET=1 (checks the script, not speed)")
+    add_interpret_smoke(parser)
     args = parser.parse_args()
     apply_threads(args)
-    if args.interpret_smoke:
-        global DEVICE
-        os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton
-        DEVICE = "cpu"
-        args.quick, args.repeat, args.warmup = True, 1, 0
-    if args.quick:
-        args.repeat, args.warmup = min(args.repeat, 5), min(args.warmup, 1)
+    global DEVICE
+    DEVICE = triton_bench_device(args)
     shapes = shapes_for(args.size, args.quick)  # validates --size also where there is no GPU
     if DEVICE != "cuda":
         shapes = vit_shapes(1, 64, 4, tokens=17)
     report = Report("gpu_ema", args)
-    if DEVICE == "cuda" and not torch.cuda.is_available():
-        report.skip("gpu_ema", "no GPU: skipped")
-        return report.finish()
-    if not _backend.triton_available():
-        report.skip("gpu_ema", "no GPU: skipped (triton is not installed)")
+    skip = triton_bench_skip_reason(DEVICE)
+    if skip:
+        report.skip("gpu_ema", skip)
         return report.finish()
     bw = copy_bandwidth(args, DEVICE)
     report.note(f"measured device copy bandwidth: {bw / 1e9:.0f} GB/s (read + write)")
