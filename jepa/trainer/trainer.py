@@ -99,6 +99,14 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _check_count(name: str, value: Any, *, optional: bool = False) -> None:
+    """Refuse ``value`` unless it is an int >= 1 (or None when ``optional``)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1{' or None' if optional else ''}, got {value!r}")
+
+
 def _close_at_exit(ref: Any) -> None:
     trainer = ref()
     if trainer is not None:
@@ -286,14 +294,12 @@ class BaseTrainer:
             callbacks = list(callbacks or []) + built.pop("callbacks")
         if optimizer is None:
             raise ValueError("JEPATrainer: optimizer is required (or use jepa.trainer.create_trainer)")
-        if not isinstance(gradient_accumulation, int) or gradient_accumulation < 1:
-            raise ValueError(f"gradient_accumulation must be an int >= 1, got {gradient_accumulation!r}")
+        _check_count("gradient_accumulation", gradient_accumulation)
         if gradient_clip_norm is not None and not gradient_clip_norm > 0:
             raise ValueError(f"gradient_clip_norm must be > 0 or None, got {gradient_clip_norm!r}")
         if scheduler_interval not in (None, "step", "epoch"):
             raise ValueError(f"scheduler_interval must be 'step', 'epoch' or None, got {scheduler_interval!r}")
-        if not isinstance(log_every_n_steps, int) or log_every_n_steps < 1:
-            raise ValueError(f"log_every_n_steps must be an int >= 1, got {log_every_n_steps!r}")
+        _check_count("log_every_n_steps", log_every_n_steps)
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         if self.dist is not None:
@@ -325,18 +331,15 @@ class BaseTrainer:
             import weakref  # noqa: PLC0415
 
             atexit.register(_close_at_exit, weakref.ref(self))
-        if resume is not None and not (resume == "auto" or isinstance(resume, (str, os.PathLike))):
+        if resume is not None and not isinstance(resume, (str, os.PathLike)):
             raise ValueError(f"resume must be None, 'auto' or a checkpoint path, got {resume!r}")
         self.resume = resume
         self._resumed = False
         if on_nan not in ("raise", "skip"):
             raise ValueError(f"on_nan must be 'raise' or 'skip', got {on_nan!r}")
-        for name, value in (("max_nan_skips", max_nan_skips), ("nan_check_every_n_steps", nan_check_every_n_steps),
-                            ("checkpoint_every_n_steps", checkpoint_every_n_steps)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be an int >= 1{'' if name == 'max_nan_skips' else ' or None'}, got {value!r}")
-        if max_nan_skips is None:
-            raise ValueError("max_nan_skips must be an int >= 1, got None")
+        _check_count("max_nan_skips", max_nan_skips)
+        _check_count("nan_check_every_n_steps", nan_check_every_n_steps, optional=True)
+        _check_count("checkpoint_every_n_steps", checkpoint_every_n_steps, optional=True)
         self.on_nan = on_nan
         self.max_nan_skips = max_nan_skips
         self.nan_check_every_n_steps = nan_check_every_n_steps
@@ -368,8 +371,7 @@ class BaseTrainer:
         self.log_every_n_steps = log_every_n_steps
         self.save_best = save_best
         self.save_last = save_last
-        if checkpoint_every_n_epochs is not None and (not isinstance(checkpoint_every_n_epochs, int) or checkpoint_every_n_epochs < 1):
-            raise ValueError(f"checkpoint_every_n_epochs must be an int >= 1 or None, got {checkpoint_every_n_epochs!r}")
+        _check_count("checkpoint_every_n_epochs", checkpoint_every_n_epochs, optional=True)
         self.checkpoint_every_n_epochs = checkpoint_every_n_epochs
         self.current_epoch = 0
         self.global_step = 0
@@ -390,8 +392,7 @@ class BaseTrainer:
         for cb in self.callbacks:
             if not isinstance(cb, BaseCallback):
                 raise TypeError(f"callbacks must be BaseCallback instances, got {type(cb).__name__}")
-        if not isinstance(val_every_n_epochs, int) or val_every_n_epochs < 1:
-            raise ValueError(f"val_every_n_epochs must be an int >= 1, got {val_every_n_epochs!r}")
+        _check_count("val_every_n_epochs", val_every_n_epochs)
         self.val_every_n_epochs = val_every_n_epochs
         self.should_stop = False
         self.max_epochs: int | None = self.num_epochs
@@ -752,8 +753,7 @@ class BaseTrainer:
             if self.num_epochs is None:
                 raise TypeError("train() needs num_epochs (only a trainer built from a config has a default)")
             num_epochs = self.num_epochs
-        if not isinstance(num_epochs, int) or isinstance(num_epochs, bool) or num_epochs < 1:
-            raise ValueError(f"num_epochs must be an int >= 1, got {num_epochs!r}")
+        _check_count("num_epochs", num_epochs)
         if self.dist is not None and self._ddp is None:
             raise RuntimeError("this distributed trainer was closed (trainer.close()); build a new one to train again")
         train_loader = self._shard(train_loader)
