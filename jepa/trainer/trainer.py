@@ -425,7 +425,7 @@ class BaseTrainer:
         else:
             prediction, target = ddp(*items) if ddp is not None else model(*items)
             context = None
-        if self.dist is not None and self.dist.world_size > 1:
+        if self.multi_process:
             # Every rank computes the loss on the global batch (batch statistics of the regularizer,
             # batch-normalized targets and contrastive negatives see all ranks' samples): the
             # 2-process run optimizes the same objective as 1 process with twice the batch.
@@ -521,7 +521,7 @@ class BaseTrainer:
 
     def _check_loss(self, terms: Mapping[str, Any], epoch: int, batch_idx: int, check_every: int) -> None:
         loss = terms["loss"].detach()
-        distributed = self.dist is not None and self.dist.world_size > 1
+        distributed = self.multi_process
         bad_flag = ~torch.isfinite(loss).all()
         if check_every > 1 and self.global_step % check_every != 0:
             # deferred: remember on device (sticky), the optimizer skips every update from now on
@@ -607,11 +607,16 @@ class BaseTrainer:
     @property
     def is_global_zero(self) -> bool:
         """True on the process that logs, shows progress and writes checkpoints (rank 0)."""
-        return self.dist is None or self.dist.rank == 0
+        return self.dist is None or self.dist.is_global_zero
+
+    @property
+    def multi_process(self) -> bool:
+        """True in a distributed run of more than one process."""
+        return self.dist is not None and self.dist.world_size > 1
 
     def _shard(self, loader: Any, *, shuffle: bool | None = None) -> Any:
         """``loader`` with a DistributedSampler when distributed (built once per loader)."""
-        if loader is None or self.dist is None or self.dist.world_size == 1:
+        if loader is None or not self.multi_process:
             return loader
         cached = self._sharded.get(id(loader))
         if cached is not None and cached[0] is loader:
@@ -624,14 +629,14 @@ class BaseTrainer:
         return sharded
 
     def _reduce(self, values: torch.Tensor, op: str = "mean") -> torch.Tensor:
-        if self.dist is None or self.dist.world_size == 1:
+        if not self.multi_process:
             return values
         from jepa.trainer.distributed import all_reduce  # noqa: PLC0415
 
         return all_reduce(values, op)
 
     def _barrier(self) -> None:
-        if self.dist is not None and self.dist.world_size > 1:
+        if self.multi_process:
             torch.distributed.barrier()
 
     def _sync_unsynced_grads(self) -> None:
@@ -642,7 +647,7 @@ class BaseTrainer:
         calls = self._ddp.module.calls
         bypassed = calls == self._ddp_calls_seen
         self._ddp_calls_seen = calls
-        if not bypassed or self.dist.world_size == 1:
+        if not bypassed or not self.multi_process:
             return
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
@@ -660,7 +665,7 @@ class BaseTrainer:
     def _save_in_loop(self, name: str) -> Path:
         """Save from inside :meth:`train`: every rank's RNG state is gathered, rank 0 writes, and all
         ranks wait for the file (no rank reads a checkpoint that is still being written)."""
-        if self.dist is None or self.dist.world_size == 1:
+        if not self.multi_process:
             path = jio.save(self.checkpoint_state(), self._resolve_path(name), async_=self.async_checkpoint)
             self._callback("on_save_checkpoint", path)
             return path
@@ -698,7 +703,7 @@ class BaseTrainer:
             return path
         found = _load_latest_checkpoint(self.save_dir, self.device) if self.is_global_zero else None
         path = None if found is None else found[0]
-        if self.dist is not None and self.dist.world_size > 1:
+        if self.multi_process:
             box = [None if path is None else str(path)]
             torch.distributed.broadcast_object_list(box, src=0)
             path = None if box[0] is None else Path(box[0])
@@ -723,7 +728,7 @@ class BaseTrainer:
         import gc  # noqa: PLC0415
 
         if self._ddp is not None:
-            if self.dist.world_size > 1:
+            if self.multi_process:
                 self._barrier()  # no rank tears down while another is still in a collective
             self._ddp = None
             self._sharded.clear()
@@ -773,7 +778,7 @@ class BaseTrainer:
 
             bar = tqdm(total=total_steps, initial=min(self.global_step, total_steps), desc="train", unit="step", dynamic_ncols=True)
         check_every = self._nan_check_interval()
-        distributed = self.dist is not None and self.dist.world_size > 1
+        distributed = self.multi_process
         if self._ddp is not None:
             self._ddp_calls_seen = self._ddp.module.calls
         self._callback("on_train_start", self.model)
@@ -899,7 +904,7 @@ class BaseTrainer:
                 log.warning("training interrupted at step %d; state saved to %s", self.global_step, path)
             raise
         except BaseException as exc:
-            if self.dist is None or self.dist.world_size == 1:
+            if not self.multi_process:
                 raise
             # Tear the process group down so that ranks blocked in a collective with this one fail
             # instead of waiting forever (torchrun then ends the others and reports this error).
@@ -946,7 +951,7 @@ class BaseTrainer:
             self.model.train(was_training)
         if n_batches == 0:
             raise ValueError("val_loader yields no batches")
-        if self.dist is not None and self.dist.world_size > 1:
+        if self.multi_process:
             totals = self._reduce(torch.stack([total.float(), torch.tensor(float(count), device=self.device)]), "sum")
             return float(totals[0]) / float(totals[1]) if float(totals[1]) else None
         return float(total) / count if count else None
