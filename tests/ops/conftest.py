@@ -43,6 +43,32 @@ def _clean_backend_state(monkeypatch):
     _native.clear_plan_cache()
 
 
+
+@pytest.fixture
+def cuda_native(native):
+    """jepa._C for the CUDA kernel tests: skips without a GPU or a CUDA build, fails when both exist but
+    jepa._C's CUDA runtime sees no device."""
+    import torch  # noqa: PLC0415
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible to torch")
+    if not native.has_cuda():
+        pytest.skip("jepa._C was built without CUDA")
+    if not _backend.cuda_kernels_available():
+        pytest.fail("jepa._C has CUDA and torch sees a GPU, but jepa._C's CUDA runtime sees no device")
+    return native
+
+
+@pytest.fixture(scope="session")
+def cxx():
+    """A C++ compiler on PATH ($CXX first) for the header-math tests; skips without one."""
+    import shutil  # noqa: PLC0415
+
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    pytest.skip("no C++ compiler on PATH")
+
 # ----------------------------------------------------------------------------- Triton: real compilation (sm_90)
 
 _AOT_SCRIPT = r"""

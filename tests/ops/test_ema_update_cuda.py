@@ -10,23 +10,12 @@ import pytest
 import torch
 
 import jepa.ops as ops
-from jepa.ops import BackendUnavailableError, _backend
+from jepa.ops import BackendUnavailableError
 from jepa.ops import ema as ema_mod
 from oracles import multi_rel_err as _rel_err
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-
-
-@pytest.fixture
-def cuda_native(native):
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device visible to torch")
-    if not native.has_cuda():
-        pytest.skip("jepa._C was built without CUDA")
-    if not _backend.cuda_kernels_available():
-        pytest.fail("jepa._C has CUDA and torch sees a GPU, but jepa._C's CUDA runtime sees no device")
-    return native
 
 
 def _make(sizes, dtype, gen):

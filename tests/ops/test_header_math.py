@@ -8,8 +8,6 @@ multi-tensor index lookup.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -78,18 +76,8 @@ int main(int argc, char** argv) {
 """
 
 
-def _compiler():
-    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
 @pytest.fixture(scope="module")
-def run_program(tmp_path_factory):
-    cxx = _compiler()
-    if cxx is None:
-        pytest.skip("no C++ compiler on PATH")
+def run_program(tmp_path_factory, cxx):
     work = tmp_path_factory.mktemp("header_math")
     src = work / "main.cpp"
     src.write_text(PROGRAM)

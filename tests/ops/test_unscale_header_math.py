@@ -8,8 +8,6 @@ pass-through at inv_scale == 1), and update_scale against torch._amp_update_scal
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -79,13 +77,6 @@ int main(int argc, char** argv) {
 """
 
 
-def _compiler():
-    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
 def _states(gen: np.random.Generator) -> np.ndarray:
     """Random scaler states plus hand-picked edges: growth to inf (must not grow), NaN found_inf (counts as
     found), a tracker one short of the interval, interval 1, found_inf > 1 (summed over devices)."""
@@ -109,10 +100,7 @@ def _states(gen: np.random.Generator) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def run_program(tmp_path_factory):
-    cxx = _compiler()
-    if cxx is None:
-        pytest.skip("no C++ compiler on PATH")
+def run_program(tmp_path_factory, cxx):
     work = tmp_path_factory.mktemp("amp_header_math")
     src = work / "main.cpp"
     src.write_text(PROGRAM)
