@@ -55,7 +55,7 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> torch.Tensor:
         with Image.open(path) as img:
             img.load()  # decode now: truncated files fail here, inside the try
             img = _to_mode(img, "RGB" if channels == 3 else "L", Image)
-            array = np.asarray(img, dtype=np.uint8)
+            array = np.array(img, dtype=np.uint8)  # a writable copy (torch refuses read-only arrays)
     except Exception as exc:  # noqa: BLE001  (Pillow raises many types; all mean "this file is unreadable")
         raise ImageDecodeError(f"cannot decode image file {path!r}: {type(exc).__name__}: {exc}") from exc
     if array.ndim == 2:
