@@ -49,9 +49,11 @@ def check_indices(idx: torch.Tensor, valid: torch.Tensor | None, num_patches: in
     if not isinstance(idx, torch.Tensor) or idx.dtype != torch.long or idx.dim() != ndim:
         got = f"{idx.dtype} {tuple(idx.shape)}" if isinstance(idx, torch.Tensor) else type(idx).__name__
         raise ValueError(f"{name} must be a {ndim}-D long tensor of patch indices, got {got}")
-    # Range check on CPU only: on a GPU it would stall the stream every step (an out-of-range index
-    # there trips a device-side assert in the gather instead).
-    if idx.device.type == "cpu" and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= num_patches):
+    # Range check on CPU only, and not while torch.compile traces (a data-dependent branch): on a GPU
+    # it would stall the stream every step (an out-of-range index there trips a device-side assert in
+    # the gather instead).
+    checkable = idx.device.type == "cpu" and idx.numel() and not torch.compiler.is_compiling()
+    if checkable and (int(idx.min()) < 0 or int(idx.max()) >= num_patches):
         raise ValueError(
             f"{name} holds patch indices in [{int(idx.min())}, {int(idx.max())}]; expected values in [0, {num_patches})"
         )
