@@ -6,12 +6,16 @@ Generates ``--train`` + ``--val`` images (seeded), then reports validation accur
   ``jepa.trainer.eval.linear_probe_accuracy``): should sit near chance (1 / classes);
 * ``supervised_cnn`` - a small conv net trained with labels (flip + random-crop augmentation): shows
   the labels are learnable from the pixels;
-* ``supervised_vit`` - the same with a small ``jepa.models.vision.VisionTransformer`` + linear head
-  (``--vit-epochs 0`` skips it).
+* ``supervised_vit`` - the same with a small ``jepa.models.vision.VisionTransformer`` on
+  standardized pixels + linear head on the mean token (``--vit-epochs 0``, the default, skips it).
 
 Usage::
 
     python benchmarks/shapes_baselines.py --threads 1 --out bench-results/shapes_baselines.json
+    python benchmarks/shapes_baselines.py --threads 1 --cnn-epochs 0 --vit-epochs 60 --vit-dim 64 --vit-lr 2e-3
+
+Measured (seed 0, 1,200 train / 300 val, 32x32): raw pixels 0.107, CNN (30 epochs) 1.000, ViT
+(64 wide, 4 blocks, patch 4, standardized pixels, 60 epochs) 0.693; chance 0.100.
 
 Accuracy numbers do not depend on the machine; the seconds do (a loaded machine is slower).
 """
@@ -47,10 +51,10 @@ class SmallCNN(nn.Module):
 
 
 class ViTClassifier(nn.Module):
-    def __init__(self, classes: int, image_size: int) -> None:
+    def __init__(self, classes: int, image_size: int, dim: int, depth: int, patch: int) -> None:
         super().__init__()
-        self.vit = VisionTransformer(image_size=image_size, patch_size=4, embed_dim=128, depth=4, num_heads=4, norm_eps=1e-6)
-        self.head = nn.Linear(128, classes)
+        self.vit = VisionTransformer(image_size=image_size, patch_size=patch, embed_dim=dim, depth=depth, num_heads=max(1, dim // 32))
+        self.head = nn.Linear(dim, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.vit(x).mean(dim=1))
@@ -94,6 +98,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cnn-epochs", type=int, default=30)
     p.add_argument("--vit-epochs", type=int, default=0)
+    p.add_argument("--vit-dim", type=int, default=128)
+    p.add_argument("--vit-depth", type=int, default=4)
+    p.add_argument("--vit-patch", type=int, default=4)
+    p.add_argument("--vit-lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
@@ -114,8 +122,12 @@ def main() -> None:
         results["supervised_cnn_s"] = time.perf_counter() - t0
     if args.vit_epochs:
         t0 = time.perf_counter()
-        vit = ViTClassifier(args.classes, args.image_size)
-        results["supervised_vit"] = train_supervised(vit, xtr_f, ytr, xva_f, yva, args.vit_epochs, 1e-3, args.seed)
+        vit = ViTClassifier(args.classes, args.image_size, args.vit_dim, args.vit_depth, args.vit_patch)
+        # standardized pixels (per channel, train statistics): the CNN has batch norm, the ViT does not
+        mean, std = xtr_f.mean(dim=(0, 2, 3), keepdim=True), xtr_f.std(dim=(0, 2, 3), keepdim=True)
+        results["supervised_vit"] = train_supervised(
+            vit, (xtr_f - mean) / std, ytr, (xva_f - mean) / std, yva, args.vit_epochs, args.vit_lr, args.seed
+        )
         results["supervised_vit_s"] = time.perf_counter() - t0
     print(f"shapes: {args.train} train / {args.val} val, {args.image_size}x{args.image_size}, {args.classes} classes")
     print("| name | val accuracy | seconds |\n|---|---|---|")
