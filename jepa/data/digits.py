@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from jepa.data.splits import train_val_split
+
 IMAGE_SIZE = 8
 
 
@@ -118,15 +120,8 @@ def load_digits_split(split: str = "train", *, patch: int = 2, test_fraction: fl
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     images, labels = _load_images()
     if split != "all":
-        rng = np.random.default_rng(seed)
-        test_idx = []
-        for c in np.unique(labels):  # stratified: the same fraction of every class
-            idx = np.flatnonzero(labels == c)
-            rng.shuffle(idx)
-            test_idx.append(idx[: int(round(len(idx) * test_fraction))])
-        test_mask = np.zeros(len(labels), dtype=bool)
-        test_mask[np.concatenate(test_idx)] = True
-        keep = test_mask if split == "test" else ~test_mask
+        train_idx, test_idx = train_val_split(labels, test_fraction, seed)  # stratified
+        keep = test_idx if split == "test" else train_idx
         images, labels = images[keep], labels[keep]
     imgs = torch.from_numpy(images)
     return DigitsSplit(images=imgs, tokens=patchify(imgs, patch), labels=torch.from_numpy(labels))

@@ -2,7 +2,22 @@
 
 from jepa.models.base import BaseModel, build_model
 from jepa.models.encoder import Encoder
+from jepa.models.ijepa import IJEPA, ijepa_prediction_loss
 from jepa.models.jepa import JEPA, JEPAAction
 from jepa.models.predictor import Predictor, Projector, TransformerPredictor
+from jepa.models.vision import MaskedPredictor, VisionTransformer
 
-__all__ = ["JEPA", "BaseModel", "Encoder", "JEPAAction", "Predictor", "Projector", "TransformerPredictor", "build_model"]
+__all__ = [
+    "IJEPA",
+    "JEPA",
+    "BaseModel",
+    "Encoder",
+    "JEPAAction",
+    "MaskedPredictor",
+    "Predictor",
+    "Projector",
+    "TransformerPredictor",
+    "VisionTransformer",
+    "build_model",
+    "ijepa_prediction_loss",
+]

@@ -1,0 +1,184 @@
+"""IJEPA: I-JEPA on images (ViT context encoder on the visible patches, masked predictor, EMA target).
+
+The EMA target encoder, its momentum schedule and ``embed`` come from :class:`~jepa.models.JEPA`;
+this class only changes what one forward computes. The model returns named outputs and computes no
+loss; :func:`ijepa_prediction_loss` is the I-JEPA objective over those outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from jepa import ops
+from jepa.models.jepa import JEPA
+from jepa.models.vision.predictor import MaskedPredictor
+from jepa.models.vision.presets import VIT_PRESETS, build_vit
+from jepa.models.vision.vit import VisionTransformer, masked_mean
+
+__all__ = ["IJEPA", "ijepa_prediction_loss"]
+
+#: Predictor depth of each preset when not given: I-JEPA's released ViT-H configs use 12 blocks,
+#: its reference predictor defaults to 6.
+_PREDICTOR_DEPTH = {"vit_tiny": 6, "vit_small": 6, "vit_base": 6, "vit_large": 12, "vit_huge": 12}
+
+
+class IJEPA(JEPA):
+    """I-JEPA: predict the target encoder's embeddings of hidden image blocks from the visible context.
+
+    One forward (:meth:`forward_features`, also ``forward``):
+
+    1. target encoder (the EMA copy, no gradient) on the full images -> ``(B, N, D)`` tokens;
+    2. context encoder on the context patches only (``keep=context_idx``) -> ``(B, Lc, D)``;
+    3. predictor from the context tokens and the target positions -> ``(B, K, Lt, D)``.
+
+    The target tokens are returned un-normalised and un-gathered, with the index of each predicted
+    token, so that the loss can layer-norm and gather them (:func:`ijepa_prediction_loss`).
+
+    Args:
+        encoder: the context encoder, a :class:`~jepa.models.vision.VisionTransformer`.
+        predictor: a :class:`~jepa.models.vision.MaskedPredictor` of the same grid and width.
+        target_encoder: ``"ema"`` (I-JEPA) or ``"shared"`` (see :class:`~jepa.models.JEPA`).
+        momentum: EMA momentum at the start (I-JEPA: 0.996).
+        momentum_end: EMA momentum at the end of the cosine schedule (I-JEPA: 1.0).
+        projector: optional module applied to the pooled context, output ``"projection"`` (for a
+            variance/covariance regulariser).
+    """
+
+    def __init__(
+        self,
+        encoder: VisionTransformer,
+        predictor: MaskedPredictor,
+        target_encoder: str = "ema",
+        momentum: float = 0.996,
+        momentum_end: float = 1.0,
+        projector: nn.Module | None = None,
+    ) -> None:
+        if not isinstance(encoder, VisionTransformer):
+            raise TypeError(f"IJEPA: encoder must be a VisionTransformer, got {type(encoder).__name__}")
+        if not isinstance(predictor, MaskedPredictor):
+            raise TypeError(f"IJEPA: predictor must be a MaskedPredictor, got {type(predictor).__name__}")
+        if predictor.embed_dim != encoder.embed_dim:
+            raise ValueError(
+                f"IJEPA: predictor.embed_dim={predictor.embed_dim} must equal the encoder's embed_dim={encoder.embed_dim}"
+            )
+        if tuple(predictor.grid_size) != tuple(encoder.grid_size):
+            raise ValueError(f"IJEPA: predictor grid {predictor.grid_size} != encoder grid {encoder.grid_size}")
+        super().__init__(encoder, predictor, target_encoder=target_encoder, momentum=momentum, momentum_end=momentum_end, projector=projector)
+
+    @classmethod
+    def from_preset(
+        cls,
+        arch: str = "vit_small",
+        *,
+        image_size: int | tuple[int, int] = 224,
+        patch_size: int | None = None,
+        in_chans: int = 3,
+        predictor_embed_dim: int | None = None,
+        predictor_depth: int | None = None,
+        predictor_num_heads: int | None = None,
+        target_encoder: str = "ema",
+        momentum: float = 0.996,
+        momentum_end: float = 1.0,
+        **encoder_overrides: Any,
+    ) -> "IJEPA":
+        """An I-JEPA model around the ViT preset ``arch`` (``vit_tiny`` ... ``vit_huge``).
+
+        The predictor follows I-JEPA: width ``min(384, embed_dim)``, the encoder's number of heads,
+        depth 6 (tiny/small/base) or 12 (large/huge), unless given. ``patch_size`` defaults to the
+        preset's; ``encoder_overrides`` go to the encoder (e.g. ``depth=6``).
+        """
+        if arch not in VIT_PRESETS:
+            raise ValueError(f"IJEPA.from_preset: arch must be one of {sorted(VIT_PRESETS)}, got {arch!r}")
+        kwargs = {"image_size": image_size, "in_chans": in_chans, **encoder_overrides}
+        if patch_size is not None:
+            kwargs["patch_size"] = patch_size
+        encoder = build_vit(arch, **kwargs)
+        predictor = MaskedPredictor(
+            grid_size=encoder.grid_size,
+            embed_dim=encoder.embed_dim,
+            predictor_embed_dim=predictor_embed_dim or min(384, encoder.embed_dim),
+            depth=predictor_depth or _PREDICTOR_DEPTH[arch],
+            num_heads=predictor_num_heads or encoder.num_heads,
+        )
+        return cls(encoder, predictor, target_encoder=target_encoder, momentum=momentum, momentum_end=momentum_end)
+
+    def forward_features(  # type: ignore[override]
+        self,
+        images: torch.Tensor,
+        context_idx: torch.Tensor,
+        target_idx: torch.Tensor,
+        context_valid: torch.Tensor | None = None,
+        target_valid: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One I-JEPA forward on a batch of images and its multi-block masks
+        (the tensors of :class:`jepa.data.masks.MultiBlockMasks`, same names).
+
+        Returns a dict (``M = K * Lt`` predicted tokens per image, ``N`` patches, ``D`` width):
+
+        * ``prediction`` ``(B, M, D)``: predicted target tokens (gradient flows here);
+        * ``target_tokens`` ``(B, N, D)``: the target encoder's tokens of the full images, not
+          layer-normed, detached;
+        * ``target_index`` ``(B, M)`` long: the patch of ``target_tokens`` each prediction is for;
+        * ``target_valid`` ``(B, M)`` bool: False for padded target rows;
+        * ``context`` ``(B, Lc, D)``: context-encoder tokens (padded rows zero);
+        * ``context_valid`` ``(B, Lc)`` bool;
+        * ``pooled`` ``(B, D)``: mean of the valid context tokens (for a variance/covariance term);
+        * ``projection``: ``projector(pooled)``, only when the model has a projector.
+        """
+        if not isinstance(target_idx, torch.Tensor) or target_idx.dim() != 3:
+            got = tuple(target_idx.shape) if isinstance(target_idx, torch.Tensor) else type(target_idx).__name__
+            raise ValueError(f"IJEPA: target_idx must be (B, K, Lt), got {got}")
+        b = images.shape[0]
+        target_tokens = self.encode_target(images)
+        context = self.encoder(images, keep=context_idx, keep_valid=context_valid)
+        prediction = self.predictor(context, context_idx, target_idx, context_valid, target_valid)
+        m = target_idx.shape[1] * target_idx.shape[2]
+        if target_valid is None:
+            target_valid = torch.ones(b, m, dtype=torch.bool, device=target_idx.device)
+        if context_valid is None:
+            context_valid = torch.ones(context_idx.shape, dtype=torch.bool, device=context_idx.device)
+        pooled = masked_mean(context, context_valid)
+        out = {
+            "prediction": prediction.reshape(b, m, prediction.shape[-1]),
+            "target_tokens": target_tokens,
+            "target_index": target_idx.reshape(b, m),
+            "target_valid": target_valid.reshape(b, m),
+            "context": context,
+            "context_valid": context_valid,
+            "pooled": pooled,
+        }
+        if self.projector is not None:
+            out["projection"] = self.projector(pooled)
+        return out
+
+    def forward(self, images: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor, context_valid: torch.Tensor | None = None, target_valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        """Same as :meth:`forward_features` (a dict of named outputs)."""
+        return self.forward_features(images, context_idx, target_idx, context_valid, target_valid)
+
+
+def _gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``tokens[b, index[b, m]]``: ``(B, N, D)`` gathered at ``(B, M)`` -> ``(B, M, D)``.
+
+    The one place the targets are gathered before the loss; when :func:`jepa.ops.jepa_loss` takes
+    ``target_index=`` (gather fused into its kernel), :func:`ijepa_prediction_loss` passes the index
+    there instead and this goes away.
+    """
+    return tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[-1]))
+
+
+def ijepa_prediction_loss(
+    outputs: dict[str, torch.Tensor], *, loss: str = "smooth_l1", beta: float = 1.0, normalize_target: bool = True
+) -> torch.Tensor:
+    """The I-JEPA objective over :meth:`IJEPA.forward_features` outputs: the distance between each
+    prediction and its layer-normed target token, averaged over the valid predicted tokens and
+    features (``loss="smooth_l1"`` as I-JEPA, ``"mse"`` for L2). The target gets no gradient."""
+    for key in ("prediction", "target_tokens", "target_index", "target_valid"):
+        if key not in outputs:
+            raise KeyError(f"ijepa_prediction_loss: outputs lack {key!r} (expected IJEPA.forward_features outputs)")
+    target = _gather_tokens(outputs["target_tokens"].detach(), outputs["target_index"])
+    return ops.jepa_loss(
+        outputs["prediction"], target, loss=loss, beta=beta, mask=outputs["target_valid"], normalize_target=normalize_target
+    )
