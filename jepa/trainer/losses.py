@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jepa.ops import info_nce, jepa_loss
-from jepa.ops import sigreg, sigreg_ecf, sigreg_from_ecf
+from jepa.ops import info_nce, jepa_loss, sigreg, sigreg_ecf, sigreg_from_ecf
 from jepa.trainer.collectives import all_reduce_sum_autograd, multi_process
 
 PREDICTION_LOSSES = ("smooth_l1", "mse", "l1")
@@ -485,7 +484,7 @@ class SIGRegLoss(nn.Module):
         super().__init__()
         if isinstance(num_slices, bool) or not isinstance(num_slices, int) or num_slices < 1:
             raise ValueError(f"SIGRegLoss: num_slices must be an int >= 1, got {num_slices!r}")
-        if isinstance(t_max, bool) or not isinstance(t_max, (int, float)) or not math.isfinite(t_max) or not t_max > 0:
+        if isinstance(t_max, bool) or not isinstance(t_max, (int, float)) or not (math.isfinite(t_max) and t_max > 0):
             raise ValueError(f"SIGRegLoss: t_max must be a finite number > 0, got {t_max!r}")
         if isinstance(knots, bool) or not isinstance(knots, int) or knots < 2:
             raise ValueError(f"SIGRegLoss: knots must be an int >= 2, got {knots!r}")

@@ -255,8 +255,8 @@ for cap in (90, 80):
         ints = {"N": "i32", "D": "i32", "M": "i32", "dt": "fp32"}
         out[f"sm_{cap} {dt} forward"] = build(S._ecf_fwd_kernel, {"Z": f"*{dt}", "A": "*fp32", "PART": "*fp32", **ints,
                                               "n_blocks": "i32", "BLOCKS_PER_PROG": "i32"}, dict(common, KP=32), cap)
-        out[f"sm_{cap} {dt} backward"] = build(S._ecf_bwd_kernel, {"Z": f"*{dt}", "A": "*fp32", "G": "*fp32", "DX": "*fp32", **ints},
-                                               common, cap)
+        out[f"sm_{cap} {dt} backward"] = build(S._ecf_bwd_kernel, {"Z": f"*{dt}", "A": "*fp32", "G": "*fp32",
+                                               "DX": "*fp32", **ints}, common, cap)
 print("RESULT " + json.dumps(out))
 """
 
