@@ -233,3 +233,19 @@ def test_torch_compile_fullgraph_matches_eager_on_the_torch_backend():
             results.append((out.detach(), z.grad))
     for eager, comp in zip(*results):
         assert torch.allclose(comp, eager, rtol=1e-5, atol=1e-6)
+
+
+def test_autocast_does_not_lower_the_precision():
+    """Under autocast the projection would otherwise run as a bfloat16 matmul (about 1e-2 off)."""
+    gen = torch.Generator().manual_seed(15)
+    z0 = torch.randn(40, 24, generator=gen)
+    a = _unit_columns(24, 16, gen, torch.float32)
+    grads = []
+    for autocast in (False, True):
+        z = z0.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = ops.sigreg(z, a)
+        out.backward()
+        assert out.dtype == torch.float32
+        grads.append((out.detach(), z.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])

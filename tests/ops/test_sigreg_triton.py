@@ -292,3 +292,17 @@ def test_kernels_compile_for_sm80_and_sm90_within_shared_memory_and_without_spil
         assert r["reports"] == 1, f"{name}: ptxas reported {r['reports']} functions"
         assert 0 < r["shared"] <= _SHARED_LIMIT[cap], f"{name}: {r['shared']} B of shared memory"
         assert r["spill_bytes"] == 0, f"{name}: {r['spill_bytes']} bytes of register spills ({r['registers']} registers)"
+
+
+def test_triton_under_autocast_matches_without():
+    gen = torch.Generator().manual_seed(16)
+    z0 = torch.randn(40, 24, generator=gen).to(DEVICE)
+    a = _unit_columns(24, 16, gen)
+    results = []
+    for autocast in (False, True):
+        z = z0.clone().requires_grad_(True)
+        with use_backend("triton"), torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
+            out = ops.sigreg(z, a)
+        out.backward()
+        results.append((out.detach(), z.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
