@@ -156,6 +156,15 @@ def _fmt_time(s: float | None) -> str:
     return f"{s * 1e6:.1f} us"
 
 
+def _fmt_bytes(b: float | None) -> str:
+    if b is None:
+        return "-"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(b) >= size:
+            return f"{b / size:.2f} {unit}"
+    return f"{int(b)} B"
+
+
 def environment() -> dict[str, Any]:
     """Where the numbers come from: versions, threads, CPU, load, jepa._C build."""
     import torch  # noqa: PLC0415
@@ -274,6 +283,30 @@ class Report:
         self.rows.append(row)
         return row
 
+    def add_bytes(
+        self,
+        name: str,
+        ours: int,
+        reference: int | None,
+        *,
+        floor: int | None = None,
+        reference_name: str | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Add a memory row (bytes instead of seconds; ``ratio`` = reference / ours, > 1: ours uses less)."""
+        row: dict[str, Any] = {
+            "name": name,
+            "unit": "bytes",
+            "ours_bytes": ours,
+            "reference_bytes": reference,
+            "reference_name": reference_name,
+            "ratio": (reference / ours) if (reference is not None and ours) else None,
+            "floor_bytes": floor,
+        }
+        row.update(extra)
+        self.rows.append(row)
+        return row
+
     def skip(self, name: str, reason: str) -> None:
         """Record a part that did not run (e.g. ``"no GPU: skipped"``) and print it."""
         self.skipped.append({"name": name, "reason": reason})
@@ -296,10 +329,11 @@ class Report:
         cells = [list(self.COLUMNS)]
         for row in self.rows:
             ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None else "-"
-            ref = _fmt_time(row["reference_s"])
+            fmt, key = (_fmt_bytes, "bytes") if row.get("unit") == "bytes" else (_fmt_time, "s")
+            ref = fmt(row[f"reference_{key}"])
             if row.get("reference_name"):
                 ref = f"{ref} ({row['reference_name']})"
-            cells.append([row["name"], _fmt_time(row["ours_s"]), ref, ratio, _fmt_time(row["floor_s"])])
+            cells.append([row["name"], fmt(row[f"ours_{key}"]), ref, ratio, fmt(row[f"floor_{key}"])])
         widths = [max(len(c[i]) for c in cells) for i in range(len(self.COLUMNS))]
         lines = [" | ".join(c[i].ljust(widths[i]) for i in range(len(widths))).rstrip() for c in cells]
         lines.insert(1, "-|-".join("-" * w for w in widths))

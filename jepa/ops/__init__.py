@@ -12,6 +12,7 @@ from jepa.ops.attention import attention, attention_reference
 from jepa.ops.ema import ema_update, ema_update_reference
 from jepa.ops.info_nce import info_nce, info_nce_reference
 from jepa.ops.jepa_loss import jepa_loss, jepa_loss_reference
+from jepa.ops.sigreg import sigreg, sigreg_ecf, sigreg_ecf_reference, sigreg_from_ecf, sigreg_reference
 
 __all__ = [
     "BACKENDS",
@@ -26,6 +27,11 @@ __all__ = [
     "jepa_loss",
     "jepa_loss_reference",
     "requested_backend",
+    "sigreg",
+    "sigreg_ecf",
+    "sigreg_ecf_reference",
+    "sigreg_from_ecf",
+    "sigreg_reference",
     "unscale_",
     "unscale_reference",
     "update_scale_",

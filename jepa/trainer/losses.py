@@ -4,16 +4,20 @@
 * :class:`ContrastiveLoss`: InfoNCE between pooled prediction and target embeddings;
 * :class:`ReconstructionLoss`: a direct distance (MSE, L1, smooth-L1 or cosine);
 * :class:`VICRegLoss`: the VICReg objective between two embeddings;
+* :class:`SIGRegLoss`: LeJEPA's SIGReg regularizer (embeddings towards an isotropic Gaussian);
 * :func:`get_loss`: one of the above by name.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jepa.ops import info_nce, jepa_loss
+from jepa.ops import info_nce, jepa_loss, sigreg, sigreg_ecf, sigreg_from_ecf
+from jepa.trainer.collectives import all_reduce_sum_autograd, multi_process
 
 PREDICTION_LOSSES = ("smooth_l1", "mse", "l1")
 
@@ -418,3 +422,131 @@ def get_loss(name: str, **kwargs) -> nn.Module:
     if key not in _LOSSES:
         raise ValueError(f"get_loss: unknown loss name {name!r}; expected one of {', '.join(sorted(_LOSSES))}")
     return _LOSSES[key](**kwargs)
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    """One step of SplitMix64 (a bijective 64-bit mixer)."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+class SIGRegLoss(nn.Module):
+    """SIGReg (LeJEPA, Balestriero & LeCun 2025): pushes embeddings towards an isotropic standard Gaussian.
+
+    ``forward(z)`` with ``z`` of shape ``(N, D)`` returns :func:`jepa.ops.sigreg` of ``z`` on
+    ``num_slices`` random unit directions: the Epps–Pulley statistic of each 1-D projection, averaged
+    over the directions (about 1 for Gaussian samples, growing with ``N`` for collapsed or anisotropic
+    ones).
+
+    **Directions.** Every call draws fresh ``(D, num_slices)`` float32 unit columns on ``z``'s device from
+    a generator seeded by ``(seed, call index)``; the call index counts the calls of this module. So
+    every rank draws the same directions at the same call, and a run is reproducible. The call index
+    is saved by ``state_dict()`` and restored by ``load_state_dict()``: a resumed run continues the
+    same sequence of directions. (The CPU and CUDA generators differ, so the directions depend on the
+    device type.) :meth:`directions` returns those of any call.
+
+    **Distributed** (``distributed=True`` and ``torch.distributed`` initialised with more than one
+    process): each rank computes the empirical characteristic function of its own rows
+    (:func:`jepa.ops.sigreg_ecf`) times its row count, plus the row count; one autograd-aware
+    all-reduce (:func:`jepa.trainer.collectives.all_reduce_sum_autograd`) adds them over ranks; every
+    rank then evaluates the statistic of the global ECF of all ``sum_r N_r`` rows.
+
+    * Value: on every rank, exactly the one-process value on the concatenation of all ranks' rows
+      (per-rank row counts may differ).
+    * Gradient, DDP's convention: the all-reduce's backward sums the gradients over ranks, so rank
+      ``r`` receives ``world_size * dL/dz_r`` for its own rows ``z_r``, where ``L`` is the
+      one-process statistic on the concatenation. DistributedDataParallel (and FSDP) average the
+      parameter gradients over ranks, dividing by ``world_size``: the update is exactly the gradient
+      of one process holding the whole batch, and adding per-rank mean losses (which that averaging
+      turns into global means) keeps the total right. Without that averaging (a hand-written
+      all-reduce of gradients with SUM), divide by ``world_size`` yourself.
+    * Every rank must call forward and backward together (the backward is a collective too).
+    * Only ``2 * num_slices * knots + 1`` numbers cross the network, whatever ``N`` and ``D``.
+
+    With ``distributed=False``, or rows already gathered from every rank, each rank's statistic is
+    that of its own rows.
+
+    Args:
+        num_slices: number of random directions ``M`` per call (>= 1).
+        t_max: last knot of the characteristic function (> 0).
+        knots: number of knots on ``[0, t_max]`` (>= 2).
+        seed: seed of the direction sequence (an int >= 0).
+        distributed: average over ranks as above when running with more than one process.
+    """
+
+    def __init__(self, num_slices: int = 1024, t_max: float = 3.0, knots: int = 17, seed: int = 0, *,
+                 distributed: bool = True) -> None:
+        super().__init__()
+        if isinstance(num_slices, bool) or not isinstance(num_slices, int) or num_slices < 1:
+            raise ValueError(f"SIGRegLoss: num_slices must be an int >= 1, got {num_slices!r}")
+        if isinstance(t_max, bool) or not isinstance(t_max, (int, float)) or not (math.isfinite(t_max) and t_max > 0):
+            raise ValueError(f"SIGRegLoss: t_max must be a finite number > 0, got {t_max!r}")
+        if isinstance(knots, bool) or not isinstance(knots, int) or knots < 2:
+            raise ValueError(f"SIGRegLoss: knots must be an int >= 2, got {knots!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MASK64:
+            raise ValueError(f"SIGRegLoss: seed must be an int in [0, 2**64), got {seed!r}")
+        if not isinstance(distributed, bool):
+            raise TypeError(f"SIGRegLoss: distributed must be a bool, got {type(distributed).__name__}")
+        self.num_slices = num_slices
+        self.t_max = float(t_max)
+        self.knots = knots
+        self.seed = seed
+        self.distributed = distributed
+        self._calls = 0
+
+    @property
+    def calls(self) -> int:
+        """How many times the loss has been called: the index of the next call's directions."""
+        return self._calls
+
+    def directions(self, dim: int, device: torch.device | str = "cpu", call: int | None = None) -> torch.Tensor:
+        """The ``(dim, num_slices)`` float32 unit directions of call ``call`` (default: the next call)."""
+        call = self._calls if call is None else call
+        if isinstance(call, bool) or not isinstance(call, int) or call < 0:
+            raise ValueError(f"SIGRegLoss: call must be an int >= 0, got {call!r}")
+        gen = torch.Generator(device=device)
+        gen.manual_seed(_splitmix64(_splitmix64(self.seed) ^ call))
+        a = torch.randn(dim, self.num_slices, generator=gen, device=device, dtype=torch.float32)
+        return a / a.norm(dim=0, keepdim=True)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """The SIGReg statistic of the rows of ``z`` (``(N, D)``, floating point), a scalar tensor."""
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(f"SIGRegLoss: z must be a tensor, got {type(z).__name__}")
+        if not z.is_floating_point():
+            raise TypeError(f"SIGRegLoss: z must be a floating-point tensor, got dtype {z.dtype}")
+        if z.dim() != 2 or z.shape[0] < 1 or z.shape[1] < 1:
+            raise ValueError(
+                f"SIGRegLoss: z must be (N, D) embeddings with N >= 1 and D >= 1, got shape {tuple(z.shape)}; "
+                "pool or flatten token dimensions first"
+            )
+        a = self.directions(z.shape[1], z.device)
+        self._calls += 1
+        if not (self.distributed and multi_process()):
+            return sigreg(z, a, self.t_max, self.knots)
+        ecf = sigreg_ecf(z, a, self.t_max, self.knots)
+        n_local = z.shape[0]
+        count = torch.full((1,), float(n_local), dtype=ecf.dtype, device=ecf.device)
+        total = all_reduce_sum_autograd(torch.cat([ecf.reshape(-1) * n_local, count]))
+        n_total = total[-1]
+        return sigreg_from_ecf((total[:-1] / n_total).view_as(ecf), n_total, self.t_max)
+
+    def get_extra_state(self) -> dict:
+        """The call index (saved in ``state_dict()`` so a resumed run draws the same directions)."""
+        return {"calls": self._calls}
+
+    def set_extra_state(self, state: dict) -> None:
+        """Restore the call index saved by :meth:`get_extra_state`."""
+        calls = state.get("calls") if isinstance(state, dict) else None
+        if isinstance(calls, bool) or not isinstance(calls, int) or calls < 0:
+            raise ValueError(f"SIGRegLoss: state must be a dict with an int 'calls' >= 0, got {state!r}")
+        self._calls = calls
+
+    def extra_repr(self) -> str:
+        return (f"num_slices={self.num_slices}, t_max={self.t_max}, knots={self.knots}, seed={self.seed}, "
+                f"distributed={self.distributed}")
