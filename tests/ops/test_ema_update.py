@@ -9,9 +9,12 @@ import time
 import pytest
 import torch
 
+import importlib
+
 import jepa.ops as ops
 from jepa.ops import BackendUnavailableError, _backend, _native
-from jepa.ops import ema as ema_mod
+
+ema_mod = importlib.import_module("jepa.ops.ema_update")  # the module (jepa.ops.ema_update is also the function)
 from oracles import multi_rel_err as _rel_err
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -291,7 +294,7 @@ def test_forcing_gpu_backends_on_cpu_tensors_raises(native, backend, monkeypatch
 
 
 def test_forcing_triton_raises_even_for_empty_lists(monkeypatch):
-    monkeypatch.setattr(ema_mod, "triton_available", lambda: False)  # as where triton is not installed
+    monkeypatch.setattr(_backend, "triton_available", lambda: False)  # as where triton is not installed
     monkeypatch.setenv("JEPA_BACKEND", "triton")
     with pytest.raises(BackendUnavailableError, match="triton"):
         ops.ema_update([], [], 0.5)
@@ -427,9 +430,18 @@ def test_dtype_mismatch_within_pair():
         ops.ema_update([torch.zeros(2)], [torch.zeros(2, dtype=torch.float16)], 0.5)
 
 
-def test_empty_lists_are_a_no_op():
-    ops.ema_update([], [], 0.5)
-    ops.ema_update(iter(()), iter(()), 0.5)
+def test_empty_lists_are_a_no_op(monkeypatch):
+    """Nothing is planned, launched or computed for empty lists (and they return None), but the momentum
+    is still checked."""
+    calls = []
+    for name in ("_run_cpp", "_run_cuda", "_run_triton", "ema_update_reference"):
+        monkeypatch.setattr(ema_mod, name, lambda *a, _name=name: calls.append(_name))
+    monkeypatch.setattr(ema_mod._native, "get_plan", lambda *a: calls.append("get_plan"))
+    assert ops.ema_update([], [], 0.5) is None
+    assert ops.ema_update(iter(()), iter(()), 0.5) is None
+    assert calls == []
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\], got 1.5"):
+        ops.ema_update([], [], 1.5)
 
 
 def test_native_binding_validates_its_arguments(native):
@@ -470,7 +482,7 @@ def test_has_cuda_is_consistent(native):
         assert info["cuda_runtime_version"] is None
         assert native.cuda_device_count() == 0
         with pytest.raises(RuntimeError, match="without CUDA"):
-            native.ema_update_cuda([0], [0], [0], native.DTYPE_FLOAT32, 0.5, 0)
+            native.ema_update_cuda(native.TensorTable([[0], [0]], [0], native.DTYPE_FLOAT32), 0.5, 0, 0)
     if torch.cuda.is_available() and native.has_cuda():
         assert native.cuda_device_count() == torch.cuda.device_count()
 
