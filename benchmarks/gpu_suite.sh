@@ -4,7 +4,7 @@
 #
 #   1. build + install jepa with its CUDA kernels, offline (no build isolation: scikit-build-core,
 #      pybind11, cmake must be installed), for JEPA_CUDA_ARCHS (default 90; read from the environment);
-#   2. every CUDA/Triton test (tests/ops, tests/amp; the pinned tile configurations:
+#   2. every CUDA/Triton test (tests/ops, tests/amp, the CUDA test of tests/io; the pinned tile configurations:
 #      JEPA_TRITON_AUTOTUNE=0), in parallel with pytest-xdist when it is installed; the ahead-of-time
 #      compile tests (marker aot) are left to the CPU CI;
 #   3. every GPU benchmark (bench_attention with the route table, bench_ema_update, bench_jepa_loss,
@@ -122,7 +122,8 @@ if "$PY" -c "import xdist" >/dev/null 2>&1; then
 fi
 # `python -P -m pytest`: the installed package, not the source tree (as CI's bare `pytest`).
 wanted tests && run_step tests 240 "$OUT/tests.log" env JEPA_TRITON_AUTOTUNE=0 JEPA_REQUIRE_EXTENSION=1 \
-    "$PY" -P -m pytest -q -p no:cacheprovider -m "not aot" "${XDIST[@]}" --junitxml="$OUT/tests.xml" tests/ops tests/amp
+    "$PY" -P -m pytest -q -p no:cacheprovider -m "not aot" "${XDIST[@]}" --junitxml="$OUT/tests.xml" \
+    tests/ops tests/amp tests/io/test_io_async.py
 
 # ---------------------------------------------------------------------------------------------- 3. benchmarks
 bench() {  # bench NAME LIMIT [ARGS...]

@@ -541,3 +541,26 @@ def test_update_is_visible_to_autograd(native, backend):
     assert target._version > before
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+def test_old_module_path_still_imports_the_op():
+    from jepa.ops.ema import ema_update as old_name, ema_update_reference as old_ref  # noqa: PLC0415
+
+    assert old_name is ops.ema_update and old_ref is ops.ema_update_reference
+
+
+def test_device_layout_of_a_table(native):
+    """What the CUDA kernel reads from device memory: pointers, element prefix sums, per-tensor chunk
+    prefix sums (32 KiB chunks), and whether every buffer is 16-byte aligned."""
+    ts = [torch.zeros(5), torch.zeros(0), torch.zeros(20000)]
+    os_ = [torch.zeros(5), torch.zeros(0), torch.zeros(20000)]
+    tp, op = [t.data_ptr() for t in ts], [o.data_ptr() for o in os_]
+    table = native.TensorTable([tp, op], [5, 0, 20000], native.DTYPE_FLOAT32)
+    chunk = 32768 // 4
+    assert table.device_layout() == tp + op + [0, 5, 5, 20005] + [0, 1, 1, 1 + -(-20000 // chunk)]
+    assert table.aligned16
+    half = torch.zeros(40000, dtype=torch.float16)
+    t16 = native.TensorTable([[half.data_ptr()], [half.data_ptr()]], [40000], native.DTYPE_FLOAT16)
+    assert t16.device_layout()[-2:] == [0, -(-40000 // (32768 // 2))]
+    odd = torch.zeros(9)[1:]  # 4 bytes past a 16-byte boundary
+    assert not native.TensorTable([[odd.data_ptr()], [odd.data_ptr()]], [8], native.DTYPE_FLOAT32).aligned16
