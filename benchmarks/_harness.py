@@ -131,12 +131,15 @@ def measure_gpu(fn: Callable[[], Any], *, warmup: int = 3, repeat: int = 15) -> 
         from triton.testing import do_bench  # noqa: PLC0415
     except ImportError:
         do_bench = None
+    values = None
     if do_bench is not None:
-        once_ms = do_bench(fn, warmup=1, rep=1, return_mode="median")
-        rep_ms = max(25.0, once_ms * repeat)
-        values = do_bench(fn, warmup=max(25.0, once_ms * warmup), rep=rep_ms, return_mode="all")
-        values = [v / 1e3 for v in values]
-    else:
+        try:
+            once_ms = do_bench(fn, warmup=1, rep=1, return_mode="median")
+            rep_ms = max(25.0, once_ms * repeat)
+            values = [v / 1e3 for v in do_bench(fn, warmup=max(25.0, once_ms * warmup), rep=rep_ms, return_mode="all")]
+        except (TypeError, ValueError, AssertionError):  # a Triton without return_mode="all"
+            values = None
+    if values is None:
         for _ in range(warmup):
             fn()
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeat)]
