@@ -93,6 +93,7 @@ def _compile(job: dict) -> dict:
 
 def main() -> int:
     os.environ.pop("TRITON_INTERPRET", None)
+    os.environ.setdefault("TRITON_DISABLE_LINE_INFO", "1")  # no debug line tables: less work per compile
     jobs = json.load(sys.stdin)
     workers = max(1, min(4, os.cpu_count() or 1, len(jobs)))
     if workers == 1:
