@@ -199,7 +199,7 @@ def measure_routes(report, args, dtypes, out_path: Path):
             entries.append({"arch": arch, "dtype": dname, "head_dim": d, "n": n, "causal": False, "backend": winner,
                             "triton_ms": round(ours.median * 1e3, 4), "sdpa_ms": None if best is None else round(best * 1e3, 4),
                             "sdpa": {k2: round(t.median * 1e3, 4) for k2, t in timings.items()},
-                            "shape": [b, h, n, d], "device": torch.cuda.get_device_name(),
+                            "shape": [b, h, n, d], "device": torch.cuda.get_device_name(), "tiles": _tiles(),
                             "torch": torch.__version__, "triton": _triton_version()})
             report.add(f"route {arch} {dname} d={d} N={n} B={b} H={h} fwd+bwd", ours, best, reference_name="best sdpa",
                        winner=winner)
@@ -210,6 +210,13 @@ def measure_routes(report, args, dtypes, out_path: Path):
     attention_routes.clear_cache()
     report.note(f"route table ({sum(e['backend'] == 'triton' for e in entries)} of {len(entries)} buckets to Triton) "
                 f"written to {out_path}; copy it to {attention_routes.ROUTES_FILE} to ship it")
+
+
+def _tiles() -> str:
+    """How our kernel chose its tiles for these measurements (JEPA_TRITON_AUTOTUNE)."""
+    from jepa.kernels.triton import attention as kern  # noqa: PLC0415
+
+    return "autotuned" if kern.autotune_enabled() else "pinned"
 
 
 def _triton_version():
