@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compile-check every kernels/cuda/*.cu with nvcc for sm_80 and sm_90, warnings as errors
-# (nvcc's own and the host compiler's). Nothing runs on a GPU. Usage: bash .ci/check_cuda.sh
+# (nvcc's own, ptxas's register spills and local-memory use, and the host compiler's). Nothing runs
+# on a GPU. Usage: bash .ci/check_cuda.sh
 # Env: NVCC (default: nvcc on PATH), JEPA_CUDA_CHECK_ARCHS (default: "80 90").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ status=0
 for src in "${sources[@]}"; do
     for arch in $ARCHS; do
         if "$NVCC" -c -std=c++17 -O3 -arch="sm_${arch}" \
-            -Werror all-warnings -Xcompiler=-Wall,-Wextra,-Werror \
+            -Werror all-warnings -Xptxas=-warn-spills,-warn-lmem-usage -Xcompiler=-Wall,-Wextra,-Werror \
             -I csrc/include "$src" -o "$out/$(basename "$src" .cu).sm_${arch}.o"; then
             echo "check_cuda: ok   $src sm_${arch}"
         else

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["Timing", "Report", "apply_threads", "make_parser", "measure", "environment", "cuda_sync"]
+__all__ = ["Timing", "Report", "apply_threads", "make_parser", "measure", "measure_gpu", "environment", "cuda_sync"]
 
 
 @dataclass
@@ -61,6 +61,14 @@ def add_interpret_smoke(parser: argparse.ArgumentParser) -> None:
     """The ``--interpret-smoke`` flag of the Triton benchmarks."""
     parser.add_argument("--interpret-smoke", action="store_true",
                         help="run tiny sizes on the CPU under TRITON_INTERPRET=1 (checks the script, not speed)")
+
+
+def timer(device: str, args: argparse.Namespace) -> Callable[[Callable[[], Any]], Timing]:
+    """``time(fn)`` for a benchmark on ``device``: CUDA events (:func:`measure_gpu`) on a GPU, wall clock
+    on the CPU, with the script's ``--warmup``/``--repeat``."""
+    if device == "cuda":
+        return lambda fn: measure_gpu(fn, warmup=args.warmup, repeat=args.repeat)
+    return lambda fn: measure(fn, warmup=args.warmup, repeat=args.repeat)
 
 
 def triton_bench_device(args: argparse.Namespace) -> str:
@@ -92,7 +100,8 @@ def triton_bench_skip_reason(device: str) -> str:
 
 def copy_bandwidth(args: argparse.Namespace, device: str = "cuda") -> float:
     """Bytes per second of a device-to-device copy (read + write counted): the bandwidth floor of
-    memory-bound kernels. 1 GiB (256 MiB with --quick; 1 MiB off CUDA, for smoke runs)."""
+    memory-bound kernels. 1 GiB (256 MiB with --quick; 1 MiB off CUDA, for smoke runs), timed with
+    CUDA events on a GPU."""
     import torch  # noqa: PLC0415
 
     n = (256 << 20) if args.quick else (1 << 30)
@@ -100,9 +109,48 @@ def copy_bandwidth(args: argparse.Namespace, device: str = "cuda") -> float:
         n = 1 << 20
     src = torch.empty(n // 4, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)
-    t = measure(lambda: dst.copy_(src), warmup=args.warmup, repeat=args.repeat, sync=cuda_sync if device == "cuda" else None)
+    if device == "cuda":
+        t = measure_gpu(lambda: dst.copy_(src), warmup=args.warmup, repeat=args.repeat)
+    else:
+        t = measure(lambda: dst.copy_(src), warmup=args.warmup, repeat=args.repeat)
     del src, dst
     return 2 * n / t.median
+
+
+def measure_gpu(fn: Callable[[], Any], *, warmup: int = 3, repeat: int = 15) -> Timing:
+    """Time a GPU ``fn()`` with CUDA events, not host clocks: ``triton.testing.do_bench`` (which also
+    flushes the L2 cache between calls, so a bandwidth-bound kernel is not timed on a warm cache) when
+    triton is installed, else a loop of ``torch.cuda.Event`` pairs. µs-scale kernels are then timed by the
+    GPU, without the launch and synchronization latency a host timer adds to each call. ``warmup`` and
+    ``repeat`` are the minimum numbers of calls (do_bench runs at least 25 ms of each)."""
+    import torch  # noqa: PLC0415
+
+    fn()
+    torch.cuda.synchronize()
+    try:
+        from triton.testing import do_bench  # noqa: PLC0415
+    except ImportError:
+        do_bench = None
+    values = None
+    if do_bench is not None:
+        try:
+            once_ms = do_bench(fn, warmup=1, rep=1, return_mode="median")
+            rep_ms = max(25.0, once_ms * repeat)
+            values = [v / 1e3 for v in do_bench(fn, warmup=max(25.0, once_ms * warmup), rep=rep_ms, return_mode="all")]
+        except (TypeError, ValueError, AssertionError):  # a Triton without return_mode="all"
+            values = None
+    if values is None:
+        for _ in range(warmup):
+            fn()
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeat)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeat)]
+        for a, b in zip(starts, ends):
+            a.record()
+            fn()
+            b.record()
+        torch.cuda.synchronize()
+        values = [a.elapsed_time(b) / 1e3 for a, b in zip(starts, ends)]
+    return Timing(statistics.median(values), min(values), max(values), len(values), values)
 
 
 def measure(

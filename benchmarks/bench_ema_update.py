@@ -11,10 +11,29 @@
     re-read every data pointer per call for safety), and ``JEPA.update_target_encoder``, which keeps
     the encoder and its EMA copy in flat buffers and so pays no per-tensor cost at all.
 
-Targets (CPU): (a) ours <= 1.15x the floor; (b) ours >= 5x faster than _foreach_lerp_.
-GPU rows run when CUDA and jepa._C's CUDA kernels are available, else print "no GPU: skipped".
+GPU rows (CUDA; timed with CUDA events, ``triton.testing.do_bench``, which also flushes L2 between calls):
+(c) a ViT-H/14-sized set (32 blocks of dim 1280: ~632M parameters in ~390 tensors; ``--size`` picks
+    vit_h, vit_l, vit_b or millions of parameters), float32 and bfloat16: ``jepa.ops.ema_update`` forced
+    to ``cuda`` (jepa._C) and to ``triton`` (float momentum, and a 0-d device-tensor momentum: no host
+    sync) against the per-parameter loop and ``_foreach_lerp_``;
+(d) the EMA the trainer actually runs: ``JEPA.update_target_encoder`` keeps the encoder and its EMA copy
+    as views of one flat buffer per dtype, so each step is one ``ema_update`` over one flat pair: timed
+    on the same parameter count, against ``torch.lerp_`` on the flat pair;
+(e) ``JEPA.update_target_encoder`` on 1000 x Linear(32, 32) (per-tensor overhead on a GPU).
+The floor is the EMA's bytes (read target and online, write target: 3x one set) over the measured copy
+bandwidth.
 
-Usage: python benchmarks/bench_ema_update.py [--out results.json] [--quick] [--repeat N]
+Targets, restated to what memory bandwidth allows: on the CPU (a) ours <= 1.15x the floor, (b) ours >=
+5x faster than _foreach_lerp_; on the GPU the flat-buffer EMA (d) and the CUDA list EMA (c) >= 80% of copy
+bandwidth, and (c) >= 1.5x the per-parameter loop. (An earlier ">= 10x the per-parameter loop" cannot be
+met on a large model: the loop is memory-bound as well, ``mul_`` + ``add_`` move 5 bytes per 3 of the
+fused kernel, so ~1.7x is the most a fused EMA can gain once launch overhead is amortized; 10x holds only
+for models of many tiny tensors, row (e).)
+GPU rows run when CUDA is available, else print "no GPU: skipped".
+
+Usage: python benchmarks/bench_ema_update.py [--out results.json] [--quick] [--repeat N] [--size vit_h]
+       python benchmarks/bench_ema_update.py --interpret-smoke   (no GPU: the Triton rows on the CPU through
+       Triton's interpreter at tiny sizes; checks the script, the timings mean nothing)
 """
 
 from __future__ import annotations
@@ -25,7 +44,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Report, apply_threads, cuda_sync, make_parser, measure  # noqa: E402
+from _harness import (  # noqa: E402
+    Report, add_interpret_smoke, apply_threads, copy_bandwidth, make_parser, measure, timer, triton_bench_device,
+)
 
 import jepa.ops as ops  # noqa: E402
 from jepa.ops import _backend  # noqa: E402
@@ -152,16 +173,151 @@ class argparse_like:  # noqa: N801 - a tiny stand-in for the parsed args of floo
         self.warmup, self.repeat = warmup, repeat
 
 
+PRESETS = {"vit_b": (12, 768, 16), "vit_l": (24, 1024, 16), "vit_h": (32, 1280, 14)}
+
+
+def vit_shapes(depth: int, dim: int, patch: int, mlp_ratio: int = 4, tokens: int = 257):
+    """Parameter shapes of a ViT (timm layout)."""
+    hidden = dim * mlp_ratio
+    shapes = [(dim, 3, patch, patch), (dim,), (1, 1, dim), (1, tokens, dim)]
+    for _ in range(depth):
+        shapes += [(dim,), (dim,), (3 * dim, dim), (3 * dim,), (dim, dim), (dim,)]
+        shapes += [(dim,), (dim,), (hidden, dim), (hidden,), (dim, hidden), (dim,)]
+    return shapes + [(dim,), (dim,)]
+
+
+def gpu_shapes(size: str, quick: bool):
+    if size in PRESETS:
+        depth, dim, patch = PRESETS[size]
+    else:
+        try:
+            millions = float(size)
+        except ValueError:
+            raise SystemExit(f"--size must be one of {', '.join(PRESETS)} or a number of millions, got {size!r}") from None
+        if millions <= 0:
+            raise SystemExit(f"--size must be > 0 million parameters, got {size!r}")
+        depth, dim, patch = PRESETS["vit_h"]
+        depth = max(1, round(millions * 1e6 / (12 * dim * dim + 13 * dim)))
+    return vit_shapes(2 if quick else depth, dim, patch)
+
+
+def gpu_list_rows(report, args, device, bw, dtype, shapes):
+    """(c) lists of tensors: cuda / triton backends vs the per-parameter loop and _foreach_lerp_."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    targets = [torch.randn(s, device=device, generator=gen).to(dtype) for s in shapes]
+    onlines = [torch.randn(s, device=device, generator=gen).to(dtype) for s in shapes]
+    numel = sum(t.numel() for t in targets)
+    nbytes = 3 * numel * targets[0].element_size()
+    floor = nbytes / bw
+    label = f"{device} ema {str(dtype).replace('torch.', '')} {numel / 1e6:.1f}M params, {len(shapes)} tensors"
+    m_dev = torch.tensor(MOMENTUM, device=device)
+    time = timer(device, args)
+
+    def forced(backend, m):
+        def fn():
+            with ops.use_backend(ema_update=backend):
+                ops.ema_update(targets, onlines, m)
+        return fn
+
+    loop = time(lambda: per_param_loop(targets, onlines, MOMENTUM))
+    foreach = time(lambda: foreach_lerp(targets, onlines, MOMENTUM))
+    ours = {}
+    if _backend.triton_available():
+        ours["triton"] = time(forced("triton", MOMENTUM))
+        ours["triton (device momentum)"] = time(forced("triton", m_dev))
+    if device == "cuda" and _backend.cuda_kernels_available():
+        ours["jepa._C cuda"] = time(forced("cuda", MOMENTUM))
+    extra = {"numel": numel, "tensors": len(shapes), "bytes_moved": nbytes}
+    for name, timing in ours.items():
+        gbps = nbytes / timing.median
+        for ref, ref_name in ((loop, "mul_+add_ loop"), (foreach, "_foreach_lerp_")):
+            report.add(f"{label} {name}", timing, ref, floor_s=floor, reference_name=ref_name,
+                       ours_GBps=gbps / 1e9, fraction_of_copy_bw=gbps / bw, **extra)
+    best = ours.get("jepa._C cuda") or ours.get("triton")
+    if best is not None and device == "cuda" and not args.quick:
+        report.target(f"{label}: fraction of copy bandwidth", nbytes / best.median / bw, 0.8, higher_is_better=True)
+        report.target(f"{label}: per-param loop / ours", loop.median / best.median, 1.5, higher_is_better=True)
+    del targets, onlines
+    return numel
+
+
+def gpu_flat_rows(report, args, device, bw, dtype, numel):
+    """(d) the trainer's flat-buffer EMA: one ema_update over one flat pair of `numel` elements."""
+    gen = torch.Generator(device=device).manual_seed(1)
+    flat_t = torch.randn(numel, device=device, generator=gen).to(dtype)
+    flat_o = torch.randn(numel, device=device, generator=gen).to(dtype)
+    nbytes = 3 * numel * flat_t.element_size()
+    time = timer(device, args)
+    ours = time(lambda: ops.ema_update([flat_t], [flat_o], MOMENTUM))  # auto: what JEPA.update_target_encoder runs
+    ref = time(lambda: flat_t.lerp_(flat_o, 1.0 - MOMENTUM))
+    label = f"{device} ema flat buffer (JEPA.update_target_encoder) {str(dtype).replace('torch.', '')} {numel / 1e6:.1f}M params"
+    report.add(label, ours, ref, floor_s=nbytes / bw, reference_name="torch.lerp_ on the flat pair",
+               ours_GBps=nbytes / ours.median / 1e9, fraction_of_copy_bw=nbytes / ours.median / bw)
+    if device == "cuda" and not args.quick:
+        report.target(f"{label}: fraction of copy bandwidth", nbytes / ours.median / bw, 0.8, higher_is_better=True)
+    del flat_t, flat_o
+
+
+def gpu_small_model_rows(report, args, device, n_layers=1000):
+    """(e) JEPA.update_target_encoder on many tiny tensors (flat layout) vs _foreach_lerp_ / the loop."""
+    from jepa.models import JEPA  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(*[torch.nn.Linear(32, 32) for _ in range(n_layers)]).to(device)
+    model = JEPA(encoder=encoder, predictor=torch.nn.Identity())
+    targets, onlines = list(model.target_encoder.parameters()), list(model.encoder.parameters())
+    time = timer(device, args)
+    ours = time(lambda: model.update_target_encoder(MOMENTUM))
+    label = f"{device} fp32 JEPA.update_target_encoder, {len(targets)} tensors ({n_layers} x Linear(32,32))"
+    report.add(label, ours, time(lambda: foreach_lerp(targets, onlines, MOMENTUM)), reference_name="_foreach_lerp_")
+    report.add(label, ours, time(lambda: per_param_loop(targets, onlines, MOMENTUM)), reference_name="mul_+add_ loop")
+
+
+def gpu_rows(report, args, device):
+    if device == "cuda" and not torch.cuda.is_available():
+        report.skip("gpu ema_update", "no GPU: skipped")
+        return
+    if device != "cuda" and not _backend.triton_available():
+        report.skip("gpu ema_update", "no GPU: skipped (triton is not installed)")
+        return
+    shapes = gpu_shapes(args.size, args.quick) if device == "cuda" else vit_shapes(1, 64, 4, tokens=17)
+    bw = copy_bandwidth(args, device)
+    report.note(f"measured {device} copy bandwidth: {bw / 1e9:.0f} GB/s (read + write)")
+    if device == "cuda" and not _backend.cuda_kernels_available():
+        report.note("jepa._C has no usable CUDA kernels here: no 'jepa._C cuda' rows")
+    if device != "cuda":
+        report.note("--interpret-smoke: CPU + Triton interpreter, tiny sizes; the timings mean nothing")
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.bfloat16):
+            numel = gpu_list_rows(report, args, device, bw, dtype, shapes)
+            if device == "cuda":
+                gpu_flat_rows(report, args, device, bw, dtype, numel)
+                torch.cuda.empty_cache()
+        if device == "cuda":
+            gpu_small_model_rows(report, args, device, n_layers=200 if args.quick else 1000)
+
+
 def main() -> int:
     parser = make_parser(__doc__.splitlines()[0])
+    parser.add_argument("--size", default="vit_h", help="GPU rows: vit_h (632M, default), vit_l, vit_b, or millions")
+    parser.add_argument("--no-cpu", action="store_true", help="skip the CPU rows")
+    add_interpret_smoke(parser)
     args = parser.parse_args()
     apply_threads(args)
+    gpu_shapes(args.size, args.quick)  # validates --size also where there is no GPU
+    device = triton_bench_device(args)
     if args.quick:
         args.repeat, args.warmup = min(args.repeat, 5), min(args.warmup, 1)
     report = Report("ema_update", args)  # after apply_threads: the environment records the thread count
+    if not args.no_cpu and not args.interpret_smoke:
+        cpu_rows(report, args)
+    gpu_rows(report, args, device)
+    return report.finish()
+
+
+def cpu_rows(report, args) -> None:
     shapes = vit_b_shapes(depth=2 if args.quick else 12)
-    native = _backend.native_module()
-    if native is None:
+    if _backend.native_module() is None:
         report.note("jepa._C is not built: 'ours' is the torch fallback")
     with torch.no_grad():
         ours, floor, _ = big_set(report, args, "cpu", torch.float32, shapes, with_loop=True, sync=None)
@@ -174,14 +330,6 @@ def main() -> int:
         if not args.quick:
             report.target("cpu 2,000 small tensors (ops.ema_update on lists): _foreach_lerp_ / ours", small_ref / small_ours, 5.0, higher_is_better=True)
             report.target("cpu 2,000 small tensors (JEPA flat layout): _foreach_lerp_ / ours", jepa_ref / jepa_ours, 5.0, higher_is_better=True)
-
-        if torch.cuda.is_available() and _backend.cuda_kernels_available():
-            big_set(report, args, "cuda", torch.float32, shapes, with_loop=True, sync=cuda_sync)
-            big_set(report, args, "cuda", torch.bfloat16, shapes, with_loop=False, sync=cuda_sync)
-            small_set(report, args, "cuda", cuda_sync, n_layers=200 if args.quick else 1000)
-        else:
-            report.skip("cuda ema_update", "no GPU: skipped")
-    return report.finish()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Run every benchmark script of benchmarks/ (bench_*.py, checkpoint.py, amp.py, gpu_*.py), each
-writing its JSON into --out-dir. quality.py (a multi-seed training run, minutes) only runs when
-named with --only quality.
+"""Run every benchmark script of benchmarks/ (bench_<op>.py: CPU and GPU rows in one script each,
+bench_trainer.py, checkpoint.py), each writing its JSON into --out-dir. quality.py (a multi-seed
+training run, minutes) only runs when named with --only quality. On a GPU machine,
+benchmarks/gpu_suite.sh builds with CUDA, runs the GPU tests and the GPU rows in one go.
 
 Usage: python benchmarks/run_all.py [--out-dir bench-results] [--quick] [--only NAME ...]
 Exit status: 1 when a benchmark crashed (or, with --strict, missed a target), else 0.

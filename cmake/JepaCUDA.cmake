@@ -3,7 +3,9 @@
 #   -DJEPA_CUDA=AUTO (default)  build the kernels in kernels/cuda when a working CUDA toolkit is found
 #   -DJEPA_CUDA=ON              require CUDA (configure fails without a working toolkit)
 #   -DJEPA_CUDA=OFF             CPU-only module, CUDA is not looked for
-#   -DJEPA_CUDA_ARCHS="80;90"   GPU architectures (CMAKE_CUDA_ARCHITECTURES syntax, e.g. "80;90a" or "native")
+#   -DJEPA_CUDA_ARCHS="80;90"   GPU architectures (CMAKE_CUDA_ARCHITECTURES syntax, e.g. "80;90a" or "native");
+#                              without -D, the JEPA_CUDA_ARCHS environment variable, else "80;90" (pip passes
+#                              the environment variable as -D through pyproject.toml, on every build)
 #
 # Sets JEPA_WITH_CUDA (ON/OFF) and, when ON, enables the CUDA language. AUTO checks the compiler with
 # check_language(CUDA) (which compiles and links a tiny CUDA program), so a broken or partial toolkit
@@ -11,7 +13,12 @@
 
 set(JEPA_CUDA "AUTO" CACHE STRING "Build the CUDA kernels: AUTO, ON or OFF")
 set_property(CACHE JEPA_CUDA PROPERTY STRINGS AUTO ON OFF)
-set(JEPA_CUDA_ARCHS "80;90" CACHE STRING "CUDA architectures of the kernels (e.g. 80;90)")
+if(DEFINED ENV{JEPA_CUDA_ARCHS} AND NOT "$ENV{JEPA_CUDA_ARCHS}" STREQUAL "")
+  set(_jepa_archs_default "$ENV{JEPA_CUDA_ARCHS}")
+else()
+  set(_jepa_archs_default "80;90")
+endif()
+set(JEPA_CUDA_ARCHS "${_jepa_archs_default}" CACHE STRING "CUDA architectures of the kernels (e.g. 80;90)")
 
 string(TOUPPER "${JEPA_CUDA}" _jepa_cuda_mode)
 if(_jepa_cuda_mode STREQUAL "TRUE" OR _jepa_cuda_mode STREQUAL "YES" OR _jepa_cuda_mode STREQUAL "1")
@@ -56,9 +63,9 @@ set(JEPA_WITH_CUDA OFF)
 if(NOT _jepa_cuda_mode STREQUAL "OFF")
   # The architectures must be known before the compiler check so that it compiles for them too
   # (CUDA 13's default architecture list would otherwise be used).
-  if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
-    set(CMAKE_CUDA_ARCHITECTURES "${JEPA_CUDA_ARCHS}")
-  endif()
+  # JEPA_CUDA_ARCHS decides (a CMAKE_CUDA_ARCHITECTURES left in the cache by an earlier configure would
+  # otherwise keep the old list when only JEPA_CUDA_ARCHS changed).
+  set(CMAKE_CUDA_ARCHITECTURES "${JEPA_CUDA_ARCHS}")
   include(CheckLanguage)
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)

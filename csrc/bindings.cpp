@@ -11,7 +11,9 @@
 //   dtype_size(dtype_code: int) -> int        element size in bytes
 //   class TensorTable(ptr_lists: list[list[int]], numels: list[int], dtype_code: int)
 //       validated table of `depth` parallel pointer lists (for the EMA: [target_ptrs, online_ptrs]);
-//       properties depth, num_tensors, total_numel, dtype_code; numels() -> list[int]
+//       properties depth, num_tensors, total_numel, dtype_code, aligned16; numels() -> list[int];
+//       device_layout() -> list[int]: the int64 words the CUDA EMA kernel reads (pointer lists, element
+//       prefix sums, per-tensor chunk prefix sums)
 //   class ObjectIds(objects: list)            the identities (addresses) of a list's objects, kept as ints
 //       matches(objects: list) -> bool        same length and objects[i] is the i-th recorded object
 //       (a plan-cache check; holds no references, so the caller must know the objects are alive)
@@ -21,11 +23,10 @@
 //              momentum: float, num_threads: int = 0) -> int
 //       CPU: target <- momentum * target + (1 - momentum) * online for every pair; GIL released;
 //       num_threads <= 0 uses every hardware thread; returns the number of threads that ran
-//   ema_update_cuda(table: TensorTable, momentum: float, stream: int) -> None
-//   ema_update_cuda(target_ptrs: list[int], online_ptrs: list[int], numels: list[int], dtype_code: int,
-//                   momentum: float, stream: int) -> None
-//       the same on CUDA device pointers, one kernel launch on `stream` (current device); raises
-//       RuntimeError when the module was built without CUDA
+//   ema_update_cuda(table: TensorTable, momentum: float, stream: int, device_table: int) -> None
+//       the same on CUDA device pointers, one kernel launch on `stream` (current device); `device_table`
+//       is the device address of table.device_layout() (int64 words) copied there by the caller, who
+//       keeps it alive: nothing is allocated, copied or synchronized; RuntimeError without CUDA
 // ---- amp (loss scaling; defined in csrc/amp/amp_bindings.cpp, registered by register_amp) ----
 //   unscale_config() -> dict                  CPU unscale tuning: min/max_chunk_elements, min_elements_per_thread,
 //                                             avx2_half_path
@@ -143,15 +144,16 @@ int cpu_ema(const TensorTable& table, double momentum, int num_threads) {
   return jepa::cpu::ema_update(table, momentum, num_threads);
 }
 
-void cuda_ema(const TensorTable& table, double momentum, std::uintptr_t stream) {
+void cuda_ema(const TensorTable& table, double momentum, std::uintptr_t stream, std::uintptr_t device_table) {
   check_momentum(momentum);
 #if defined(JEPA_WITH_CUDA)
   if (table.depth() != 2) throw std::invalid_argument("ema_update_cuda: the table must hold 2 pointer lists");
   py::gil_scoped_release release;
-  jepa::cuda::ema_update(table, jepa::ema_weight(momentum), stream);
+  jepa::cuda::ema_update(table, jepa::ema_weight(momentum), stream, device_table);
 #else
   (void)table;
   (void)stream;
+  (void)device_table;
   throw std::runtime_error("ema_update_cuda: jepa._C was built without CUDA (has_cuda() is False)");
 #endif
 }
@@ -382,6 +384,11 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("num_tensors", &TensorTable::size, "Number of tensors per list.")
       .def_property_readonly("total_numel", &TensorTable::total, "Sum of the element counts.")
       .def_property_readonly("dtype_code", &TensorTable::dtype, "Dtype code of every buffer.")
+      .def_property_readonly("aligned16", &TensorTable::aligned16,
+                             "True when every non-empty buffer starts at a 16-byte boundary (vector loads).")
+      .def("device_layout", &TensorTable::device_layout,
+           "The int64 words the CUDA EMA kernel reads from device memory: the pointer lists, the element "
+           "prefix sums (n + 1) and the per-tensor chunk prefix sums (n + 1).")
       .def(
           "numels",
           [](const TensorTable& t) {
@@ -426,17 +433,9 @@ PYBIND11_MODULE(_C, m) {
       "CPU EMA over raw buffers: target <- m * target + (1 - m) * online. Returns the number of threads that ran.");
 
   m.def("ema_update_cuda", &cuda_ema, py::arg("table"), py::arg("momentum"), py::arg("stream"),
-        "CUDA EMA over a TensorTable of device pointers, one launch on `stream` (an int cudaStream_t).");
-  m.def(
-      "ema_update_cuda",
-      [](PtrList target_ptrs, PtrList online_ptrs, const NumelList& numels, int dtype_code, double momentum,
-         std::uintptr_t stream) {
-        check_momentum(momentum);
-        auto table = make_pair_table(std::move(target_ptrs), std::move(online_ptrs), numels, dtype_code);
-        cuda_ema(*table, momentum, stream);
-      },
-      py::arg("target_ptrs"), py::arg("online_ptrs"), py::arg("numels"), py::arg("dtype_code"), py::arg("momentum"),
-      py::arg("stream"), "CUDA EMA over raw device buffers, one launch on `stream` (an int cudaStream_t).");
+        py::arg("device_table"),
+        "CUDA EMA over a TensorTable of device pointers, one launch on `stream` (an int cudaStream_t); "
+        "`device_table` is the device address of table.device_layout() (owned by the caller).");
 
   // ---- amp (loss scaling): unscale_config, unscale, update_scale, unscale_cuda, update_scale_cuda ----
   jepa::register_amp(m);

@@ -50,10 +50,15 @@ class TensorListPlan:
     """Validated facts about parallel lists of tensors, reused across calls on the same tensors.
 
     ``route``: ``"cpu"`` or ``"cuda"`` when every tensor is a plain, contiguous tensor of one supported
-    dtype on one device of that type, else ``None`` and ``reason`` says why.
+    dtype on one device of that type, else ``None`` and ``reason`` says why. ``layout_reason`` says why
+    the tensors are not plain contiguous tensors on one CPU/CUDA device ("" when they are: ``ptrs`` is
+    then set, also for mixed dtypes); ``dtypes`` holds every dtype seen.
     """
 
-    __slots__ = ("ids", "ptrs", "numels", "route", "reason", "device", "dtype", "_table", "_refs", "__weakref__")
+    __slots__ = (
+        "ids", "ptrs", "numels", "route", "reason", "layout_reason", "device", "dtype", "dtypes", "_table",
+        "_device_table", "_refs", "__weakref__",
+    )
 
     def __init__(self, lists: Sequence[list[torch.Tensor]]) -> None:
         mod = native_module()
@@ -63,9 +68,12 @@ class TensorListPlan:
         self.numels: list[int] = []
         self.route: str | None = None
         self.reason = ""
+        self.layout_reason = ""
         self.device: torch.device | None = None
         self.dtype: torch.dtype | None = None
+        self.dtypes: frozenset = frozenset()
         self._table = None
+        self._device_table: torch.Tensor | None = None
         self._refs: list = []
         self._classify(lists)
 
@@ -73,26 +81,33 @@ class TensorListPlan:
         names = ("targets", "onlines") if len(lists) == 2 else tuple(f"lists[{k}]" for k in range(len(lists)))
         first = lists[0][0]
         self.device, self.dtype = first.device, first.dtype
+        dtypes = set()
+        mixed = ""
         for name, lst in zip(names, lists):
             for i, t in enumerate(lst):
                 if type(t) not in _PLAIN_TYPES:
-                    self.reason = f"{name}[{i}] is a {type(t).__name__}, not a plain torch.Tensor"
-                    return
-                if t.dtype != self.dtype:
-                    self.reason = f"mixed dtypes ({self.dtype} and {t.dtype} at {name}[{i}])"
+                    self.reason = self.layout_reason = f"{name}[{i}] is a {type(t).__name__}, not a plain torch.Tensor"
                     return
                 if t.device != self.device:
-                    self.reason = f"mixed devices ({self.device} and {t.device} at {name}[{i}])"
+                    self.reason = self.layout_reason = f"mixed devices ({self.device} and {t.device} at {name}[{i}])"
                     return
                 if not t.is_contiguous():
-                    self.reason = f"{name}[{i}] is not contiguous"
+                    self.reason = self.layout_reason = f"{name}[{i}] is not contiguous"
                     return
+                dtypes.add(t.dtype)
+                if not mixed and t.dtype != self.dtype:
+                    mixed = f"mixed dtypes ({self.dtype} and {t.dtype} at {name}[{i}])"
+        self.dtypes = frozenset(dtypes)
         if self.device.type not in ("cpu", "cuda"):
-            self.reason = f"device type {self.device.type!r} has no native kernel"
+            self.reason = self.layout_reason = f"device type {self.device.type!r} has no native kernel"
             return
-        # Plain CPU/CUDA tensors have real addresses: record them (this also makes the plan cacheable).
+        # Plain CPU/CUDA tensors have real addresses: record them (this also makes the plan cacheable,
+        # with mixed dtypes too: the Triton kernels take those).
         self.ptrs = [list(map(_DATA_PTR, lst)) for lst in lists]
         self.numels = [t.numel() for t in lists[0]]
+        if mixed:
+            self.reason = mixed
+            return
         if self.dtype not in _NATIVE_DTYPES:
             self.reason = f"dtype {self.dtype} is not supported by the native kernels (float32, float16, bfloat16)"
             return
@@ -122,6 +137,16 @@ class TensorListPlan:
                 raise RuntimeError(f"no native table for this plan: {self.reason or 'jepa._C is not built'}")
             self._table = mod.TensorTable(self.ptrs, self.numels, code)
         return self._table
+
+    def device_table(self) -> torch.Tensor:
+        """The table's device-side layout (``TensorTable.device_layout()``: pointers, element counts,
+        chunk prefix sums) as an int64 tensor on the plan's CUDA device, built once per plan: pinned host
+        memory and an asynchronous copy on the current stream, memory from torch's caching allocator
+        (no cudaMalloc, cudaMemcpy or cudaFree, each of which would synchronize the device)."""
+        if self._device_table is None:
+            host = torch.tensor(self.table().device_layout(), dtype=torch.int64)
+            self._device_table = host.pin_memory().to(self.device, non_blocking=True)
+        return self._device_table
 
 
 def _forget(key: tuple, plan_ref: "weakref.ref[TensorListPlan]") -> Callable[[object], None]:

@@ -5,14 +5,15 @@
 - :func:`update_scale_` — the scale/growth-tracker update of a dynamic loss scaler after one iteration;
   reference :func:`update_scale_reference` = ``torch._amp_update_scale_``.
 
-Backends (see :mod:`jepa.ops._backend`):
+Backends (chosen by :func:`jepa.ops._backend.choose`):
 
 - ``torch``: the references (any device and floating dtype, any layout).
 - ``cpp``: jepa._C on CPU tensors: one multi-threaded call over all gradients of a dtype that multiplies
   and checks in the same pass, GIL released (csrc/amp/unscale_cpu.cpp); the scale update in C++.
 - ``cuda``: jepa._C's CUDA kernels (kernels/cuda/unscale.cu): one launch per dtype over all gradients on
   the current stream of their device; ``inv_scale``/``found_inf``/``scale`` stay on the device (no host sync).
-- ``triton``: not implemented for these ops; forcing it raises :class:`BackendUnavailableError`.
+- ``triton``: not implemented for these ops; a global ``triton`` setting leaves them on ``auto``, a per-op
+  one (``unscale_=triton``) raises :class:`BackendUnavailableError`.
 
 ``auto`` runs the native kernel on every plain contiguous float32/float16/bfloat16 gradient (grouped by
 dtype) and the torch reference on the rest (float64, strided views, tensor subclasses). A forced native
@@ -31,20 +32,22 @@ from typing import Iterable, Sequence
 import torch
 from torch.autograd.graph import increment_version
 
-from jepa.ops import _native
-from jepa.ops._backend import (
-    BackendUnavailableError,
-    cpp_available,
-    cuda_kernels_available,
-    cuda_unavailable_reason,
-    native_module,
-    requested_backend,
-)
+from jepa.ops import _backend, _native
+from jepa.ops._backend import BackendUnavailableError, native_module
 
 __all__ = ["unscale_", "unscale_reference", "update_scale_", "update_scale_reference"]
 
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 _NATIVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# unscale_ takes any mix of dtypes: auto runs the native kernel per supported dtype and the reference on
+# the rest, so its dtype rules live in the op (a forced native backend refuses a tensor it cannot take).
+UNSCALE = _backend.register_op(
+    "unscale_", backends=("torch", "cpp", "cuda"), auto={"cpu": ("cpp", "torch"), "cuda": ("cuda", "torch")}
+)
+UPDATE_SCALE = _backend.register_op(
+    "update_scale_", backends=("torch", "cpp", "cuda"), auto={"cpu": ("cpp", "torch"), "cuda": ("cuda", "torch")}
+)
 
 
 # ----------------------------------------------------------------------------------------- references
@@ -124,7 +127,7 @@ def _run_native(route: str, plan: _native.TensorListPlan, inv_scale: torch.Tenso
         mod.unscale(plan.table(), inv_scale.data_ptr(), found_inf.data_ptr(), torch.get_num_threads())
     else:
         device = plan.device
-        with torch.cuda.device(device):
+        with _backend.device_guard(device):
             stream = torch.cuda.current_stream(device).cuda_stream
             mod.unscale_cuda(plan.table(), inv_scale.data_ptr(), found_inf.data_ptr(), stream)
 
@@ -199,37 +202,18 @@ def unscale_(grads: Iterable[torch.Tensor | None], inv_scale: torch.Tensor, foun
     if isinstance(grads, torch.Tensor):
         raise TypeError("unscale_: grads must be an iterable of tensors (e.g. a list), got a single torch.Tensor")
     grads = list(grads)
-    backend = requested_backend()
-    if backend == "triton":
-        raise BackendUnavailableError(
-            "unscale_: backend 'triton' does not implement unscale_ (unscale_ backends: torch, cpp, cuda)"
-        )
-    if backend == "cpp" and not cpp_available():
-        raise BackendUnavailableError("unscale_: backend 'cpp' is unavailable: jepa._C is not built or failed to import")
-    if backend == "cuda" and not cuda_kernels_available():
-        raise BackendUnavailableError(f"unscale_: backend 'cuda' is unavailable: {cuda_unavailable_reason()}")
-
     present = [g for g in grads if g is not None]
     if not present:
+        _backend.choose(UNSCALE, device=device)  # a forced backend that cannot run raises here too
         _validate_grads(grads, device)
         return
     plan = _grad_plan(present, grads, device)
-
+    backend = _backend.choose(UNSCALE, device=device)
     if backend == "torch":
         unscale_reference(present, inv_scale, found_inf)
         return
-    if backend in ("cpp", "cuda"):
-        want = "cpu" if backend == "cpp" else "cuda"
-        if device.type != want:
-            raise BackendUnavailableError(
-                f"unscale_: backend {backend!r} cannot run on these tensors: they are on {device}, "
-                f"not {'the CPU' if want == 'cpu' else 'a CUDA device'}"
-            )
-    else:  # auto
-        want = device.type
-        if not ((want == "cpu" and cpp_available()) or (want == "cuda" and cuda_kernels_available())):
-            unscale_reference(present, inv_scale, found_inf)
-            return
+    want = device.type
+    forced = _backend.requested_backend("unscale_") != "auto"
 
     if plan.route == want:  # one plain contiguous dtype: one native call
         increment_version(present + [found_inf])
@@ -245,8 +229,8 @@ def unscale_(grads: Iterable[torch.Tensor | None], inv_scale: torch.Tensor, foun
         why = _native_reason(g)
         if not why:
             native_groups[g.dtype].append(g)
-        elif backend != "auto":
-            raise BackendUnavailableError(f"unscale_: backend {backend!r} cannot run on grads[{i}]: it {why}")
+        elif forced:
+            raise BackendUnavailableError(f"unscale_: backend {backend!r} cannot run: grads[{i}] {why}")
         else:
             rest.append(g)
     for dtype, group in native_groups.items():
@@ -309,22 +293,8 @@ def update_scale_(
     if not 1 <= interval <= 2**31 - 1:
         raise ValueError(f"{fn}: growth_interval must be in [1, 2**31 - 1], got {interval}")
 
-    backend = requested_backend()
-    if backend == "triton":
-        raise BackendUnavailableError(
-            f"{fn}: backend 'triton' does not implement update_scale_ (update_scale_ backends: torch, cpp, cuda)"
-        )
-    if backend == "cpp" and not cpp_available():
-        raise BackendUnavailableError(f"{fn}: backend 'cpp' is unavailable: jepa._C is not built or failed to import")
-    if backend == "cuda" and not cuda_kernels_available():
-        raise BackendUnavailableError(f"{fn}: backend 'cuda' is unavailable: {cuda_unavailable_reason()}")
-    if backend in ("cpp", "cuda"):
-        want = "cpu" if backend == "cpp" else "cuda"
-        if device.type != want:
-            raise BackendUnavailableError(f"{fn}: backend {backend!r} cannot run on tensors on {device}")
-    if backend == "torch" or not (
-        (device.type == "cpu" and cpp_available()) or (device.type == "cuda" and cuda_kernels_available())
-    ):
+    backend = _backend.choose(UPDATE_SCALE, device=device)
+    if backend == "torch":
         return update_scale_reference(scale, growth_tracker, found_inf, g, b, interval)
 
     mod = native_module()
@@ -332,7 +302,7 @@ def update_scale_(
     if device.type == "cpu":
         mod.update_scale(scale.data_ptr(), growth_tracker.data_ptr(), found_inf.data_ptr(), g, b, interval)
     else:
-        with torch.cuda.device(device):
+        with _backend.device_guard(device):
             stream = torch.cuda.current_stream(device).cuda_stream
             mod.update_scale_cuda(
                 scale.data_ptr(), growth_tracker.data_ptr(), found_inf.data_ptr(), g, b, interval, stream

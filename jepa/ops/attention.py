@@ -1,16 +1,20 @@
 """Scaled dot-product attention used by the predictor and the transformer encoder.
 
-Backends (see :mod:`jepa.ops._backend`):
+Backends (chosen by :func:`jepa.ops._backend.choose`):
 
 - ``torch``: :func:`attention_reference`, ``F.scaled_dot_product_attention`` (any device and dtype).
 - ``triton``: the flash-attention kernels of ``jepa.kernels.triton.attention`` (forward and backward;
   float32 / float16 / bfloat16, head size up to 128, any sequence length). They run on CUDA tensors,
   and on CPU tensors under ``TRITON_INTERPRET=1`` (how the tests run them).
-- ``cuda`` / ``cpp``: no attention implementation; forcing them raises :class:`BackendUnavailableError`.
+- ``cuda`` / ``cpp``: no attention implementation: a global ``JEPA_BACKEND=cpp`` leaves attention on
+  ``auto``; a per-op ``attention=cpp`` raises :class:`BackendUnavailableError`.
 
-``auto`` runs the Triton kernel for CUDA tensors when triton is importable and the kernel supports the
-inputs (dtype, head size <= 128), else the torch reference; CPU tensors always take the reference.
-A forced ``triton`` that cannot run raises :class:`BackendUnavailableError`; it never falls back.
+``auto`` on CUDA tensors: calls with a ``key_padding_mask`` (the padded / variable-length I-JEPA
+batches) run the Triton kernel when it supports the inputs (dtype, head size <= 128); unmasked calls run
+SDPA (flash / cuDNN), unless Triton was measured faster for that shape bucket on that GPU
+(:mod:`jepa.ops.attention_routes`, a table filled by ``benchmarks/gpu_suite.sh``). CPU tensors always
+take the reference. A forced ``triton`` that cannot run raises :class:`BackendUnavailableError`; it never
+falls back.
 
 Head sizes that are not a power of two (I-JEPA's d=24) are padded to the next power of two >= 16
 *inside* the kernel (masked loads read zeros), so no padded copy of q, k, v is made.
@@ -36,16 +40,16 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from jepa.ops._backend import (
-    BackendUnavailableError,
-    requested_backend,
-    triton_unavailable_reason,
-)
+from jepa.ops import _backend, attention_routes
 
 __all__ = ["attention", "attention_reference"]
 
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _TRITON_MAX_HEAD_DIM = 128
+
+ATTENTION = _backend.register_op(
+    "attention", backends=("torch", "triton"), dtypes={"triton": _TRITON_DTYPES}, auto={"cuda": ("triton", "torch")}
+)
 
 
 def _empty_causal_rows(key_padding_mask: torch.Tensor, n_q: int) -> torch.Tensor:
@@ -110,7 +114,8 @@ def _attention_fwd_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from jepa.kernels.triton import attention as kern  # noqa: PLC0415  (imports triton)
 
-    return kern.attention_forward(q, k, v, key_padding_mask, causal, scale)
+    with _backend.device_guard(q.device):
+        return kern.attention_forward(q, k, v, key_padding_mask, causal, scale)
 
 
 @_attention_fwd_op.register_fake
@@ -135,7 +140,8 @@ def _attention_bwd_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from jepa.kernels.triton import attention as kern  # noqa: PLC0415  (imports triton)
 
-    return kern.attention_backward(grad_out, q, k, v, out, lse, key_padding_mask, causal, scale)
+    with _backend.device_guard(q.device):
+        return kern.attention_backward(grad_out, q, k, v, out, lse, key_padding_mask, causal, scale)
 
 
 @_attention_bwd_op.register_fake
@@ -215,13 +221,9 @@ def _validate(q, k, v, causal, key_padding_mask, scale) -> float:
     return scale
 
 
-def _triton_reason(q, k, v, key_padding_mask) -> str:
-    """Why the Triton kernel cannot run on these inputs ("" when it can)."""
-    why = triton_unavailable_reason(q, k, v, key_padding_mask)
-    if why:
-        return why
-    if q.dtype not in _TRITON_DTYPES:
-        return f"dtype {q.dtype} is not supported by the kernel (float32, float16, bfloat16)"
+def _kernel_reason(q, v) -> str:
+    """Why the Triton kernel cannot take these shapes ("" when it can); availability, device and dtype
+    are checked by the chooser."""
     if v.shape[-1] != q.shape[-1]:
         return f"v's head size {v.shape[-1]} differs from q's {q.shape[-1]}; the kernel needs equal head sizes"
     if q.shape[-1] > _TRITON_MAX_HEAD_DIM:
@@ -229,6 +231,16 @@ def _triton_reason(q, k, v, key_padding_mask) -> str:
     if q.shape[-1] == 0:
         return "head size 0 (the kernel needs d >= 1)"
     return ""
+
+
+def _auto_order(q, k, causal, key_padding_mask) -> tuple[str, ...]:
+    """auto on CUDA: Triton for masked calls (SDPA has no fast masked path); SDPA for unmasked ones
+    unless the route table says Triton was measured faster for this bucket."""
+    if q.device.type != "cuda":
+        return ("torch",)
+    if key_padding_mask is not None:
+        return ("triton", "torch")
+    return ("triton", "torch") if attention_routes.route(q, k, causal) == "triton" else ("torch",)
 
 
 def attention(
@@ -255,25 +267,16 @@ def attention(
 
     Raises:
         TypeError / ValueError: mismatched shapes, dtypes or devices, a non-bool or misshaped mask, a bad scale.
-        BackendUnavailableError: a forced backend cannot run attention on these tensors (``cuda`` and
-            ``cpp`` have no attention implementation; ``triton`` needs triton, CUDA tensors or
-            ``TRITON_INTERPRET=1``, float32/float16/bfloat16 and head size <= 128).
+        BackendUnavailableError: the backend forced for attention cannot run on these tensors
+            (``triton`` needs triton, CUDA tensors or ``TRITON_INTERPRET=1``, float32/float16/bfloat16
+            and head size <= 128), or a per-op setting names ``cuda``/``cpp`` (no attention there).
     """
     scale = _validate(q, k, v, causal, key_padding_mask, scale)
-    backend = requested_backend()
-    if backend in ("cuda", "cpp"):
-        raise BackendUnavailableError(
-            f"attention: backend {backend!r} does not implement attention (attention backends: torch, triton)"
-        )
-    if backend == "torch":
-        use_triton = False
-    elif backend == "triton":
-        why = _triton_reason(q, k, v, key_padding_mask)
-        if why:
-            raise BackendUnavailableError(f"attention: backend 'triton' cannot run on these tensors: {why}")
-        use_triton = True
-    else:  # auto: the kernel for CUDA tensors it supports, the reference otherwise
-        use_triton = q.device.type == "cuda" and not _triton_reason(q, k, v, key_padding_mask)
+    backend = _backend.choose(
+        ATTENTION, device=q.device, dtypes=(q.dtype,), check=lambda _b: _kernel_reason(q, v),
+        auto=_auto_order(q, k, causal, key_padding_mask),
+    )
+    use_triton = backend == "triton"
     if not use_triton:
         return attention_reference(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
     out, _ = _attention_fwd_op(q, k, v, key_padding_mask, causal, scale)

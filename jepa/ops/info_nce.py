@@ -1,13 +1,14 @@
 """InfoNCE: the contrastive cross-entropy with in-batch negatives.
 
-Backends (see :mod:`jepa.ops._backend`):
+Backends (chosen by :func:`jepa.ops._backend.choose`):
 
 - ``torch``: :func:`info_nce_reference` (any device and dtype, full autograd).
 - ``triton``: fused kernels (kernels/triton/info_nce.py): row norms, then the ``N x N`` logits in
   tiles with an online log-sum-exp (never stored), and a fused backward writing the gradients of
   both ``a`` and ``b``. Needs CUDA tensors (or CPU tensors under ``TRITON_INTERPRET=1``) of
   float32/float16/bfloat16 and ``D <= 65536``.
-- ``cuda``/``cpp``: not implemented for this op; forcing them raises :class:`BackendUnavailableError`.
+- ``cuda``/``cpp``: not implemented for this op: a global ``cpp``/``cuda`` setting leaves it on ``auto``,
+  a per-op one (``info_nce=cpp``) raises :class:`BackendUnavailableError`.
 
 ``auto`` runs Triton for CUDA tensors when it applies, else the reference.
 Both paths are the custom op ``torch.ops.jepa.info_nce`` (fake implementation + autograd registered),
@@ -19,17 +20,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from jepa.ops._backend import (
-    BackendUnavailableError,
-    requested_backend,
-    triton_can_run,
-    triton_unavailable_reason,
-)
+from jepa.ops import _backend
 
 __all__ = ["info_nce", "info_nce_reference"]
 
 _NORM_EPS = 1e-12  # F.normalize's default
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+INFO_NCE = _backend.register_op(
+    "info_nce", backends=("torch", "triton"), dtypes={"triton": _TRITON_DTYPES}, auto={"cuda": ("triton", "torch")}
+)
 
 
 def info_nce_reference(a: torch.Tensor, b: torch.Tensor, *, temperature: float = 0.1, symmetric: bool = False) -> torch.Tensor:
@@ -82,7 +82,8 @@ def _info_nce_op(a, b, temperature, symmetric, impl):
     if impl == "triton":
         from jepa.kernels.triton import info_nce as kernels  # noqa: PLC0415  (optional dependency)
 
-        return kernels.forward(a, b, temperature=temperature, symmetric=symmetric, eps=_NORM_EPS)
+        with _backend.device_guard(a.device):
+            return kernels.forward(a, b, temperature=temperature, symmetric=symmetric, eps=_NORM_EPS)
     loss = info_nce_reference(a, b, temperature=temperature, symmetric=symmetric)
     return loss, a.new_empty((0,), dtype=torch.float32)
 
@@ -103,7 +104,8 @@ def _info_nce_backward_op(grad, a, b, stats, temperature, symmetric, impl):
     if impl == "triton":
         from jepa.kernels.triton import info_nce as kernels  # noqa: PLC0415
 
-        return kernels.backward(grad, a, b, stats, temperature=temperature, symmetric=symmetric, eps=_NORM_EPS)
+        with _backend.device_guard(a.device):
+            return kernels.backward(grad, a, b, stats, temperature=temperature, symmetric=symmetric, eps=_NORM_EPS)
     da, db = _torch_backward(grad, a, b, temperature, symmetric)
     return da, db
 
@@ -131,12 +133,9 @@ _info_nce_op.register_autograd(_backward, setup_context=_setup_context)
 # ----------------------------------------------------------------------------- dispatch
 
 
-def _triton_reason(a: torch.Tensor, b: torch.Tensor) -> str:
-    """Why the Triton kernels cannot run on these inputs ("" when they can)."""
-    if not triton_can_run(a, b):
-        return triton_unavailable_reason(a, b)
-    if a.dtype not in _TRITON_DTYPES:
-        return f"dtype {a.dtype} is not supported by the Triton kernels (float32, float16, bfloat16)"
+def _kernel_reason(a: torch.Tensor) -> str:
+    """Why the Triton kernels cannot take these inputs ("" when they can); availability, device and the
+    dtype table are the chooser's."""
     from jepa.kernels.triton.info_nce import MAX_D  # noqa: PLC0415  (triton is importable here)
 
     if a.shape[1] > MAX_D:
@@ -162,8 +161,9 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, *, temperature: float = 0.1, symm
 
     Raises:
         ValueError / TypeError: on bad shapes, dtypes or a non-positive temperature.
-        BackendUnavailableError: when the forced backend cannot run (``cuda``/``cpp`` never do for
-            this op; ``triton`` without triton, on CPU tensors without ``TRITON_INTERPRET=1``, ...).
+        BackendUnavailableError: when the backend forced for this op cannot run (``triton`` without
+            triton, on CPU tensors without ``TRITON_INTERPRET=1``, ...; ``info_nce=cpp`` or
+            ``info_nce=cuda``: the op has no such backend).
     """
     if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
         raise TypeError(f"info_nce: a and b must be tensors, got {type(a).__name__} and {type(b).__name__}")
@@ -183,20 +183,7 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, *, temperature: float = 0.1, symm
         raise ValueError(f"info_nce: a is on {a.device} but b is on {b.device}; expected one device")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"info_nce: temperature must be a number > 0, got {temperature!r}")
-    backend = requested_backend()
-    if backend in ("cuda", "cpp"):
-        raise BackendUnavailableError(
-            f"info_nce: backend {backend!r} is not implemented for info_nce (available: torch, triton)"
-        )
-    if backend == "triton":
-        why = _triton_reason(a, b)
-        if why:
-            raise BackendUnavailableError(f"info_nce: backend 'triton' cannot run: {why}")
-        impl = "triton"
-    elif backend == "auto" and a.device.type == "cuda" and not _triton_reason(a, b):
-        impl = "triton"
-    else:
-        impl = "torch"
+    impl = _backend.choose(INFO_NCE, device=a.device, dtypes=(a.dtype,), check=lambda _b: _kernel_reason(a))
     if impl == "torch" and not torch.compiler.is_compiling():
         return info_nce_reference(a, b, temperature=float(temperature), symmetric=symmetric)
     return _info_nce_op(a, b, float(temperature), bool(symmetric), impl)[0]

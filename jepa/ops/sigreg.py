@@ -28,7 +28,8 @@ Backends of :func:`sigreg_ecf` (see :mod:`jepa.ops._backend`):
   rotations), deterministic (no atomics); backward recomputes the tiles in one more pass over ``N``
   and writes ``dL/dx (N, M)``, then ``dz = dL/dx @ a.T``. ``z`` of float32/float16/bfloat16, CUDA
   tensors (or CPU tensors under ``TRITON_INTERPRET=1``); the directions get no gradient on this path.
-- ``cuda``/``cpp``: not implemented; forcing them raises :class:`BackendUnavailableError`.
+- ``cuda``/``cpp``: not implemented; a per-op ``sigreg=cpp`` raises :class:`BackendUnavailableError`,
+  a global ``cpp`` leaves this op on ``auto`` (the rule of :mod:`jepa.ops._backend`).
 
 ``auto`` runs Triton for CUDA tensors when it applies and the directions need no gradient, else the
 reference. Both paths are the custom op ``torch.ops.jepa.sigreg_ecf`` (fake implementation and
@@ -42,12 +43,7 @@ import math
 
 import torch
 
-from jepa.ops._backend import (
-    BackendUnavailableError,
-    requested_backend,
-    triton_can_run,
-    triton_unavailable_reason,
-)
+from jepa.ops import _backend
 
 __all__ = ["sigreg", "sigreg_ecf", "sigreg_ecf_reference", "sigreg_from_ecf", "sigreg_reference", "sigreg_weights"]
 
@@ -221,33 +217,27 @@ def _check_inputs(z, directions, t_max, knots, owner: str) -> None:
     _check_options(t_max, knots, owner)
 
 
-def _triton_reason(z: torch.Tensor, directions: torch.Tensor) -> str:
-    """Why the Triton kernels cannot run on these inputs ("" when they can)."""
-    if not triton_can_run(z, directions):
-        return triton_unavailable_reason(z, directions)
-    for name, x in (("z", z), ("directions", directions)):
-        if x.dtype not in _TRITON_DTYPES:
-            return f"{name} has dtype {x.dtype}, not supported by the Triton kernels (float32, float16, bfloat16)"
+SIGREG = _backend.register_op(
+    "sigreg", backends=("torch", "triton"), dtypes={"triton": _TRITON_DTYPES}, auto={"cuda": ("triton", "torch")}
+)
+
+
+def _kernel_reason(directions: torch.Tensor) -> str:
+    """This op's own reason why the Triton kernels cannot run ("" when they can); the chooser owns
+    availability, devices and dtypes."""
     if torch.is_grad_enabled() and directions.requires_grad:
         return "directions require a gradient; the Triton kernels differentiate z only"
     return ""
 
 
 def _choose_impl(z: torch.Tensor, directions: torch.Tensor) -> str:
-    """``"triton"`` or ``"torch"`` for :func:`sigreg_ecf` (the one place this op picks a backend)."""
-    backend = requested_backend()
-    if backend in ("cuda", "cpp"):
-        raise BackendUnavailableError(
-            f"sigreg: backend {backend!r} is not implemented for sigreg (available: torch, triton)"
-        )
-    if backend == "triton":
-        why = _triton_reason(z, directions)
-        if why:
-            raise BackendUnavailableError(f"sigreg: backend 'triton' cannot run: {why}")
-        return "triton"
-    if backend == "auto" and z.device.type == "cuda" and not _triton_reason(z, directions):
-        return "triton"
-    return "torch"
+    """``"triton"`` or ``"torch"`` for :func:`sigreg_ecf` (validate -> :func:`jepa.ops._backend.choose` -> run)."""
+    return _backend.choose(
+        SIGREG,
+        device=z.device,
+        dtypes=(z.dtype, directions.dtype),
+        check=lambda b: _kernel_reason(directions) if b == "triton" else "",
+    )
 
 
 # ----------------------------------------------------------------------------- public ops

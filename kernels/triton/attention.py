@@ -29,9 +29,23 @@ Masks:
 A query row whose keys are all masked gets output 0, ``lse = +inf`` (so every recomputed ``P`` is 0)
 and zero gradients.
 
-Block sizes are autotuned on a GPU (keyed on the power-of-two bucket of the sequence length, the padded
-head size, causal, masking and dtype); under ``TRITON_INTERPRET=1`` (CPU tests) one small
-configuration runs, with BLOCK_M != BLOCK_N (the tests force other tile shapes too).
+Grid: one axis, (batch*head) x blocks flattened (B*H may exceed the 65535 of grid axes 1 and 2).
+
+Tile configurations (BLOCK_M, BLOCK_N, warps, pipeline stages) come from small tables per kernel, dot
+class (16-bit inputs; float32 with ``tf32``; float32 with ``tf32x3``, the float32-accurate split used when
+tf32 is not allowed) and padded head size. Every entry compiles for sm_90 without register spills
+(checked ahead of time by ``tests/ops/test_attention_aot.py``); entries whose shared memory (an upper
+bound, :func:`smem_bytes`, checked against the compiled kernels by the same tests) exceeds the device's
+limit are dropped at run time, and when none fits the smallest runs, never the largest.
+
+- ``JEPA_TRITON_AUTOTUNE=1`` (default): the fitting entries are autotuned at the first call of each key
+  (power-of-two bucket of the sequence length, padded head size, causal, masking, dot precision, dtype).
+- ``JEPA_TRITON_AUTOTUNE=0``: the first fitting entry of each table (:func:`pinned_config`), one known-good
+  configuration per (head size, dtype): no benchmarking at the first call, the same tile order on every
+  run (reproducible), and what the tests run. Launches during CUDA-graph capture use it too (the
+  autotuner cannot benchmark inside a capture).
+- ``TRITON_INTERPRET=1`` (CPU tests): one small configuration per kernel (``INTERPRET_CONFIGS``), with
+  BLOCK_M != BLOCK_N (the tests force other tile shapes too).
 
 Only :mod:`jepa.ops.attention` imports this module (it imports ``triton`` at import time).
 """
@@ -44,7 +58,10 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["attention_forward", "attention_backward", "SUPPORTED_DTYPES", "MAX_HEAD_DIM", "padded_head_dim"]
+__all__ = [
+    "INTERPRET_CONFIGS", "MAX_HEAD_DIM", "SUPPORTED_DTYPES", "TILE_TABLES", "attention_backward", "attention_forward",
+    "autotune_enabled", "dot_class", "fitting_configs", "padded_head_dim", "pinned_config", "smem_bytes",
+]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 128
@@ -60,78 +77,162 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
 
 
-def _configs(gpu_configs, interp_config):
-    if _interpreting():
-        return [interp_config]
-    return gpu_configs
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, dot class and padded head size (16 uses 32's
+# list). The first entry that fits the device's shared memory is the pinned one (JEPA_TRITON_AUTOTUNE=0);
+# the fitting ones are the autotuning candidates. The float32-accurate tf32x3 path (three dots per tile,
+# register-bound: every larger tile spills) has one configuration per head size. Chosen from sm_90 compiles (ptxas registers, stack and
+# shared memory): every entry compiles there without spills (tests/ops/test_attention_aot.py keeps it so).
+# fwd: BLOCK_M queries per program, BLOCK_N keys per step; dkdv: BLOCK_N keys per program, BLOCK_M queries
+# per step; dq: BLOCK_M queries per program, BLOCK_N keys per step.
+TILE_TABLES: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]] = {
+    "fwd": {
+        ("16bit", 32): [(128, 64, 4, 3), (128, 128, 8, 3)],
+        ("16bit", 64): [(128, 64, 8, 3), (128, 128, 8, 3)],
+        ("16bit", 128): [(128, 64, 8, 3), (64, 32, 4, 3)],
+        ("tf32", 32): [(128, 64, 8, 3), (64, 64, 4, 3)],
+        ("tf32", 64): [(128, 64, 8, 3), (64, 64, 4, 3)],
+        ("tf32", 128): [(64, 32, 4, 2), (32, 64, 4, 2)],
+        ("tf32x3", 32): [(64, 64, 4, 3)],
+        ("tf32x3", 64): [(64, 32, 4, 3)],
+        ("tf32x3", 128): [(32, 32, 8, 2)],
+    },
+    "dkdv": {
+        ("16bit", 32): [(64, 128, 8, 3), (32, 128, 8, 3)],
+        ("16bit", 64): [(32, 128, 8, 3), (64, 64, 4, 2)],
+        ("16bit", 128): [(32, 128, 8, 2), (32, 32, 4, 2)],
+        ("tf32", 32): [(64, 128, 8, 2), (32, 128, 8, 3)],
+        ("tf32", 64): [(32, 128, 8, 2), (64, 64, 4, 2)],
+        ("tf32", 128): [(32, 32, 4, 2), (32, 16, 4, 2)],
+        ("tf32x3", 32): [(32, 128, 8, 2)],
+        ("tf32x3", 64): [(32, 16, 4, 2)],
+        ("tf32x3", 128): [(32, 16, 8, 2)],
+    },
+    "dq": {
+        ("16bit", 32): [(128, 64, 8, 3), (128, 128, 8, 3)],
+        ("16bit", 64): [(128, 64, 8, 3), (128, 128, 8, 2)],
+        ("16bit", 128): [(128, 32, 8, 3), (128, 64, 8, 3)],
+        ("tf32", 32): [(128, 64, 8, 3), (64, 64, 4, 3)],
+        ("tf32", 64): [(64, 64, 4, 3), (64, 32, 4, 2)],
+        ("tf32", 128): [(64, 32, 4, 2), (16, 64, 4, 2)],
+        ("tf32x3", 32): [(64, 32, 4, 2)],
+        ("tf32x3", 64): [(64, 32, 4, 2)],
+        ("tf32x3", 128): [(16, 32, 4, 2)],
+    },
+}
+
+# Under TRITON_INTERPRET=1: one small configuration per kernel (BLOCK_M != BLOCK_N); tests replace entries.
+INTERPRET_CONFIGS = {
+    "fwd": triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1),
+    "dkdv": triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4, num_stages=1),
+    "dq": triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1),
+}
 
 
-def _prune_fwd(configs, named_args, **kwargs):
-    # Big tiles with d=128 in float32 exceed shared memory; drop them instead of failing to compile.
-    d = named_args.get("BLOCK_D", kwargs.get("BLOCK_D", 64))
-    esize = named_args["Q"].element_size()
-    kept = [c for c in configs if (c.kwargs["BLOCK_M"] + 2 * c.kwargs["BLOCK_N"]) * d * esize * c.num_stages <= 200_000]
-    return kept or configs[:1]
+def dot_class(dtype: torch.dtype, precision: str) -> str:
+    """The tile table a launch uses: ``"16bit"`` for float16/bfloat16 inputs, else the float32 dot
+    precision (``"tf32"`` or ``"tf32x3"``; ``"ieee"`` uses the ``tf32x3`` tables, the smallest)."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return "16bit"
+    return "tf32" if precision == "tf32" else "tf32x3"
 
 
-_FWD_CONFIGS = _configs(
-    [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [
-            (128, 64, 4, 3),
-            (128, 64, 8, 3),
-            (128, 128, 8, 3),
-            (128, 32, 4, 4),
-            (64, 64, 4, 3),
-            (64, 64, 4, 4),
-            (64, 32, 4, 4),
-            (128, 64, 4, 2),
-        ]
-    ],
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1),
-)
+def smem_bytes(kernel: str, cls: str, block_d: int, cfg: tuple[int, int, int, int]) -> int:
+    """An upper bound of the shared memory of ``kernel`` with tile ``cfg``: the pipelined tiles (each
+    stage holds the two streamed operand tiles) plus the resident tile, in the operand dtype; ``tf32x3``
+    keeps a second (low-part) copy of the resident tile. tests/ops/test_attention_aot.py checks it against
+    the compiled sm_90 kernels of every table entry."""
+    bm, bn, _warps, stages = cfg
+    esize = 2 if cls == "16bit" else 4
+    copies = 2 if cls == "tf32x3" else 1
+    streamed, resident = (bm, bn) if kernel == "dkdv" else (bn, bm)
+    if kernel == "fwd":
+        return (stages * 2 * streamed * block_d + copies * resident * block_d) * esize
+    # backward: the streamed operands (q and dO, or k and v) per stage, two resident tiles, and the
+    # transposed/converted P and dS tiles the second and third dots read from shared memory.
+    return (stages * 2 * streamed * block_d + copies * 2 * resident * block_d + 2 * bm * bn) * esize
 
-# Backward, dK/dV kernel: BLOCK_N keys per program, BLOCK_M queries per step.
-_DKDV_CONFIGS = _configs(
-    [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [
-            (32, 128, 8, 3),
-            (64, 128, 8, 3),
-            (32, 64, 4, 3),
-            (64, 64, 4, 3),
-            (32, 128, 4, 2),
-            (16, 64, 4, 2),
-        ]
-    ],
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4, num_stages=1),
-)
 
-# Backward, dQ kernel: BLOCK_M queries per program, BLOCK_N keys per step.
-_DQ_CONFIGS = _configs(
-    [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in [
-            (128, 32, 8, 3),
-            (128, 64, 8, 3),
-            (64, 32, 4, 3),
-            (64, 64, 4, 3),
-            (128, 32, 4, 2),
-            (64, 16, 4, 2),
-        ]
-    ],
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1),
-)
+def table_configs(kernel: str, dtype: torch.dtype, precision: str, block_d: int) -> list[tuple[int, int, int, int]]:
+    """The table entries of ``kernel`` for these inputs (before the shared-memory filter)."""
+    return TILE_TABLES[kernel][(dot_class(dtype, precision), max(32, block_d))]
+
+
+def fitting_configs(
+    kernel: str, dtype: torch.dtype, precision: str, block_d: int, smem_limit: int
+) -> list[tuple[int, int, int, int]]:
+    """The entries whose shared memory fits ``smem_limit`` bytes, in table order; when none does, the
+    smallest one alone (it may still fail to launch on a very small device, but never the largest)."""
+    cls = dot_class(dtype, precision)
+    table = table_configs(kernel, dtype, precision, block_d)
+    fits = [c for c in table if smem_bytes(kernel, cls, max(32, block_d), c) <= smem_limit]
+    return fits or [min(table, key=lambda c: smem_bytes(kernel, cls, max(32, block_d), c))]
+
+
+def pinned_config(kernel: str, dtype: torch.dtype, precision: str, block_d: int, smem_limit: int) -> triton.Config:
+    """The one configuration ``JEPA_TRITON_AUTOTUNE=0`` runs for these inputs on a device with
+    ``smem_limit`` bytes of shared memory per block."""
+    return _config(fitting_configs(kernel, dtype, precision, block_d, smem_limit)[0])
+
+
+def _config(cfg: tuple[int, int, int, int]) -> triton.Config:
+    bm, bn, warps, stages = cfg
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+
+
+def autotune_enabled() -> bool:
+    """``JEPA_TRITON_AUTOTUNE`` is not 0 (default on); never while a CUDA graph is being captured."""
+    if os.environ.get("JEPA_TRITON_AUTOTUNE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+
+
+_SMEM_LIMITS: dict[int, int] = {}
+
+
+def device_smem_limit() -> int:
+    """Shared memory per block (opt-in maximum) of the current CUDA device, as Triton's launcher sees it."""
+    index = torch.cuda.current_device()
+    limit = _SMEM_LIMITS.get(index)
+    if limit is None:
+        props = triton.runtime.driver.active.utils.get_device_properties(index)
+        limit = _SMEM_LIMITS[index] = int(props["max_shared_mem"])
+    return limit
+
+
+def _pruner(kernel: str):
+    def prune(configs, named_args, **kwargs):
+        block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
+        precision = kwargs.get("DOT_PRECISION", named_args.get("DOT_PRECISION"))
+        fits = fitting_configs(kernel, named_args["Q"].dtype, precision, block_d, device_smem_limit())
+        return [_config(c) for c in fits]
+
+    return prune
+
+
+def _every_config(kernel: str) -> list[triton.Config]:
+    seen = sorted({c for table in TILE_TABLES[kernel].values() for c in table})
+    return [_config(c) for c in seen]
+
 
 # Tuned per power-of-two bucket of the sequence length, not per exact length: I-JEPA's context and
 # target sizes change from batch to batch, and re-tuning for every new N would cost seconds each time.
 # (The autotuner adds the tensor dtypes to the key by itself.)
-_KEY = ["N_BUCKET", "BLOCK_D", "CAUSAL", "HAS_KPM"]
+_KEY = ["N_BUCKET", "BLOCK_D", "CAUSAL", "HAS_KPM", "DOT_PRECISION"]
 
 
 # --------------------------------------------------------------------------------------------------
 # Forward
 # --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _block_and_head(n, BLOCK: tl.constexpr):
+    """(block index along the sequence, batch*head index) of this program. The grid is 1-D: grid axis 0
+    takes up to 2**31 - 1 programs, axes 1 and 2 only 65535, which B*H alone can exceed; and the blocks
+    of one head come one after the other, so the programs running together share its K/V in L2."""
+    pid = tl.program_id(0)
+    blocks = tl.cdiv(n, BLOCK)
+    return pid % blocks, (pid // blocks).to(tl.int64)
 
 
 @triton.jit
@@ -193,7 +294,6 @@ def _fwd_inner(
     return acc, l_i, m_i
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune_fwd})
 @triton.jit
 def _attn_fwd(
     Q, K, V, KPM, O, LSE,
@@ -212,8 +312,7 @@ def _attn_fwd(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    start_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    start_m, bh = _block_and_head(N_Q, BLOCK_M)
     b = bh // H
     h = bh % H
     q_base = Q + b * stride_qb + h * stride_qh
@@ -277,8 +376,7 @@ def _attn_bwd_delta(
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    start_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    start_m, bh = _block_and_head(N_Q, BLOCK_M)
     b = bh // H
     h = bh % H
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -326,7 +424,6 @@ def _dkdv_inner(
     return dk, dv
 
 
-@triton.autotune(configs=_DKDV_CONFIGS, key=_KEY)
 @triton.jit
 def _attn_bwd_dkdv(
     Q, K, V, KPM, DO, LSE, DELTA, DK, DV,
@@ -347,8 +444,7 @@ def _attn_bwd_dkdv(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    start_n = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    start_n, bh = _block_and_head(N_K, BLOCK_N)
     b = bh // H
     h = bh % H
     q_base = Q + b * stride_qb + h * stride_qh
@@ -440,7 +536,6 @@ def _dq_inner(
     return dq
 
 
-@triton.autotune(configs=_DQ_CONFIGS, key=_KEY)
 @triton.jit
 def _attn_bwd_dq(
     Q, K, V, KPM, DO, LSE, DELTA, DQ,
@@ -460,8 +555,7 @@ def _attn_bwd_dq(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    start_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    start_m, bh = _block_and_head(N_Q, BLOCK_M)
     b = bh // H
     h = bh % H
     k_base = K + b * stride_kb + h * stride_kh
@@ -511,12 +605,43 @@ def _attn_bwd_dq(
 # --------------------------------------------------------------------------------------------------
 
 
+_TUNED = {
+    "fwd": triton.autotune(configs=_every_config("fwd"), key=_KEY, prune_configs_by={"early_config_prune": _pruner("fwd")})(_attn_fwd),
+    "dkdv": triton.autotune(configs=_every_config("dkdv"), key=_KEY, prune_configs_by={"early_config_prune": _pruner("dkdv")})(_attn_bwd_dkdv),
+    "dq": triton.autotune(configs=_every_config("dq"), key=_KEY, prune_configs_by={"early_config_prune": _pruner("dq")})(_attn_bwd_dq),
+}
+_KERNELS = {"fwd": _attn_fwd, "dkdv": _attn_bwd_dkdv, "dq": _attn_bwd_dq}
+
+
+def _launch(kernel: str, blocks_of, args: tuple, consts: dict) -> None:
+    """Launch ``kernel`` ("fwd", "dkdv", "dq") on a 1-D grid of ``blocks_of(meta)`` programs: the
+    interpreter's configuration, the autotuner, or the pinned configuration (module docstring)."""
+    if _interpreting():
+        cfg = INTERPRET_CONFIGS[kernel]
+    elif autotune_enabled():
+        _TUNED[kernel][lambda meta: (blocks_of(meta),)](*args, **consts)
+        return
+    else:
+        q = args[0]
+        cfg = pinned_config(kernel, q.dtype, consts["DOT_PRECISION"], consts["BLOCK_D"], device_smem_limit())
+    meta = dict(cfg.kwargs)
+    _KERNELS[kernel][(blocks_of(meta),)](
+        *args, **consts, **meta, num_warps=cfg.num_warps, num_stages=cfg.num_stages
+    )
+
+
 def _dot_precision(dtype: torch.dtype) -> str:
-    # float32 inputs: tf32 tensor cores only where the user allowed tf32 matmuls (torch's default is
-    # off), so a float32 model gets float32 attention unless it opted in. Half types ignore this.
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+    # float32 inputs: tf32 tensor cores where the user allowed tf32 matmuls (torch's default is off);
+    # otherwise 3xTF32 ("tf32x3": each operand split in a tf32 high and low part, three dots), which is
+    # float32-accurate and far faster to compile and run than FMA ("ieee") dots, kept for the CPU
+    # interpreter and ROCm. Half types ignore this.
+    if dtype != torch.float32:
+        return "tf32"
+    if torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    if _interpreting() or torch.version.hip is not None:
         return "ieee"
-    return "tf32"
+    return "tf32x3"
 
 
 def _bucket(n_q: int, n_k: int) -> int:
@@ -561,7 +686,8 @@ def attention_forward(
     causal: bool,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flash-attention forward. Returns ``(out, lse)``: ``out`` (B, H, N_q, d) in q's dtype, ``lse`` (B, H, N_q)
+    """Flash-attention forward (launched on the current device: the caller makes it the tensors').
+    Returns ``(out, lse)``: ``out`` (B, H, N_q, d) in q's dtype, ``lse`` (B, H, N_q)
     float32 natural-log log-sum-exp of each row's scaled scores (``+inf`` where every key is masked).
 
     q (B, H, N_q, d), k and v (B, H, N_k, d), any strides; ``key_padding_mask`` (B, N_k) bool, True = ignore.
@@ -574,18 +700,14 @@ def attention_forward(
     if out.numel() == 0:  # no query row (d >= 1 is checked above)
         return out, lse
     kpm, s_kb, s_kn, has_kpm = _kpm_args(key_padding_mask, q)
-
-    def grid(meta):
-        return (triton.cdiv(n_q, meta["BLOCK_M"]), B * H)
-
-    _attn_fwd[grid](
-        q, k, v, kpm, out, lse,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        s_kb, s_kn,
-        H, n_q, n_k, _bucket(n_q, n_k), float(scale) * _LOG2E,
-        HEAD_D=d,
-        BLOCK_D=padded_head_dim(d), CAUSAL=bool(causal), HAS_KPM=has_kpm,
-        DOT_PRECISION=_dot_precision(q.dtype), UPCAST_DOT=_upcast_dot(q.dtype),
+    _launch(
+        "fwd", lambda meta: triton.cdiv(n_q, meta["BLOCK_M"]) * B * H,
+        (q, k, v, kpm, out, lse,
+         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+         s_kb, s_kn,
+         H, n_q, n_k, _bucket(n_q, n_k), float(scale) * _LOG2E),
+        dict(HEAD_D=d, BLOCK_D=padded_head_dim(d), CAUSAL=bool(causal), HAS_KPM=has_kpm,
+             DOT_PRECISION=_dot_precision(q.dtype), UPCAST_DOT=_upcast_dot(q.dtype)),
     )
     return out, lse
 
@@ -623,34 +745,28 @@ def attention_backward(
 
     delta = _alloc((B, H, n_q), torch.float32, q.device)
     block_delta = 16 if _interpreting() else 64
-    _attn_bwd_delta[(triton.cdiv(n_q, block_delta), B * H)](
+    _attn_bwd_delta[(triton.cdiv(n_q, block_delta) * B * H,)](
         out, grad_out, delta, *out.stride(), *grad_out.stride(), H, n_q,
         HEAD_D=d,
         BLOCK_M=block_delta, BLOCK_D=block_d,
     )
-
-    def grid_kv(meta):
-        return (triton.cdiv(n_k, meta["BLOCK_N"]), B * H)
-
-    _attn_bwd_dkdv[grid_kv](
-        q, k, v, kpm, grad_out, lse, delta, dk, dv,
-        *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dk.stride(), *dv.stride(),
-        s_kb, s_kn,
-        H, n_q, n_k, _bucket(n_q, n_k), qk_scale, float(scale),
-        HEAD_D=d,
-        BLOCK_D=block_d, CAUSAL=bool(causal), HAS_KPM=has_kpm, DOT_PRECISION=precision, UPCAST_DOT=_upcast_dot(q.dtype),
+    consts = dict(HEAD_D=d, BLOCK_D=block_d, CAUSAL=bool(causal), HAS_KPM=has_kpm, DOT_PRECISION=precision,
+                  UPCAST_DOT=_upcast_dot(q.dtype))
+    _launch(
+        "dkdv", lambda meta: triton.cdiv(n_k, meta["BLOCK_N"]) * B * H,
+        (q, k, v, kpm, grad_out, lse, delta, dk, dv,
+         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dk.stride(), *dv.stride(),
+         s_kb, s_kn,
+         H, n_q, n_k, _bucket(n_q, n_k), qk_scale, float(scale)),
+        consts,
     )
-
-    def grid_q(meta):
-        return (triton.cdiv(n_q, meta["BLOCK_M"]), B * H)
-
-    _attn_bwd_dq[grid_q](
-        q, k, v, kpm, grad_out, lse, delta, dq,
-        *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dq.stride(),
-        s_kb, s_kn,
-        H, n_q, n_k, _bucket(n_q, n_k), qk_scale, float(scale),
-        HEAD_D=d,
-        BLOCK_D=block_d, CAUSAL=bool(causal), HAS_KPM=has_kpm, DOT_PRECISION=precision, UPCAST_DOT=_upcast_dot(q.dtype),
+    _launch(
+        "dq", lambda meta: triton.cdiv(n_q, meta["BLOCK_M"]) * B * H,
+        (q, k, v, kpm, grad_out, lse, delta, dq,
+         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dq.stride(),
+         s_kb, s_kn,
+         H, n_q, n_k, _bucket(n_q, n_k), qk_scale, float(scale)),
+        consts,
     )
     return dq, dk, dv
 

@@ -15,9 +15,12 @@ nothing spills whatever D is.
   ``Q = softmax_cols(S)`` rebuilt tile by tile from the saved log-sum-exps, multiplied into the other
   side's rows: ``d x^`` (the gradient of the normalized rows) for ``BLOCK_M`` rows x ``BLOCK_DO``
   features per program (a second grid axis over the features, each recomputing the logit tiles).
-  Called with (a, b) for ``da`` and (b, a) for ``db``. The common factor ``c = grad * (1/2 if
-  symmetric) / N`` is applied after the tile dots, so the 16-bit operand of the dot stays O(1)
-  (``c`` alone would underflow float16 for large N).
+  Called with (a, b) for ``da`` and (b, a) for ``db``. The dot operands stay O(1) in the input dtype:
+  the normalized rows ``y^`` (formed in float32) and ``g = P - I`` times a power of two (``2**14`` for
+  float16, keeping large-N softmax terms out of its subnormals); ``1/T``, that power of two and the
+  common factor ``c = grad * (1/2 if symmetric) / N`` are applied to the float32 sums after the dots
+  (folded into ``g`` they overflow float16 for collapsed embeddings, ``||y|| < 1.5e-4``, or underflow
+  it at large N).
 - ``_finish_kernel``: through the normalization, ``dx = (dx^ - x^ (x^ . dx^)) / max(||x||, eps)``
   (just ``dx^ / eps`` where the norm is clamped), written in the input dtype.
 
@@ -111,7 +114,7 @@ def _bwd_kernel(
     X, Y, RX, RY, LSE_ROW, LSE_COL, DXH, N, D, scale2, inv_t,
     ROW_TERM: tl.constexpr, COL_TERM: tl.constexpr, DIAG: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DO: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, G_SCALE: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     d0 = tl.program_id(1).to(tl.int64) * BLOCK_DO
@@ -140,10 +143,15 @@ def _bwd_kernel(
         # the positives: -1 per softmax term on the diagonal (DIAG = ROW_TERM + COL_TERM)
         g -= tl.where(rows[:, None] == cols[None, :], DIAG, 0.0)
         g = tl.where(rm[:, None] & cm[None, :], g, 0.0)
-        # d S_ij / d x^_i = y^_j / T = y_j * ry_j / T: fold ry / T into the columns of g.
-        g = g * (ry * inv_t)[None, :]
+        # d S_ij / d x^_i = y^_j / T. Both dot operands are kept O(1) in the input dtype: the normalized
+        # rows y^ = y * ry (|y^_jd| <= 1, formed in float32), and g in [-2, 2] times G_SCALE (a power of
+        # two: exact), which lifts the small softmax terms of large N out of float16's subnormals.
+        # Folding ry / T into g instead overflows float16 once ||y|| < 1.5e-4 (collapsed embeddings).
+        # 1 / T and 1 / G_SCALE are applied to the float32 sum after the dots.
         y = tl.load(Y + cols[:, None] * D + dcols[None, :], mask=cm[:, None] & dm[None, :], other=0.0)
-        acc = tl.dot(g.to(y.dtype), y, acc, input_precision=DOT_PRECISION)
+        yh = (y.to(tl.float32) * ry[:, None]).to(Y.dtype.element_ty)
+        acc = tl.dot((g * G_SCALE).to(Y.dtype.element_ty), yh, acc, input_precision=DOT_PRECISION)
+    acc = acc * (inv_t / G_SCALE)
     tl.store(DXH + rows[:, None] * D + dcols[None, :], acc, mask=rm[:, None] & dm[None, :])
 
 
@@ -188,6 +196,12 @@ def _blocks(N: int, D: int, dtype: torch.dtype) -> tuple[int, int, int, int, int
     block_k = max(16, min(64, next_pow2(D)))
     block_do = max(16, min(256, next_pow2(D)))
     return block, block_k, block_do, 8, max(1, min(64, next_pow2(N)))
+
+
+def _g_scale(dtype: torch.dtype) -> float:
+    """The power of two the backward's ``P - I`` tile is multiplied by before its cast to ``dtype``:
+    2**14 for float16 (|g| <= 2 stays below 65504; softmax terms down to ~4e-9 stay normal), 1 else."""
+    return 16384.0 if dtype == torch.float16 else 1.0
 
 
 def _dot_precision(x: torch.Tensor) -> str:
@@ -264,7 +278,7 @@ def backward(
         (b, a, rb, ra, lse_c, lse_r, bool(symmetric), True),
     ):
         _bwd_kernel[grid](x, y, rx, ry, lse_row, lse_col, dxh, N, D, inv_t * _LOG2E, inv_t,
-                          ROW_TERM=row_term, COL_TERM=col_term, DIAG=diag, **common)
+                          ROW_TERM=row_term, COL_TERM=col_term, DIAG=diag, G_SCALE=_g_scale(a.dtype), **common)
         dx = torch.empty_like(x)
         _finish_kernel[(triton.cdiv(N, block_r),)](x, rx, dxh, coef, dx, N, D, float(eps),
                                                    BLOCK_R=block_r, BLOCK_K=block_k)

@@ -14,6 +14,11 @@ row never leave registers:
   loss and the count are read from device memory, so neither pass ever syncs with the host, and a
   backward is a single launch.
 
+Fused target gather (I-JEPA): with ``target_index`` (B, M), ``pred`` is (B, M, D), ``target`` (B, N, D),
+and pred row (b, m) is compared with target row ``(b, target_index[b, m])``, read in place: the gathered
+(and repeated) target rows are never written to memory. An index outside ``[0, N)`` is not read; it
+makes the loss NaN (and its gradient row NaN), the one signal a kernel can give without a host sync.
+
 The target gets no gradient here: in JEPA it is the EMA target encoder's output (stop-gradient).
 The dispatcher in jepa/ops/jepa_loss.py only routes a target that needs no gradient here in ``auto``.
 Mask rows are read as uint8 (a bool tensor viewed as bytes); masked-out rows still load their data,
@@ -38,6 +43,21 @@ _ELEMS_PER_PROGRAM = 4096
 
 
 @triton.jit
+def _target_offsets(IDX, rows, rmask, cols, M_PER_B, N_T, D, GATHER: tl.constexpr):
+    """Element offsets of the target rows that pred rows ``rows`` are compared with, and which rows have
+    a valid target: row r itself, or (with GATHER) row ``b * N_T + IDX[r]`` of the (B, N_T, D) target,
+    b = r // M_PER_B."""
+    if GATHER:
+        ti = tl.load(IDX + rows, mask=rmask, other=0)
+        ok = (ti >= 0) & (ti < N_T)
+        trow = (rows // M_PER_B) * N_T + tl.where(ok, ti, 0)
+    else:
+        ok = rmask
+        trow = rows
+    return trow[:, None] * D + cols[None, :], ok
+
+
+@triton.jit
 def _normalized_rows(T, offs, m2, D, eps, NORMALIZE: tl.constexpr):
     t = tl.load(T + offs, mask=m2, other=0.0).to(tl.float32)
     if NORMALIZE:
@@ -50,9 +70,9 @@ def _normalized_rows(T, offs, m2, D, eps, NORMALIZE: tl.constexpr):
 
 @triton.jit
 def _jepa_loss_fwd_kernel(
-    P, T, M, OUT, PARTIAL, R, D, beta, eps,
+    P, T, M, IDX, OUT, PARTIAL, R, D, M_PER_B, N_T, beta, eps,
     LOSS: tl.constexpr, NORMALIZE: tl.constexpr, HAS_MASK: tl.constexpr, REDUCE: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    GATHER: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # int64 before any multiplication: R * D may exceed 2**31.
     pid = tl.program_id(0).to(tl.int64)
@@ -61,7 +81,8 @@ def _jepa_loss_fwd_kernel(
     rmask = rows < R
     m2 = rmask[:, None] & (cols < D)[None, :]
     offs = rows[:, None] * D + cols[None, :]
-    t = _normalized_rows(T, offs, m2, D, eps, NORMALIZE)
+    toffs, t_ok = _target_offsets(IDX, rows, rmask, cols, M_PER_B, N_T, D, GATHER)
+    t = _normalized_rows(T, toffs, m2 & t_ok[:, None], D, eps, NORMALIZE)
     p = tl.load(P + offs, mask=m2, other=0.0).to(tl.float32)
     d = p - t
     if LOSS == 0:
@@ -74,6 +95,8 @@ def _jepa_loss_fwd_kernel(
     if HAS_MASK:
         w = tl.load(M + rows, mask=rmask, other=0).to(tl.float32)
         e = e * w[:, None]
+    if GATHER:
+        e = tl.where(t_ok[:, None], e, float("nan"))  # an out-of-range index poisons the loss
     e = tl.where(m2, e, 0.0)
     if REDUCE:
         tl.store(PARTIAL + rows, tl.sum(e, axis=1), mask=rmask)
@@ -98,7 +121,8 @@ def _jepa_loss_finalize_kernel(PARTIAL, OUT, COUNT, R, D, HAS_MASK: tl.constexpr
     if HAS_MASK:
         n = tl.maximum(tl.sum(selected, axis=0), 1.0) * D  # at least one token, as the reference
     else:
-        n = R.to(tl.float32) * D
+        # Not R.to(...): launched with R == 1, Triton passes R as the constant 1, which has no .to.
+        n = (tl.zeros([], tl.float32) + R) * D
     if MEAN:
         t = t / n
     tl.store(OUT, t.to(OUT.dtype.element_ty))
@@ -107,9 +131,9 @@ def _jepa_loss_finalize_kernel(PARTIAL, OUT, COUNT, R, D, HAS_MASK: tl.constexpr
 
 @triton.jit
 def _jepa_loss_bwd_kernel(
-    P, T, M, G, COUNT, GP, R, D, beta, eps,
+    P, T, M, IDX, G, COUNT, GP, R, D, M_PER_B, N_T, beta, eps,
     LOSS: tl.constexpr, NORMALIZE: tl.constexpr, HAS_MASK: tl.constexpr, G_FULL: tl.constexpr,
-    MEAN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    MEAN: tl.constexpr, GATHER: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     rows = pid * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
@@ -117,7 +141,8 @@ def _jepa_loss_bwd_kernel(
     rmask = rows < R
     m2 = rmask[:, None] & (cols < D)[None, :]
     offs = rows[:, None] * D + cols[None, :]
-    t = _normalized_rows(T, offs, m2, D, eps, NORMALIZE)
+    toffs, t_ok = _target_offsets(IDX, rows, rmask, cols, M_PER_B, N_T, D, GATHER)
+    t = _normalized_rows(T, toffs, m2 & t_ok[:, None], D, eps, NORMALIZE)
     p = tl.load(P + offs, mask=m2, other=0.0).to(tl.float32)
     d = p - t
     if LOSS == 0:
@@ -137,6 +162,8 @@ def _jepa_loss_bwd_kernel(
     if HAS_MASK:
         w = tl.load(M + rows, mask=rmask, other=0).to(tl.float32)
         gp = gp * w[:, None]
+    if GATHER:
+        gp = tl.where(t_ok[:, None], gp, float("nan"))
     tl.store(GP + offs, gp.to(GP.dtype.element_ty), mask=m2)
 
 
@@ -155,6 +182,15 @@ def _mask_bytes(mask: torch.Tensor | None) -> torch.Tensor | None:
     return None if mask is None else mask.reshape(-1).contiguous().view(torch.uint8)
 
 
+def _gather_args(pred: torch.Tensor, target: torch.Tensor, target_index: torch.Tensor | None):
+    """(target rows, index or placeholder, rows per batch, target rows per batch, GATHER)."""
+    if target_index is None:
+        return _rows(target), None, 1, 1, False
+    b, m, _ = pred.shape
+    n_t = target.shape[1]
+    return _rows(target), target_index.reshape(-1).contiguous(), m, n_t, True
+
+
 def forward(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -165,15 +201,19 @@ def forward(
     beta: float,
     reduction: str,
     eps: float = 1e-5,
+    target_index: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss of ``pred`` against (layer-normed) ``target``; both ``(..., D)``, same dtype, ``D <= MAX_D``.
+    """Loss of ``pred`` against (layer-normed) ``target``; both ``(..., D)``, same dtype, ``D <= MAX_D``;
+    with ``target_index`` (B, M) int64, ``pred`` is (B, M, D) and ``target`` (B, N, D), gathered in place.
 
     Returns ``(loss, count)``: the loss (scalar, or ``pred``'s shape for ``"none"``) in ``pred.dtype``,
     and a float32 ``(1,)`` tensor with the element count ``"mean"`` divides by (selected tokens, at
     least 1, x D), which :func:`backward` reads on the device (empty for ``"none"``).
+    Launches on the current device (the caller makes it the tensors').
     """
     D = pred.shape[-1]
-    p, t, m = _rows(pred), _rows(target), _mask_bytes(mask)
+    p, m = _rows(pred), _mask_bytes(mask)
+    t, idx, m_per_b, n_t, gather = _gather_args(pred, target, target_index)
     R = p.shape[0]
     block_r, block_d, grid, warps = _launch_shape(R, D)
     reduce = reduction != "none"
@@ -183,9 +223,10 @@ def forward(
     else:
         out = torch.empty_like(p)
     _jepa_loss_fwd_kernel[(grid,)](
-        p, t, m if m is not None else p, out, partial, R, D, float(beta), float(eps),
+        p, t, m if m is not None else p, idx if idx is not None else p, out, partial, R, D, m_per_b, n_t,
+        float(beta), float(eps),
         LOSS=LOSS_CODES[loss], NORMALIZE=bool(normalize_target), HAS_MASK=m is not None, REDUCE=reduce,
-        BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
+        GATHER=gather, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
     )
     if not reduce:
         return out.view(pred.shape), torch.empty(0, dtype=torch.float32, device=p.device)
@@ -209,19 +250,22 @@ def backward(
     beta: float,
     reduction: str,
     eps: float = 1e-5,
+    target_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``d loss / d pred`` given the upstream gradient ``grad`` (a scalar, or ``pred``'s shape for "none")
     and the ``count`` :func:`forward` returned."""
     D = pred.shape[-1]
-    p, t, m = _rows(pred), _rows(target), _mask_bytes(mask)
+    p, m = _rows(pred), _mask_bytes(mask)
+    t, idx, m_per_b, n_t, gather = _gather_args(pred, target, target_index)
     R = p.shape[0]
     block_r, block_d, grid, warps = _launch_shape(R, D)
     full = reduction == "none"
     g = _rows(grad.expand(pred.shape)) if full else grad.reshape(1)
     gp = torch.empty_like(p)
     _jepa_loss_bwd_kernel[(grid,)](
-        p, t, m if m is not None else p, g, count if count.numel() else g, gp, R, D, float(beta), float(eps),
+        p, t, m if m is not None else p, idx if idx is not None else p, g, count if count.numel() else g, gp,
+        R, D, m_per_b, n_t, float(beta), float(eps),
         LOSS=LOSS_CODES[loss], NORMALIZE=bool(normalize_target), HAS_MASK=m is not None, G_FULL=full,
-        MEAN=reduction == "mean", BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
+        MEAN=reduction == "mean", GATHER=gather, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=warps,
     )
     return gp.view(pred.shape)

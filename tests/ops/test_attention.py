@@ -7,6 +7,8 @@ The Triton kernels themselves are tested in test_attention_triton.py.
 from __future__ import annotations
 
 
+import importlib
+
 import pytest
 import torch
 
@@ -79,13 +81,17 @@ def test_no_keys_gives_zeros():
 
 
 @pytest.mark.parametrize("backend", ["cuda", "cpp"])
-def test_forced_cuda_and_cpp_raise_backend_unavailable(backend, monkeypatch):
+def test_cuda_and_cpp_raise_per_op_and_are_skipped_globally(backend, monkeypatch):
     q, k, v = _qkv(1, 1, 4, 4, 16)
-    with use_backend(backend), pytest.raises(BackendUnavailableError, match=f"'{backend}' does not implement attention"):
+    with use_backend(attention=backend), pytest.raises(BackendUnavailableError, match=f"'{backend}' does not implement attention"):
         attention(q, k, v)
+    monkeypatch.setenv("JEPA_BACKEND", f"attention={backend}")
+    with pytest.raises(BackendUnavailableError, match=f"'{backend}' does not implement attention"):
+        attention(q, k, v)
+    # A global JEPA_BACKEND=cpp/cuda must not break a model: attention (no such path) stays on auto.
     monkeypatch.setenv("JEPA_BACKEND", backend)
-    with pytest.raises(BackendUnavailableError):
-        attention(q, k, v)
+    ref = attention_reference(q, k, v)
+    assert torch.equal(attention(q, k, v), ref)
 
 
 def test_auto_on_cpu_tensors_uses_the_torch_reference(monkeypatch):
@@ -188,3 +194,85 @@ def test_torch_compile_has_no_graph_breaks_and_matches_eager():
     assert torch.allclose(xc.grad, xe.grad, rtol=1e-5, atol=1e-6)
     for p, g in zip(block.parameters(), ge):
         assert torch.allclose(p.grad, g, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- auto's routes on CUDA
+
+
+def _cuda_like(b, h, n, d, dtype=torch.bfloat16):
+    """Stands in for a CUDA tensor where only device, dtype and shape are read (routing, not compute)."""
+    import types  # noqa: PLC0415
+
+    return types.SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype, shape=(b, h, n, d))
+
+
+@pytest.fixture
+def routes(tmp_path, monkeypatch):
+    """Writes a route table to a file JEPA_ATTENTION_ROUTES points at; the GPU is an sm_90."""
+    from jepa.ops import attention_routes  # noqa: PLC0415
+
+    path = tmp_path / "routes.json"
+    monkeypatch.setenv("JEPA_ATTENTION_ROUTES", str(path))
+    monkeypatch.setattr(attention_routes, "_arch", lambda device: "sm_90")
+    attention_routes.clear_cache()
+
+    def write(entries):
+        import json  # noqa: PLC0415
+
+        path.write_text(json.dumps({"format": 1, "entries": entries}))
+        attention_routes.clear_cache()
+
+    yield write
+    attention_routes.clear_cache()
+
+
+def test_unmasked_cuda_calls_go_to_sdpa_unless_the_table_measured_triton_faster(routes):
+    attn = importlib.import_module("jepa.ops.attention")
+    q = _cuda_like(8, 12, 196, 24)
+    routes([])
+    assert attn._auto_order(q, q, False, None) == ("torch",)  # nothing measured: SDPA
+    routes([{"arch": "sm_90", "dtype": "bfloat16", "head_dim": 32, "n": 256, "causal": False, "backend": "triton"}])
+    assert attn._auto_order(q, q, False, None) == ("triton", "torch")  # d=24 -> 32, N=196 -> 256
+    assert attn._auto_order(q, q, True, None) == ("torch",)  # causal is another bucket
+    assert attn._auto_order(_cuda_like(8, 12, 300, 24), q, False, None) == ("torch",)  # N bucket 512
+    assert attn._auto_order(_cuda_like(8, 12, 196, 24, torch.float16), q, False, None) == ("torch",)
+    routes([{"arch": "sm_80", "dtype": "bfloat16", "head_dim": 32, "n": 256, "causal": False, "backend": "triton"}])
+    assert attn._auto_order(q, q, False, None) == ("torch",)  # measured on another architecture
+
+
+def test_masked_cuda_calls_go_to_triton_and_cpu_calls_to_torch(routes):
+    attn = importlib.import_module("jepa.ops.attention")
+    routes([])
+    q = _cuda_like(2, 2, 9, 16)
+    assert attn._auto_order(q, q, False, torch.zeros(2, 9, dtype=torch.bool)) == ("triton", "torch")
+    cpu = torch.zeros(2, 2, 9, 16)
+    assert attn._auto_order(cpu, cpu, False, torch.zeros(2, 9, dtype=torch.bool)) == ("torch",)
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"format": 2, "entries": []}', "expected"),
+        ('{"format": 1, "entries": [{"arch": "sm_90"}]}', "needs 'backend'"),
+        ('{"format": 1, "entries": [{"arch": "sm_90", "backend": "triton", "dtype": "int8", "head_dim": 32, '
+         '"n": 256, "causal": false}]}', "bad attention route entry"),
+    ],
+)
+def test_a_broken_route_table_is_refused_naming_the_file(tmp_path, monkeypatch, content, match):
+    from jepa.ops import attention_routes  # noqa: PLC0415
+
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    attention_routes.clear_cache()
+    with pytest.raises(ValueError, match=match):
+        attention_routes.load_routes(path)
+    attention_routes.clear_cache()
+
+
+def test_the_shipped_route_table_loads():
+    from jepa.ops import attention_routes  # noqa: PLC0415
+
+    attention_routes.clear_cache()
+    table = attention_routes.load_routes(attention_routes.ROUTES_FILE)
+    assert all(v in ("triton", "torch") for v in table.values())

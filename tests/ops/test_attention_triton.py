@@ -103,8 +103,9 @@ def test_other_tile_shapes_match_float64(kern, monkeypatch, fwd, dkdv, dq):
     # block-alignment logic of the causal and boundary phases is checked for every orientation.
     import triton  # noqa: PLC0415
 
-    for tuner, (bm, bn) in ((kern._attn_fwd, fwd), (kern._attn_bwd_dkdv, dkdv), (kern._attn_bwd_dq, dq)):
-        monkeypatch.setattr(tuner, "configs", [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=4, num_stages=1)])
+    for name, (bm, bn) in (("fwd", fwd), ("dkdv", dkdv), ("dq", dq)):
+        monkeypatch.setitem(kern.INTERPRET_CONFIGS, name,
+                            triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=4, num_stages=1))
     for causal in (False, True):
         q, k, v, kpm = _inputs(2, 1, 75, 75, 16, torch.float32, pad=True)
         _check_fwd_bwd(q, k, v, kpm, causal, torch.float32)
@@ -257,69 +258,6 @@ def test_torch_compile_fullgraph_with_the_triton_op_matches_eager():
         assert torch.allclose(p.grad, g, rtol=1e-5, atol=1e-6)
 
 
-_AOT_SCRIPT = r"""
-import sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-import jepa.kernels.triton.attention as A
-
-def compile_(jit, ptrs, cons, cap, warps=4, stages=3):
-    # Specialized as a launch on contiguous tensors is: unit strides of the last dim become constants,
-    # pointers and the other strides are known multiples of 16.
-    names = jit.arg_names
-    cons = dict(cons)
-    for n in names:
-        if n.startswith("stride") and (n.endswith("d") or n.endswith("kpm_n")):
-            cons[n] = 1
-    sig, attrs = {}, {}
-    for i, n in enumerate(names):
-        if n in cons:
-            sig[n] = "constexpr"
-        elif n in ptrs:
-            sig[n] = ptrs[n]
-            attrs[(i,)] = [["tt.divisibility", 16]]
-        elif "scale" in n:
-            sig[n] = "fp32"
-        else:
-            sig[n] = "i32"
-            if n.startswith("stride"):
-                attrs[(i,)] = [["tt.divisibility", 16]]
-    src = ASTSource(fn=jit, signature=sig, constexprs={(names.index(k),): v for k, v in cons.items()}, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", cap, 32), options={"num_warps": warps, "num_stages": stages})
-
-for cap, dt, d, causal, kpm in ((90, "bf16", 32, True, True), (80, "fp16", 64, False, False)):
-    p = "*" + dt
-    base = dict(HEAD_D=d if d != 32 else 24, BLOCK_D=d, CAUSAL=causal, HAS_KPM=kpm, DOT_PRECISION="tf32", UPCAST_DOT=False)
-    fwd = compile_(A._attn_fwd.fn, dict(Q=p, K=p, V=p, KPM="*u8", O=p, LSE="*fp32"), dict(base, BLOCK_M=128, BLOCK_N=64), cap)
-    dkdv = compile_(A._attn_bwd_dkdv.fn, dict(Q=p, K=p, V=p, KPM="*u8", DO=p, LSE="*fp32", DELTA="*fp32", DK=p, DV=p),
-                    dict(base, BLOCK_M=32, BLOCK_N=128), cap, warps=8)
-    dq = compile_(A._attn_bwd_dq.fn, dict(Q=p, K=p, V=p, KPM="*u8", DO=p, LSE="*fp32", DELTA="*fp32", DQ=p),
-                  dict(base, BLOCK_M=128, BLOCK_N=32), cap, warps=8)
-    mma = "wgmma" if cap >= 90 else "mma.sync"
-    for name, k in (("fwd", fwd), ("dkdv", dkdv), ("dq", dq)):
-        if mma not in k.asm["ptx"]:
-            sys.exit(f"sm_{cap} {name}: no {mma} in the PTX (tensor cores unused)")
-compile_(A._attn_bwd_delta, dict(O="*bf16", DO="*bf16", DELTA="*fp32"), dict(HEAD_D=24, BLOCK_M=64, BLOCK_D=32), 90)
-print("compiled")
-"""
-
-
-def test_kernels_compile_to_tensor_core_ptx_for_sm80_and_sm90(tmp_path):
-    # The interpreter never compiles; this builds the GPU code paths (UPCAST_DOT=False, real bf16/fp16
-    # dots) to PTX for A100 and H100 without a GPU, in a subprocess without TRITON_INTERPRET.
-    import os  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
-    pytest.importorskip("triton.compiler")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stdout + proc.stderr
-
-
 def test_edge_shapes_no_query_no_key_zero_batch():
     with use_backend("triton"):
         q, k, v, _ = _inputs(2, 1, 0, 5, 16, torch.float32, pad=False)  # no query
@@ -359,3 +297,97 @@ def test_random_shapes_match_float64():
         _check_fwd_bwd(q, k, v, kpm, causal, dtype)
 
     check()
+
+
+# ----------------------------------------------------------------------------- GPU launch logic on the CPU
+
+
+class _Recorder:
+    """Stands in for a Triton kernel: records the grid and launch options of ``kernel[grid](...)`` and runs
+    nothing (the host logic of the GPU path is checked on the CPU)."""
+
+    def __init__(self, name, calls):
+        self.name, self.calls = name, calls
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            g = grid(kwargs) if callable(grid) else grid
+            self.calls.append((self.name, tuple(g), kwargs))
+
+        return launch
+
+
+@pytest.fixture
+def gpu_host_path(monkeypatch, kern):
+    """The launch logic of a GPU (pinned configurations, an H100's shared memory) with recording kernels."""
+    calls = []
+    monkeypatch.setattr(kern, "_interpreting", lambda: False)
+    monkeypatch.setattr(kern, "device_smem_limit", lambda: 232448)
+    monkeypatch.setattr(kern, "autotune_enabled", lambda: False)
+    for name in ("fwd", "dkdv", "dq"):
+        monkeypatch.setitem(kern._KERNELS, name, _Recorder(name, calls))
+    monkeypatch.setattr(kern, "_attn_bwd_delta", _Recorder("delta", calls))
+    return calls
+
+
+def test_grids_stay_within_cuda_limits_when_batch_times_heads_exceeds_65535(kern, gpu_host_path):
+    """B*H = 70,000 programs per query block: grid axes 1 and 2 take at most 65,535, so every launch must
+    put them on axis 0 (limit 2**31 - 1)."""
+    b, h, n, d = 35_000, 2, 3, 16
+    q = torch.zeros(b, h, n, d)
+    out, lse = kern.attention_forward(q, q, q, None, False, 0.25)
+    kern.attention_backward(out, q, q, q, out, lse, None, False, 0.25)
+    assert [c[0] for c in gpu_host_path] == ["fwd", "delta", "dkdv", "dq"]
+    for name, grid, _ in gpu_host_path:
+        assert grid[0] <= 2**31 - 1 and all(g <= 65535 for g in grid[1:]), (name, grid)
+        assert grid[0] * (grid[1] if len(grid) > 1 else 1) >= b * h, (name, grid)
+
+
+@pytest.fixture
+def set_tf32():
+    """Sets torch.backends.cuda.matmul.allow_tf32 for the test (a property monkeypatch cannot patch)."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    yield lambda value: setattr(torch.backends.cuda.matmul, "allow_tf32", value)
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.mark.parametrize("dtype, tf32, d", [(torch.float32, True, 80), (torch.float32, False, 128),
+                                            (torch.bfloat16, False, 24), (torch.float16, False, 96)])
+def test_autotune_off_launches_the_pinned_configuration(kern, gpu_host_path, monkeypatch, set_tf32, dtype, tf32, d):
+    set_tf32(tf32)
+    monkeypatch.setattr(kern, "_dot_precision", lambda dt: "tf32" if dt != torch.float32 or tf32 else "tf32x3")
+    q = torch.zeros(2, 3, 50, d, dtype=dtype)
+    out, lse = kern.attention_forward(q, q, q, None, True, 0.2)
+    kern.attention_backward(out, q, q, q, out, lse, None, True, 0.2)
+    precision = "tf32" if dtype != torch.float32 or tf32 else "tf32x3"
+    for name, _, kwargs in gpu_host_path:
+        if name == "delta":
+            continue
+        pinned = kern.pinned_config(name, dtype, precision, kern.padded_head_dim(d), 232448)
+        assert kwargs["BLOCK_M"] == pinned.kwargs["BLOCK_M"] and kwargs["BLOCK_N"] == pinned.kwargs["BLOCK_N"]
+        assert kwargs["num_warps"] == pinned.num_warps and kwargs["num_stages"] == pinned.num_stages
+        assert kwargs["DOT_PRECISION"] == precision
+        assert kern.smem_bytes(name, kern.dot_class(dtype, precision), kwargs["BLOCK_D"],
+                               (kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["num_warps"], kwargs["num_stages"])) <= 232448
+
+
+def test_autotune_switch_and_cuda_graph_capture(kern, monkeypatch):
+    monkeypatch.delenv("JEPA_TRITON_AUTOTUNE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    assert kern.autotune_enabled()
+    for off in ("0", "false", "off"):
+        monkeypatch.setenv("JEPA_TRITON_AUTOTUNE", off)
+        assert not kern.autotune_enabled()
+    monkeypatch.setenv("JEPA_TRITON_AUTOTUNE", "1")
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert not kern.autotune_enabled(), "the autotuner cannot benchmark inside a CUDA-graph capture"
+
+
+def test_float32_without_tf32_uses_the_float32_accurate_split_on_gpus(kern, monkeypatch, set_tf32):
+    monkeypatch.setattr(kern, "_interpreting", lambda: False)
+    set_tf32(False)
+    assert kern._dot_precision(torch.float32) == ("tf32x3" if torch.version.hip is None else "ieee")
+    assert kern._dot_precision(torch.bfloat16) == "tf32"
+    set_tf32(True)
+    assert kern._dot_precision(torch.float32) == "tf32"

@@ -9,9 +9,12 @@ import time
 import pytest
 import torch
 
+import importlib
+
 import jepa.ops as ops
 from jepa.ops import BackendUnavailableError, _backend, _native
-from jepa.ops import ema as ema_mod
+
+ema_mod = importlib.import_module("jepa.ops.ema_update")  # the module (jepa.ops.ema_update is also the function)
 from oracles import multi_rel_err as _rel_err
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -291,7 +294,7 @@ def test_forcing_gpu_backends_on_cpu_tensors_raises(native, backend, monkeypatch
 
 
 def test_forcing_triton_raises_even_for_empty_lists(monkeypatch):
-    monkeypatch.setattr(ema_mod, "triton_available", lambda: False)  # as where triton is not installed
+    monkeypatch.setattr(_backend, "triton_available", lambda: False)  # as where triton is not installed
     monkeypatch.setenv("JEPA_BACKEND", "triton")
     with pytest.raises(BackendUnavailableError, match="triton"):
         ops.ema_update([], [], 0.5)
@@ -427,9 +430,18 @@ def test_dtype_mismatch_within_pair():
         ops.ema_update([torch.zeros(2)], [torch.zeros(2, dtype=torch.float16)], 0.5)
 
 
-def test_empty_lists_are_a_no_op():
-    ops.ema_update([], [], 0.5)
-    ops.ema_update(iter(()), iter(()), 0.5)
+def test_empty_lists_are_a_no_op(monkeypatch):
+    """Nothing is planned, launched or computed for empty lists (and they return None), but the momentum
+    is still checked."""
+    calls = []
+    for name in ("_run_cpp", "_run_cuda", "_run_triton", "ema_update_reference"):
+        monkeypatch.setattr(ema_mod, name, lambda *a, _name=name: calls.append(_name))
+    monkeypatch.setattr(ema_mod._native, "get_plan", lambda *a: calls.append("get_plan"))
+    assert ops.ema_update([], [], 0.5) is None
+    assert ops.ema_update(iter(()), iter(()), 0.5) is None
+    assert calls == []
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\], got 1.5"):
+        ops.ema_update([], [], 1.5)
 
 
 def test_native_binding_validates_its_arguments(native):
@@ -470,7 +482,7 @@ def test_has_cuda_is_consistent(native):
         assert info["cuda_runtime_version"] is None
         assert native.cuda_device_count() == 0
         with pytest.raises(RuntimeError, match="without CUDA"):
-            native.ema_update_cuda([0], [0], [0], native.DTYPE_FLOAT32, 0.5, 0)
+            native.ema_update_cuda(native.TensorTable([[0], [0]], [0], native.DTYPE_FLOAT32), 0.5, 0, 0)
     if torch.cuda.is_available() and native.has_cuda():
         assert native.cuda_device_count() == torch.cuda.device_count()
 
@@ -529,3 +541,26 @@ def test_update_is_visible_to_autograd(native, backend):
     assert target._version > before
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+def test_old_module_path_still_imports_the_op():
+    from jepa.ops.ema import ema_update as old_name, ema_update_reference as old_ref  # noqa: PLC0415
+
+    assert old_name is ops.ema_update and old_ref is ops.ema_update_reference
+
+
+def test_device_layout_of_a_table(native):
+    """What the CUDA kernel reads from device memory: pointers, element prefix sums, per-tensor chunk
+    prefix sums (32 KiB chunks), and whether every buffer is 16-byte aligned."""
+    ts = [torch.zeros(5), torch.zeros(0), torch.zeros(20000)]
+    os_ = [torch.zeros(5), torch.zeros(0), torch.zeros(20000)]
+    tp, op = [t.data_ptr() for t in ts], [o.data_ptr() for o in os_]
+    table = native.TensorTable([tp, op], [5, 0, 20000], native.DTYPE_FLOAT32)
+    chunk = 32768 // 4
+    assert table.device_layout() == tp + op + [0, 5, 5, 20005] + [0, 1, 1, 1 + -(-20000 // chunk)]
+    assert table.aligned16
+    half = torch.zeros(40000, dtype=torch.float16)
+    t16 = native.TensorTable([[half.data_ptr()], [half.data_ptr()]], [40000], native.DTYPE_FLOAT16)
+    assert t16.device_layout()[-2:] == [0, -(-40000 // (32768 // 2))]
+    odd = torch.zeros(9)[1:]  # 4 bytes past a 16-byte boundary
+    assert not native.TensorTable([[odd.data_ptr()], [odd.data_ptr()]], [8], native.DTYPE_FLOAT32).aligned16

@@ -6,12 +6,15 @@ Runs only where torch sees a GPU and jepa._C was built with CUDA (skipped on CPU
 from __future__ import annotations
 
 
+import importlib
+
 import pytest
 import torch
 
 import jepa.ops as ops
 from jepa.ops import BackendUnavailableError
-from jepa.ops import ema as ema_mod
+
+ema_mod = importlib.import_module("jepa.ops.ema_update")  # the module (jepa.ops.ema_update is also the function)
 from oracles import multi_rel_err as _rel_err
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -85,3 +88,37 @@ def test_mixed_devices_fall_back_to_torch(cuda_native):
     assert float(t[0].sum().cpu()) == 2.0 and float(t[1].sum()) == 2.0
     with ops.use_backend("cuda"), pytest.raises(BackendUnavailableError, match="mixed devices"):
         ops.ema_update(t, o, 0.5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("offset", [0, 1, 3])
+def test_cuda_vector_and_scalar_paths_match_float64(cuda_native, dtype, offset):
+    """offset 0: 16-byte aligned buffers, the vectorized kernel (chunk and vector tails at odd sizes);
+    offset 1 or 3: views starting off a 16-byte boundary, the element-wise kernel."""
+    gen = torch.Generator().manual_seed(7 + offset)
+    chunk = 32768 // torch.tensor([], dtype=dtype).element_size()
+    sizes = [1, 7, 8, 9, chunk - 1, chunk, chunk + 1, 3 * chunk + 5, 0, 100_003]
+    base_t = [torch.randn(n + offset, generator=gen, dtype=torch.float64).to(dtype).cuda() for n in sizes]
+    base_o = [torch.randn(n + offset, generator=gen, dtype=torch.float64).to(dtype).cuda() for n in sizes]
+    targets, onlines = [t[offset:] for t in base_t], [o[offset:] for o in base_o]
+    heads = [t[:offset].clone() for t in base_t]
+    refs = [t.double() * 0.7 + o.double() * 0.3 for t, o in zip(targets, onlines)]
+    plan = ops._native.get_plan("ema_update", (targets, onlines), ema_mod._validate)
+    assert plan.table().aligned16 is (offset == 0)
+    with ops.use_backend("cuda"):
+        ops.ema_update(targets, onlines, 0.7)
+    assert _rel_err(targets, refs) <= TOL[dtype]
+    assert all(torch.equal(t[:offset], h) for t, h in zip(base_t, heads)), "wrote before a view's start"
+
+
+def test_cuda_device_table_is_built_once_per_plan(cuda_native, monkeypatch):
+    t = [torch.zeros(1000, device="cuda"), torch.zeros(3, device="cuda")]
+    o = [torch.ones(1000, device="cuda"), torch.ones(3, device="cuda")]
+    with ops.use_backend("cuda"):
+        ops.ema_update(t, o, 0.5)
+        plan = ops._native.get_plan("ema_update", (t, o), ema_mod._validate)
+        table = plan.device_table()
+        ops.ema_update(t, o, 0.5)
+        assert plan.device_table() is table and table.device == t[0].device
+    torch.testing.assert_close(t[0], torch.full_like(t[0], 0.75))

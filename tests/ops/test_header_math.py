@@ -71,6 +71,18 @@ int main(int argc, char** argv) {
     pieces.push_back(t); pieces.push_back(lo); pieces.push_back(hi);
   });
   write_all((dir + "/pieces.bin").c_str(), pieces);
+  // 6. per-tensor chunks of 4 elements (the CUDA kernels' layout): chunk prefix sums, then every chunk's
+  //    (tensor, begin, end) and the end of its 2-wide vector part
+  std::vector<std::int64_t> chunk_prefix(prefix.size());
+  jepa::fill_chunk_prefix(prefix.data(), n, 4, chunk_prefix.data());
+  write_all((dir + "/chunk_prefix.bin").c_str(), chunk_prefix);
+  std::vector<std::int64_t> chunks;
+  for (std::int64_t c = 0; c < chunk_prefix.back(); ++c) {
+    const jepa::ChunkRange r = jepa::locate_chunk(chunk_prefix.data(), prefix.data(), n, c, 4);
+    chunks.push_back(r.tensor); chunks.push_back(r.begin); chunks.push_back(r.end);
+    chunks.push_back(jepa::vector_end(r.begin, r.end, 2));
+  }
+  write_all((dir + "/chunks.bin").c_str(), chunks);
   return 0;
 }
 """
@@ -103,7 +115,7 @@ def run_program(tmp_path_factory, cxx):
     w[:1000], w[1000:2000], w[2000:3000] = 0.0, 1.0, 0.5
     np.stack([a, b, w], axis=1).astype(np.float32).tofile(work / "abw.bin")
 
-    sizes = [0, 3, 0, 0, 1, 7, 0, 12, 5, 0]
+    sizes = [0, 3, 0, 0, 1, 7, 0, 12, 5, 0, 8, 9]
     prefix = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     prefix.tofile(work / "prefix.bin")
 
@@ -165,3 +177,23 @@ def test_locate_tensor_and_pieces(run_program):
         assert sizes[t] > 0 and 0 <= lo < hi <= sizes[t]
         covered.extend(range(int(prefix[t] + lo), int(prefix[t] + hi)))
     assert covered == list(range(begin, end))
+
+
+def test_per_tensor_chunks_cover_each_tensor_once_from_aligned_starts(run_program):
+    """The CUDA kernels' chunking (jepa::fill_chunk_prefix / locate_chunk / vector_end, chunk 4, vectors
+    of 2): chunks never straddle tensors, start at multiples of the chunk size inside their tensor (so
+    they keep its alignment), cover every element once in order, and the vector part ends on a whole
+    vector."""
+    sizes = run_program["sizes"]
+    chunk_prefix = np.fromfile(run_program["dir"] / "chunk_prefix.bin", dtype=np.int64)
+    want_prefix = np.concatenate([[0], np.cumsum([-(-s // 4) for s in sizes])])
+    assert np.array_equal(chunk_prefix, want_prefix)
+    chunks = np.fromfile(run_program["dir"] / "chunks.bin", dtype=np.int64).reshape(-1, 4)
+    seen = {i: [] for i in range(len(sizes))}
+    for t, begin, end, vend in chunks:
+        assert sizes[t] > 0, "an empty tensor owns no chunk"
+        assert begin % 4 == 0 and begin < end <= min(begin + 4, sizes[t])
+        assert begin <= vend <= end and (vend - begin) % 2 == 0 and end - vend < 2
+        seen[int(t)].extend(range(int(begin), int(end)))
+    for i, s in enumerate(sizes):
+        assert seen[i] == list(range(s))

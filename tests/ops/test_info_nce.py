@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from jepa.ops import BackendUnavailableError, info_nce, use_backend
+from jepa.ops import BackendUnavailableError, info_nce, info_nce_reference, use_backend
 
 
 def _hand(a, b, temperature, symmetric):
@@ -79,7 +79,9 @@ def test_input_validation_names_argument():
 
 
 @pytest.mark.parametrize("backend", ["cuda", "cpp"])
-def test_forced_backend_raises(backend):
+def test_backend_without_info_nce_raises_per_op_and_is_skipped_globally(backend):
     x = torch.randn(3, 2)
-    with use_backend(backend), pytest.raises(BackendUnavailableError, match="not implemented for info_nce"):
+    with use_backend(info_nce=backend), pytest.raises(BackendUnavailableError, match=f"'{backend}' does not implement info_nce"):
         info_nce(x, x)
+    with use_backend(backend):  # a global setting applies to the ops that have the backend: here auto runs
+        assert torch.allclose(info_nce(x, x), info_nce_reference(x, x))

@@ -71,9 +71,11 @@ def test_input_validation_names_argument():
 
 
 @pytest.mark.parametrize("backend", ["cuda", "cpp"])
-def test_forced_backend_raises(backend):
-    x = torch.randn(2, 3)
-    with use_backend(backend), pytest.raises(BackendUnavailableError, match="not implemented for jepa_loss"):
-        jepa_loss(x, x)
+def test_backend_without_jepa_loss_raises_per_op_and_is_skipped_globally(backend):
+    x, y = torch.randn(2, 3), torch.randn(2, 3)
+    with use_backend(jepa_loss=backend), pytest.raises(BackendUnavailableError, match=f"'{backend}' does not implement jepa_loss"):
+        jepa_loss(x, y)
+    with use_backend(backend):  # a global setting applies to the ops that have the backend: here auto runs
+        assert torch.allclose(jepa_loss(x, y), _hand(x, y, "smooth_l1", True, 1.0, None, "mean").float())
     with use_backend("torch"):
         assert torch.isfinite(jepa_loss(x, x))

@@ -198,8 +198,12 @@ def test_auto_on_cpu_uses_the_reference(monkeypatch):
         (False, False, "", "torch"),  # CPU tensors: no C++ path for this op, the reference
     ],
 )
-def test_auto_choice(on_cuda, target_needs_grad, reason, expected):
-    assert jl_mod._auto_impl(on_cuda, target_needs_grad, lambda: reason) == expected
+def test_auto_choice(monkeypatch, on_cuda, target_needs_grad, reason, expected):
+    monkeypatch.setattr(_backend, "triton_available", lambda: True)
+    device = torch.device("cuda", 0) if on_cuda else torch.device("cpu")
+    got = _backend.choose(jl_mod.JEPA_LOSS, device=device, dtypes=(torch.float32,), check=lambda _b: reason,
+                          auto=jl_mod._auto_order(on_cuda, target_needs_grad))
+    assert got == expected
 
 
 def test_target_needs_grad_follows_grad_mode():
@@ -315,21 +319,130 @@ def test_relative_error_helper_catches_nan():
         _rel(torch.tensor([math.nan]), torch.tensor([1.0]))
 
 
-# ----------------------------------------------------------------------------- real compilation (sm_90)
+# ----------------------------------------------------------------------------- fused target gather
 
-def test_kernels_compile_for_sm90(compile_for_sm90):
-    mod = "jepa.kernels.triton.jepa_loss"
-    specs = []
-    for dt in ("fp32", "bf16"):
-        common = {"P": f"*{dt}", "T": f"*{dt}", "M": "*u8", "R": "i64", "D": "i32", "beta": "fp32", "eps": "fp32"}
-        for reduce in (True, False):
-            consts = {"LOSS": 0, "NORMALIZE": True, "HAS_MASK": True, "BLOCK_R": 2, "BLOCK_D": 2048}
-            specs.append([mod, "_jepa_loss_fwd_kernel", {**common, "OUT": f"*{dt}", "PARTIAL": "*fp32"},
-                          {**consts, "REDUCE": reduce}, 8])
-            specs.append([mod, "_jepa_loss_bwd_kernel",
-                          {**common, "G": f"*{dt}", "COUNT": "*fp32", "GP": f"*{dt}"},
-                          {**consts, "G_FULL": not reduce, "MEAN": reduce, "LOSS": 2}, 8])
-        specs.append([mod, "_jepa_loss_finalize_kernel", {"PARTIAL": "*fp32", "OUT": f"*{dt}", "COUNT": "*fp32",
-                                                          "R": "i64", "D": "i32"},
-                      {"HAS_MASK": True, "MEAN": True, "BLOCK": 1024}, 4])
-    compile_for_sm90(specs)
+
+def _gather_inputs(b, m, n, d, dtype, gen, use_mask=True):
+    pred = torch.randn(b, m, d, generator=gen).to(dtype)
+    target = (torch.randn(b, n, d, generator=gen) * 2 + 0.5).to(dtype)
+    index = torch.randint(0, n, (b, m), generator=gen)
+    index[:, -1] = index[:, 0]  # a repeated target row in every batch
+    mask = None
+    if use_mask:
+        mask = torch.rand(b, m, generator=gen) > 0.3
+        mask[0, 0] = True
+        mask = mask.to(DEVICE)
+    return pred.to(DEVICE), target.to(DEVICE), index.to(DEVICE), mask
+
+
+def _gathered(target, index):
+    return torch.stack([target[i, index[i]] for i in range(target.shape[0])])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("loss", ["smooth_l1", "mse", "l1"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_triton_target_gather_matches_float64(poisoned, dtype, loss, reduction):
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((str(dtype), loss, reduction)).encode()))
+    pred, target, index, mask = _gather_inputs(3, 11, 17, 33, dtype, gen)
+    pred.requires_grad_(True)
+    with use_backend("triton"):
+        out = ops.jepa_loss(pred, target, loss=loss, beta=0.7, mask=mask, reduction=reduction, target_index=index)
+    p64 = pred.detach().double().requires_grad_(True)
+    ref = _hand64(p64, _gathered(target, index), loss, True, 0.7, mask, reduction)
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert _rel(out, ref) <= TOL[dtype]
+    upstream = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    out.backward(upstream.to(DEVICE, dtype))
+    ref.backward(upstream.to(dtype).to(DEVICE, torch.float64))
+    assert _rel(pred.grad, p64.grad) <= TOL[dtype]
+
+
+def test_triton_gather_with_one_target_row_per_batch_and_no_normalization(poisoned):
+    gen = torch.Generator().manual_seed(21)
+    pred, target, index, _ = _gather_inputs(2, 5, 1, 9, torch.float32, gen, use_mask=False)  # N = 1
+    pred.requires_grad_(True)
+    with use_backend("triton"):
+        out = ops.jepa_loss(pred, target, normalize_target=False, target_index=index)
+    out.backward()
+    p64 = pred.detach().double().requires_grad_(True)
+    ref = _hand64(p64, _gathered(target, index), "smooth_l1", False, 1.0, None, "mean")
+    ref.backward()
+    assert _rel(out, ref) <= 1e-5 and _rel(pred.grad, p64.grad) <= 1e-5
+
+
+def test_triton_gather_reads_targets_in_place(monkeypatch):
+    """The gathered (B, M, D) targets are never written: the forward allocates nothing that large (only the
+    per-row partial sums) and never calls torch.gather."""
+    from jepa.kernels.triton import jepa_loss as kernels  # noqa: PLC0415
+
+    sizes = []
+    real_empty = torch.empty
+
+    class Recording(PoisonedTorch):
+        @staticmethod
+        def empty(*args, **kwargs):
+            t = real_empty(*args, **kwargs)
+            sizes.append(t.numel())
+            return t.fill_(float("nan"))
+
+    monkeypatch.setattr(kernels, "torch", Recording())
+    monkeypatch.setattr(jl_mod, "_gather", lambda *a: pytest.fail("the Triton path gathered the targets"))
+    gen = torch.Generator().manual_seed(22)
+    pred, target, index, mask = _gather_inputs(4, 40, 50, 64, torch.float32, gen)
+    with use_backend("triton"):
+        out = ops.jepa_loss(pred, target, mask=mask, target_index=index)
+    assert torch.isfinite(out) and sizes and max(sizes) <= 2 * 4 * 40 < pred.numel()
+
+
+def test_triton_out_of_range_index_gives_nan_without_a_host_check():
+    from jepa.kernels.triton import jepa_loss as kernels  # noqa: PLC0415
+
+    gen = torch.Generator().manual_seed(23)
+    pred, target, index, _ = _gather_inputs(2, 3, 4, 8, torch.float32, gen, use_mask=False)
+    index[1, 2] = 4  # == N: out of range
+    out, count = kernels.forward(pred, target, None, loss="mse", normalize_target=True, beta=1.0, reduction="none",
+                                 target_index=index)
+    assert torch.isnan(out[1, 2]).all() and torch.isfinite(out[0]).all() and torch.isfinite(out[1, :2]).all()
+    total, _ = kernels.forward(pred, target, None, loss="mse", normalize_target=True, beta=1.0, reduction="mean",
+                               target_index=index)
+    assert torch.isnan(total)
+
+
+def test_torch_path_gather_gives_target_gradients_through_repeated_rows():
+    """The reference (auto on CPU, target requiring grad): gradients into the (B, N, D) target sum over the
+    predictions that used each row; checked by gradcheck, and equal to gathering first by hand."""
+    gen = torch.Generator().manual_seed(24)
+    pred = torch.randn(2, 4, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    target = torch.randn(2, 3, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    index = torch.tensor([[0, 2, 2, 1], [1, 1, 1, 0]])
+    mask = torch.tensor([[True, True, False, True], [True, False, True, True]])
+    assert torch.autograd.gradcheck(
+        lambda p, t: ops.jepa_loss(p, t, loss="smooth_l1", beta=0.5, mask=mask, target_index=index), (pred, target)
+    )
+    op = torch.ops.jepa.jepa_loss
+    assert torch.autograd.gradcheck(  # the analytic backward used under torch.compile
+        lambda p, t: op(p, t, mask, "mse", True, 0.5, "sum", "torch", index)[0], (pred, target)
+    )
+    out = ops.jepa_loss(pred, target, mask=mask, target_index=index)
+    ref = _hand64(pred, _gathered(target, index), "smooth_l1", True, 1.0, mask, "mean")
+    assert torch.allclose(out, ref, rtol=1e-12, atol=0)
+
+
+def test_target_index_is_validated():
+    pred, target = torch.randn(2, 3, 4), torch.randn(2, 5, 4)
+    good = torch.zeros(2, 3, dtype=torch.long)
+    with pytest.raises(TypeError, match="target_index must be an int64"):
+        ops.jepa_loss(pred, target, target_index=good.int())
+    with pytest.raises(TypeError, match="target_index must be an int64 tensor or None, got list"):
+        ops.jepa_loss(pred, target, target_index=[[0]])
+    with pytest.raises(ValueError, match=r"target_index must have shape \(B, M\) = \(2, 3\)"):
+        ops.jepa_loss(pred, target, target_index=good[:, :2])
+    with pytest.raises(ValueError, match=r"target must be \(B, N, D\) = \(2, N, 4\)"):
+        ops.jepa_loss(pred, torch.randn(2, 5, 3), target_index=good)
+    with pytest.raises(ValueError, match=r"pred must be \(B, M, D\)"):
+        ops.jepa_loss(pred[0], target, target_index=good)
+    with pytest.raises(ValueError, match=r"values must be in \[0, N\) = \[0, 5\); got values in \[0, 5\]"):
+        ops.jepa_loss(pred, target, target_index=good + torch.tensor([[0, 0, 5], [0, 0, 0]]))
+    with pytest.raises(ValueError, match=r"mask must have shape pred.shape\[:-1\]"):
+        ops.jepa_loss(pred, target, target_index=good, mask=torch.ones(2, 5, dtype=torch.bool))

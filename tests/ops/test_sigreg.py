@@ -196,9 +196,18 @@ def test_mixed_devices_refused():
 
 
 @pytest.mark.parametrize("backend", ["cuda", "cpp"])
-def test_forced_unimplemented_backends_raise(backend):
-    with use_backend(backend), pytest.raises(BackendUnavailableError, match=f"backend '{backend}' is not implemented for sigreg"):
+def test_per_op_unimplemented_backends_raise(backend):
+    with use_backend(sigreg=backend), pytest.raises(BackendUnavailableError, match=f"backend '{backend}' does not implement sigreg"):
         ops.sigreg(torch.randn(4, 3), torch.randn(3, 2))
+
+
+@pytest.mark.parametrize("backend", ["cuda", "cpp"])
+def test_global_backend_sigreg_lacks_leaves_it_on_auto(backend):
+    # The chooser's rule: a global backend applies only to the ops that implement it.
+    gen = torch.Generator().manual_seed(5)
+    z, a = torch.randn(7, 3, generator=gen), torch.randn(3, 2, generator=gen)
+    with use_backend(backend):
+        assert torch.equal(ops.sigreg(z, a), ops.sigreg_reference(z, a))
 
 
 def test_forced_triton_on_cpu_without_the_interpreter_raises(monkeypatch):

@@ -42,7 +42,7 @@ def test_cuda_matches_torch_reference(cuda_native, dtype, inv, bad):
 
 
 def test_cuda_more_tensors_than_one_launch_takes(cuda_native):
-    # the table travels as the kernel argument, 1984 tensors per launch: 4100 tensors need 3 launches
+    # the table travels as the kernel argument, 1344 tensors per launch: 4100 tensors need 4 launches
     gen = torch.Generator().manual_seed(8)
     grads = [torch.randn(int(n), generator=gen).cuda() for n in torch.randint(0, 40, (4100,), generator=gen)]
     grads[3000] = torch.tensor([1.0, math.nan, 2.0], device="cuda")  # in the second launch
@@ -80,3 +80,28 @@ def test_cuda_update_scale_matches_torch(cuda_native, interval):
             ops.update_scale_(s, t, found, 2.0, 0.5, interval)
         ops.update_scale_reference(s_ref, t_ref, found, 2.0, 0.5, interval)
         assert s.item() == s_ref.item() and t.item() == t_ref.item()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("offset", [0, 1])
+def test_cuda_vector_and_scalar_paths_match_torch(cuda_native, dtype, offset):
+    """offset 0: 16-byte aligned gradients (vector loads, chunk and vector tails at odd sizes); offset 1:
+    views off a 16-byte boundary (element-wise kernel). A non-finite value in a vector part and one in a
+    tail are both found."""
+    gen = torch.Generator().manual_seed(11 + offset)
+    chunk = 32768 // torch.tensor([], dtype=dtype).element_size()
+    sizes = [1, 7, 8, 9, chunk - 1, chunk, chunk + 1, 3 * chunk + 5, 0, 100_003]
+    base = [(torch.randn(n + offset, generator=gen) * 100).to(dtype).cuda() for n in sizes]
+    grads = [b[offset:] for b in base]
+    for bad_at in (None, (5, 8), (7, -1)):  # (tensor, element): inside a vector, in the last (tail) element
+        work = [g.clone() for g in grads] if offset == 0 else [b.clone()[offset:] for b in base]
+        if bad_at is not None:
+            work[bad_at[0]][bad_at[1]] = math.inf
+        expect = [g.clone() for g in work]
+        inv = torch.tensor(0.125, device="cuda")
+        found, found_ref = torch.zeros((), device="cuda"), torch.zeros((), device="cuda")
+        ops.unscale_reference(expect, inv, found_ref)
+        with ops.use_backend("cuda"):
+            ops.unscale_(work, inv, found)
+        _assert_same(work, expect)
+        assert found.item() == found_ref.item() == (0.0 if bad_at is None else 1.0)

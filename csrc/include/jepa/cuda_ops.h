@@ -18,8 +18,10 @@ int device_count();
 
 // target[i] <- lerp(target[i], online[i], weight) for every tensor of the depth-2 table, in one
 // kernel launch on `stream` (a cudaStream_t as an integer; 0 is the legacy default stream).
-// Uses the current CUDA device; the table's pointers must be device pointers on that device.
-void ema_update(const TensorTable& table, float weight, std::uintptr_t stream);
+// `device_layout` is the device address of table.device_layout() copied to the current device (the
+// caller owns that memory and keeps it alive); the table's pointers must be device pointers on that
+// device. Nothing is allocated, copied or synchronized here: the call only enqueues the kernel.
+void ema_update(const TensorTable& table, float weight, std::uintptr_t stream, std::uintptr_t device_layout);
 
 // Loss scaling (kernels/cuda/unscale.cu). g <- g * (*inv_scale) for every tensor of the depth-1 table and
 // *found_inf <- 1.0f when any element was inf/NaN, in one launch on `stream`; inv_scale and found_inf are

@@ -4,13 +4,12 @@
 #pragma once
 
 #include <cstdint>
-#include <memory>
-#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "jepa/dtype.h"
+#include "jepa/multi_tensor.h"
 
 namespace jepa {
 
@@ -34,6 +33,7 @@ class TensorTable {
       }
     }
     const std::uintptr_t align = static_cast<std::uintptr_t>(dtype_size(dtype));
+    aligned16_ = true;
     prefix_.resize(n + 1);
     prefix_[0] = 0;
     for (std::size_t i = 0; i < n; ++i) {
@@ -50,6 +50,7 @@ class TensorTable {
             throw std::invalid_argument("TensorTable: pointer list " + std::to_string(k) + " entry " + std::to_string(i) +
                                         " is not aligned to its element size " + std::to_string(align));
           }
+          if (p % 16 != 0) aligned16_ = false;
         }
       }
       if (prefix_[i] > INT64_MAX - c) throw std::invalid_argument("TensorTable: total element count overflows int64");
@@ -65,20 +66,31 @@ class TensorTable {
   const std::uintptr_t* ptrs(int k) const { return ptrs_[static_cast<std::size_t>(k)].data(); }
   std::int64_t numel(int i) const { return prefix_[static_cast<std::size_t>(i) + 1] - prefix_[static_cast<std::size_t>(i)]; }
 
-  // Device-side copy of the metadata, made and owned by the CUDA code (kernels/cuda); null on CPU.
-  struct DeviceCopy {
-    int device = -1;
-    std::shared_ptr<void> data;
-  };
-  std::mutex& device_mutex() const { return device_mu_; }
-  DeviceCopy& device_copy() const { return device_copy_; }
+  // True when every non-empty buffer starts at a 16-byte boundary: the CUDA kernels then load and store
+  // 16-byte vectors (torch's allocations are 512-byte aligned; views at odd offsets are not).
+  bool aligned16() const { return aligned16_; }
+
+  // The layout the CUDA EMA kernel reads from device memory, as int64 words: the `depth` pointer lists
+  // (n each), the element prefix sums (n + 1) and the per-tensor chunk prefix sums (n + 1) for this
+  // dtype's chunk size (jepa/multi_tensor.h). Python copies it to the device once per table (torch
+  // memory, an asynchronous copy), so the CUDA code never allocates or synchronizes.
+  std::vector<std::int64_t> device_layout() const {
+    const std::size_t n = prefix_.size() - 1;
+    std::vector<std::int64_t> out(ptrs_.size() * n + 2 * (n + 1));
+    std::size_t pos = 0;
+    for (const auto& list : ptrs_) {
+      for (std::uintptr_t p : list) out[pos++] = static_cast<std::int64_t>(p);
+    }
+    for (std::int64_t v : prefix_) out[pos++] = v;
+    fill_chunk_prefix(prefix_.data(), static_cast<int>(n), chunk_elements(dtype_size(dtype_)), out.data() + pos);
+    return out;
+  }
 
  private:
   std::vector<std::vector<std::uintptr_t>> ptrs_;
   std::vector<std::int64_t> prefix_;
   int dtype_;
-  mutable std::mutex device_mu_;
-  mutable DeviceCopy device_copy_;
+  bool aligned16_ = true;
 };
 
 }  // namespace jepa

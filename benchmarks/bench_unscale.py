@@ -1,4 +1,4 @@
-"""Benchmark loss-scaling unscale_ (jepa.ops.unscale_ / jepa.amp.GradScaler) against torch.
+"""Benchmark jepa.ops.unscale_ (loss scaling: jepa.ops.unscale_ / jepa.amp.GradScaler) against torch.
 
 Gradients of a ViT-B-shaped model (~86M parameters in ~150 tensors; --size N shrinks it to about N
 million parameters), float32 on CPU:
@@ -17,9 +17,11 @@ the same tensors every call, and GradScaler.unscale_ on grads re-created every s
 
 The grads are multiplied by 2**-16 and 2**16 (float16: 2**-4 and 2**4) on alternate calls (exact powers of two), so the values stay
 put and no call runs into subnormal slow paths. CUDA rows run when torch sees a GPU and jepa._C has its
-CUDA kernels; otherwise they print "no GPU: skipped".
+CUDA kernels; otherwise they print "no GPU: skipped". The kernel rows on the GPU are timed with CUDA
+events (``triton.testing.do_bench``); the GradScaler rows, which include host work, with the wall clock
+and a synchronize per call.
 
-Usage: python benchmarks/amp.py [--size 85] [--out results.json] [--quick] [--repeat N] [--threads N]
+Usage: python benchmarks/bench_unscale.py [--size 85] [--out results.json] [--quick] [--repeat N] [--threads N]
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Report, apply_threads, cuda_sync, make_parser, measure  # noqa: E402
+from _harness import Report, apply_threads, cuda_sync, make_parser, measure, measure_gpu  # noqa: E402
 
 import jepa.ops as ops  # noqa: E402
 from jepa.amp import GradScaler  # noqa: E402
@@ -72,6 +74,15 @@ class Alternate:
         return self.fn(self.invs[self.k])
 
 
+def _timer(device, args, sync, warmup=None, repeat=None):
+    """CUDA events on a GPU (the kernel rows are µs to ms), wall clock on the CPU."""
+    warmup = args.warmup if warmup is None else warmup
+    repeat = args.repeat if repeat is None else repeat
+    if device == "cuda":
+        return lambda fn: measure_gpu(fn, warmup=warmup, repeat=repeat)
+    return lambda fn: measure(fn, warmup=warmup, repeat=repeat, sync=sync)
+
+
 def floor_time(nbytes, device, args, sync):
     flat = torch.ones(max(1, nbytes // 4), dtype=torch.float32, device=device)
     factors = [1.0 / SCALE, SCALE]
@@ -81,7 +92,7 @@ def floor_time(nbytes, device, args, sync):
         state[0] ^= 1
         flat.mul_(factors[state[0]])
 
-    t = measure(step, warmup=args.warmup, repeat=args.repeat, sync=sync)
+    t = _timer(device, args, sync)(step)
     del flat
     return t.min  # the fastest pass: the best estimate of the hardware limit on a shared machine
 
@@ -94,24 +105,24 @@ def big_rows(report, args, device, dtype, shapes, sync, *, full):
     esize = grads[0].element_size()
     found = torch.zeros((), device=device)
     name = f"{device} {str(dtype).replace('torch.', '')} {numel / 1e6:.1f}M grads, {len(grads)} tensors"
-    kw = dict(warmup=args.warmup, repeat=args.repeat, sync=sync)
+    time = _timer(device, args, sync)
 
-    ours = measure(Alternate(lambda inv: ops.unscale_(grads, inv, found), device, factor), **kw)
-    torch_op = measure(
-        Alternate(lambda inv: torch._amp_foreach_non_finite_check_and_unscale_(grads, found, inv), device, factor), **kw
+    ours = time(Alternate(lambda inv: ops.unscale_(grads, inv, found), device, factor))
+    torch_op = time(
+        Alternate(lambda inv: torch._amp_foreach_non_finite_check_and_unscale_(grads, found, inv), device, factor)
     )
     floor = floor_time(numel * esize, device, args, sync)
     extra = {"numel": numel, "tensors": len(grads), "bytes_moved": 2 * numel * esize}
     rows = {"ours": ours.median, "torch_op": torch_op.median, "floor": floor}
     if full:
-        bare = measure(Alternate(lambda inv: torch._foreach_mul_(grads, inv), device), **kw)
+        bare = time(Alternate(lambda inv: torch._foreach_mul_(grads, inv), device))
 
         def mul_and_check(inv):
             torch._foreach_mul_(grads, inv)
             norms = torch._foreach_norm(grads, float("inf"))
             found.copy_(torch.logical_not(torch.isfinite(torch.stack(norms)).all()).float().maximum(found))
 
-        mul_check = measure(Alternate(mul_and_check, device), **kw)
+        mul_check = time(Alternate(mul_and_check, device))
         report.add(f"{name}: unscale_ vs bare mul", ours, bare, floor_s=floor, reference_name="_foreach_mul_", **extra)
         report.add(
             f"{name}: unscale_ vs mul + check", ours, mul_check, floor_s=floor,
@@ -160,11 +171,9 @@ def small_rows(report, args, device, sync, n_layers):
     grads = [torch.randn(s, device=device) * SCALE for _ in range(n_layers) for s in ((32, 32), (32,))]
     found = torch.zeros((), device=device)
     reps, warm = max(args.repeat * 10, 50), max(args.warmup * 5, 10)
-    ours = measure(Alternate(lambda inv: ops.unscale_(grads, inv, found), device), warmup=warm, repeat=reps, sync=sync)
-    ref = measure(
-        Alternate(lambda inv: torch._amp_foreach_non_finite_check_and_unscale_(grads, found, inv), device),
-        warmup=warm, repeat=reps, sync=sync,
-    )
+    time = _timer(device, args, sync, warmup=warm, repeat=reps)
+    ours = time(Alternate(lambda inv: ops.unscale_(grads, inv, found), device))
+    ref = time(Alternate(lambda inv: torch._amp_foreach_non_finite_check_and_unscale_(grads, found, inv), device))
     numel = sum(g.numel() for g in grads)
     report.add(
         f"{device} fp32 {len(grads)} small tensors ({n_layers} x Linear(32,32) grads)", ours, ref,
@@ -206,7 +215,7 @@ def main() -> int:
     if args.quick:
         args.repeat, args.warmup = min(args.repeat, 5), min(args.warmup, 1)
         args.size = min(args.size, 15.0)
-    report = Report("amp", args)
+    report = Report("unscale", args)
     if _backend.native_module() is None:
         report.note("jepa._C is not built: 'ours' is the torch fallback")
     shapes = vit_shapes(args.size)

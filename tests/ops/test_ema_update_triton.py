@@ -9,10 +9,13 @@ import torch
 
 pytest.importorskip("triton")
 
+import importlib  # noqa: E402
+
 import jepa.ops as ops  # noqa: E402
 from jepa.ops import BackendUnavailableError, _backend  # noqa: E402
-from jepa.ops import ema as ema_mod  # noqa: E402
 from oracles import multi_rel_err
+
+ema_mod = importlib.import_module("jepa.ops.ema_update")  # the module (jepa.ops.ema_update is also the function)
 
 if not _backend.triton_can_run(torch.empty(1, device="cuda" if torch.cuda.is_available() else "cpu")):
     pytest.skip("Triton cannot run here (no GPU and TRITON_INTERPRET is not set)", allow_module_level=True)
@@ -23,7 +26,7 @@ TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
 
 def _sizes(gen):
-    from jepa.kernels.triton.ema import CHUNK  # noqa: PLC0415
+    from jepa.kernels.triton.ema_update import CHUNK  # noqa: PLC0415
 
     # empty, single elements, primes, exactly one chunk, one past it, several chunks, many small ones
     return [0, 1, 3, 31, 1000, CHUNK, CHUNK + 1, 2 * CHUNK + 17, 0] + torch.randint(0, 70, (40,), generator=gen).tolist()
@@ -190,7 +193,7 @@ def test_forced_triton_on_cpu_without_interpreter_raises(monkeypatch):
 
 
 def test_forced_triton_without_triton_installed_raises(monkeypatch):
-    monkeypatch.setattr(ema_mod, "triton_available", lambda: False)
+    monkeypatch.setattr(_backend, "triton_available", lambda: False)
     with ops.use_backend("triton"), pytest.raises(BackendUnavailableError, match="triton is not installed"):
         ops.ema_update([torch.zeros(2)], [torch.zeros(2)], 0.5)
 
@@ -207,23 +210,13 @@ def test_forced_triton_without_triton_installed_raises(monkeypatch):
     ],
 )
 def test_auto_choice_on_cuda_tensors(monkeypatch, native_ok, triton_ok, tensor_momentum, expected):
-    import types  # noqa: PLC0415
-
-    calls = []
-    monkeypatch.setattr(ema_mod, "cuda_kernels_available", lambda: native_ok)
-    monkeypatch.setattr(ema_mod, "triton_available", lambda: triton_ok)
-    monkeypatch.setattr(ema_mod, "_triton_reason", lambda *a: "")
-    monkeypatch.setattr(ema_mod, "_run_cuda", lambda plan, m: calls.append(("cuda", m)))
-    monkeypatch.setattr(ema_mod, "_run_triton", lambda plan, t, o, m: calls.append(("triton", m)))
-    monkeypatch.setattr(ema_mod, "ema_update_reference", lambda t, o, m: calls.append(("torch", m)))
-    plan = types.SimpleNamespace(route="cuda")
-    m = torch.tensor(0.5) if tensor_momentum else 0.5
-    ema_mod._auto_cuda(plan, [torch.zeros(2)], [torch.ones(2)], m)
-    assert [c[0] for c in calls] == [expected]
-    if expected == "cuda":
-        assert isinstance(calls[0][1], float)  # the CUDA launcher takes a host float
-    elif tensor_momentum:
-        assert isinstance(calls[0][1], torch.Tensor)  # Triton and torch read it on the device
+    """The chooser with the op's registration and auto orders, for CUDA tensors (no GPU needed: only the
+    device is looked at)."""
+    monkeypatch.setattr(_backend, "cuda_unavailable_reason", lambda: "" if native_ok else "no CUDA build")
+    monkeypatch.setattr(_backend, "triton_available", lambda: triton_ok)
+    order = ema_mod._AUTO_DEVICE_MOMENTUM if tensor_momentum else None
+    got = _backend.choose(ema_mod.EMA_UPDATE, device=torch.device("cuda", 0), dtypes=(torch.float32,), auto=order)
+    assert got == expected
 
 
 def test_auto_on_cpu_still_prefers_cpp(native, monkeypatch):
@@ -233,17 +226,3 @@ def test_auto_on_cpu_still_prefers_cpp(native, monkeypatch):
     monkeypatch.setattr(ema_mod, "_run_cpp", lambda plan, m: (calls.append("cpp"), real_cpp(plan, m)))
     ops.ema_update([torch.zeros(3)], [torch.ones(3)], torch.tensor(0.5))
     assert calls == ["cpp"]
-
-
-# ----------------------------------------------------------------------------- real compilation (sm_90)
-
-def test_kernel_compiles_for_sm90(compile_for_sm90):
-    from jepa.kernels.triton.ema import _BLOCK, CHUNK  # noqa: PLC0415
-
-    sig = {"TPTRS": "*i64", "OPTRS": "*i64", "NUMELS": "*i64", "CHUNK_TENSOR": "*i32", "CHUNK_START": "*i64",
-           "M_PTR": "*fp32", "w_value": "fp32"}
-    specs = [
-        ["jepa.kernels.triton.ema", "_ema_kernel", sig, {"DTYPE": dt, "M_FROM_PTR": from_ptr, "CHUNK": CHUNK, "BLOCK": _BLOCK}, 4]
-        for dt, from_ptr in (("tl.float32", True), ("tl.bfloat16", False), ("tl.float16", True))
-    ]
-    compile_for_sm90(specs)

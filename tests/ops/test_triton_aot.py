@@ -1,0 +1,306 @@
+"""Ahead-of-time compilation of every Triton kernel for NVIDIA GPUs (sm_90: H100/H200, sm_80: A100), no GPU.
+
+The CPU interpreter never runs Triton's compiler, so it cannot see shared-memory overflows, register
+spills, type errors of integer arguments that Triton specializes to the constant 1, or missing vector
+loads. Here every kernel is compiled with Triton's real compiler (in one subprocess without
+TRITON_INTERPRET, a pool of workers, each configuration once) and checked:
+
+- attention: the pinned configuration (what ``JEPA_TRITON_AUTOTUNE=0`` and the tests run) of every kernel
+  for float32 with tf32 on and off, float16, bfloat16 and head sizes 24, 32, 64, 80, 96, 128, for sm_90
+  (and sm_80 for a subset): it compiles, fits the device's shared memory, does not spill (sm_90) and
+  uses tensor cores (wgmma on sm_90 for 64-row tiles, mma.sync otherwise); every other autotuning
+  candidate of the tile tables compiles for sm_90 without spills; the shared-memory estimate the
+  run-time pruner uses is an upper bound of every compiled kernel's;
+- every kernel of every module compiles with all its integer arguments equal to 1 (Triton turns those
+  into constants: ``R.to(...)`` on one failed at the first single-row call) and with ordinary ones;
+- the Triton EMA's aligned path loads and stores 16-byte vectors.
+
+Marked ``aot``; they run in the default test run (a Triton with its NVIDIA backend is all they need).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.aot
+
+triton = pytest.importorskip("triton")
+kern = pytest.importorskip("jepa.kernels.triton.attention")
+
+WORKER = Path(__file__).with_name("_aot_worker.py")
+SMEM = {90: 232448, 80: 166912}  # opt-in shared memory per block: H100/H200, A100
+HEAD_DIMS = (24, 32, 64, 80, 96, 128)
+ATTN = "jepa.kernels.triton.attention"
+KERNEL_NAMES = {"fwd": "_attn_fwd", "dkdv": "_attn_bwd_dkdv", "dq": "_attn_bwd_dq", "delta": "_attn_bwd_delta"}
+# (name, torch dtype, dot precision)
+DTYPES = {
+    "fp32-tf32": (torch.float32, "tf32"),
+    "fp32-tf32x3": (torch.float32, "tf32x3"),
+    "fp16": (torch.float16, "tf32"),
+    "bf16": (torch.bfloat16, "tf32"),
+}
+PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+
+
+def _arg_names(module: str, kernel: str) -> list[str]:
+    import importlib  # noqa: PLC0415
+
+    fn = getattr(importlib.import_module(module), kernel)
+    fn = getattr(fn, "fn", fn)  # JITFunction / InterpretedFunction -> the Python function
+    return list(inspect.signature(fn).parameters)
+
+
+def _attn_job(kernel, dtype_name, head_dim, cfg, cap, *, ones=False, ptx=False):
+    dtype, precision = DTYPES[dtype_name]
+    ptr = PTR[dtype]
+    sig, divisible = {}, []
+    consts = dict(HEAD_D=head_dim, BLOCK_D=kern.padded_head_dim(head_dim))
+    if kernel != "delta":
+        consts.update(CAUSAL=True, HAS_KPM=True, DOT_PRECISION=precision, UPCAST_DOT=False)
+    bm, bn, warps, stages = cfg
+    consts["BLOCK_M"] = bm
+    if kernel != "delta":
+        consts["BLOCK_N"] = bn
+    for name in _arg_names(ATTN, KERNEL_NAMES[kernel]):
+        if name in consts:
+            continue
+        if name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV"):
+            sig[name] = ptr
+            divisible.append(name)
+        elif name in ("LSE", "DELTA"):
+            sig[name], divisible = "*fp32", divisible + [name]
+        elif name == "KPM":
+            sig[name], divisible = "*u8", divisible + [name]
+        elif name.startswith("stride") and (name.endswith("d") or name == "stride_kpm_n"):
+            consts[name] = 1  # unit strides of the last dimension: Triton specializes them to 1
+        elif name in ("qk_scale", "sm_scale"):
+            sig[name] = "fp32"
+        elif ones and name != "N_BUCKET":
+            consts[name] = 1
+        else:
+            sig[name] = "i32"
+            if name.startswith("stride"):
+                divisible.append(name)
+    return {"module": ATTN, "kernel": KERNEL_NAMES[kernel], "cap": cap, "num_warps": warps, "num_stages": stages,
+            "signature": sig, "constexprs": consts, "divisible": divisible, "ptx": ptx}
+
+
+def _pinned_jobs() -> dict:
+    """(cap, dtype, head dim, kernel) -> job of the pinned configuration."""
+    jobs = {}
+    # bf16 at every head size; float32 at every padded width, padded (24, 80; 96 pads to 128 like 80) and
+    # not (64, 128); fp16 shares bf16's tiles and code but for the dot's input type: one size. sm_80: the
+    # widest head size, where its smaller shared memory decides the tiles.
+    plan = {90: {"bf16": HEAD_DIMS, "fp32-tf32": (24, 64, 80, 128), "fp32-tf32x3": (24, 64, 80, 128),
+                 "fp16": (64,)},
+            80: {"bf16": (128,), "fp32-tf32": (128,)}}
+    for cap, per_dtype in plan.items():
+        for dtype_name, dims in per_dtype.items():
+            dtype, precision = DTYPES[dtype_name]
+            for d in dims:
+                for kernel in ("fwd", "dkdv", "dq"):
+                    cfg = kern.fitting_configs(kernel, dtype, precision, kern.padded_head_dim(d), SMEM[cap])[0]
+                    jobs[("pinned", cap, dtype_name, d, kernel)] = _attn_job(kernel, dtype_name, d, cfg, cap, ptx=True)
+    return jobs
+
+
+def _candidate_jobs(pinned: dict) -> dict:
+    """Every tile-table entry for sm_90 not already compiled as a pinned configuration."""
+    seen = {(k[4], kern.dot_class(*DTYPES[k[2]]), kern.padded_head_dim(k[3]), tuple(j["constexprs"][x] for x in ("BLOCK_M", "BLOCK_N")) + (j["num_warps"], j["num_stages"]))
+            for k, j in pinned.items() if k[1] == 90}
+    rep = {"16bit": "bf16", "tf32": "fp32-tf32", "tf32x3": "fp32-tf32x3"}
+    jobs = {}
+    for kernel, tables in kern.TILE_TABLES.items():
+        for (cls, block_d), entries in tables.items():
+            for cfg in entries:
+                if (kernel, cls, block_d, tuple(cfg)) in seen:
+                    continue
+                jobs[("candidate", kernel, cls, block_d, tuple(cfg))] = _attn_job(kernel, rep[cls], block_d, cfg, 90)
+    return jobs
+
+
+def _jepa_loss_jobs(ones: bool) -> dict:
+    mod = "jepa.kernels.triton.jepa_loss"
+    jobs = {}
+    ints = {"R": "i64", "D": "i32", "M_PER_B": "i32", "N_T": "i32"}
+    for dt in (("bf16",) if ones else ("fp32",)):
+        common = {"P": f"*{dt}", "T": f"*{dt}", "M": "*u8", "IDX": "*i64", "beta": "fp32", "eps": "fp32"}
+        ones_c = {k: 1 for k in ints} if ones else {}
+        sig = {**common, **({} if ones else ints)}
+        for reduce in (True, False):
+            c = {"LOSS": 0, "NORMALIZE": True, "HAS_MASK": True, "GATHER": reduce, "BLOCK_R": 2, "BLOCK_D": 2048,
+                 "REDUCE": reduce, **ones_c}
+            jobs[("jepa_loss_fwd", dt, reduce, ones)] = {
+                "module": mod, "kernel": "_jepa_loss_fwd_kernel", "cap": 90, "num_warps": 8,
+                "signature": {**sig, "OUT": f"*{dt}", "PARTIAL": "*fp32"}, "constexprs": c}
+            c = {"LOSS": 2, "NORMALIZE": True, "HAS_MASK": True, "GATHER": not reduce, "BLOCK_R": 2, "BLOCK_D": 2048,
+                 "G_FULL": not reduce, "MEAN": reduce, **ones_c}
+            jobs[("jepa_loss_bwd", dt, reduce, ones)] = {
+                "module": mod, "kernel": "_jepa_loss_bwd_kernel", "cap": 90, "num_warps": 8,
+                "signature": {**sig, "G": f"*{dt}", "COUNT": "*fp32", "GP": f"*{dt}"}, "constexprs": c}
+        fin_ints = {"R": "i64", "D": "i32"}
+        jobs[("jepa_loss_finalize", dt, ones)] = {
+            "module": mod, "kernel": "_jepa_loss_finalize_kernel", "cap": 90, "num_warps": 4,
+            "signature": {"PARTIAL": "*fp32", "OUT": f"*{dt}", "COUNT": "*fp32", **({} if ones else fin_ints)},
+            "constexprs": {"HAS_MASK": False, "MEAN": True, "BLOCK": 1024, **({k: 1 for k in fin_ints} if ones else {})}}
+    return jobs
+
+
+def _info_nce_jobs(ones: bool) -> dict:
+    mod = "jepa.kernels.triton.info_nce"
+    nd = {"N": "i32", "D": "i32"}
+    one = {"N": 1, "D": 1} if ones else {}
+    sig_nd = {} if ones else nd
+    jobs = {}
+    # fp32 (tf32x3 dots) and fp16 (the G_SCALE path); bf16 (same code as fp16 but the type) with ones
+    variants = (("fp32", "tf32x3", 32, 1.0), ("fp16", "tf32", 64, 16384.0), ("bf16", "tf32", 64, 1.0))
+    for dt, prec, block, gs in (variants[2:] if ones else variants[:2]):
+        p = f"*{dt}"
+        jobs[("info_nce_norm", dt, ones)] = {"module": mod, "kernel": "_inv_norm_kernel", "cap": 90, "num_warps": 4,
+            "signature": {"X": p, "OUT": "*fp32", "eps": "fp32", **sig_nd}, "constexprs": {"BLOCK_R": 64, "BLOCK_K": 64, **one}}
+        common = {"BLOCK_M": block, "BLOCK_N": block, "BLOCK_K": 64, "DOT_PRECISION": prec, **one}
+        jobs[("info_nce_lse", dt, ones)] = {"module": mod, "kernel": "_lse_kernel", "cap": 90, "num_warps": 8,
+            "signature": {"X": p, "Y": p, "RX": "*fp32", "RY": "*fp32", "LSE": "*fp32", "POS": "*fp32",
+                          "scale2": "fp32", "inv_t": "fp32", **sig_nd},
+            "constexprs": {**common, "WRITE_POS": True}}
+        jobs[("info_nce_bwd", dt, ones)] = {"module": mod, "kernel": "_bwd_kernel", "cap": 90, "num_warps": 8,
+            "signature": {"X": p, "Y": p, "RX": "*fp32", "RY": "*fp32", "LSE_ROW": "*fp32", "LSE_COL": "*fp32",
+                          "DXH": "*fp32", "scale2": "fp32", "inv_t": "fp32", **sig_nd},
+            "constexprs": {**common, "ROW_TERM": True, "COL_TERM": True, "DIAG": 2.0, "BLOCK_DO": 256, "G_SCALE": gs}}
+        jobs[("info_nce_finish", dt, ones)] = {"module": mod, "kernel": "_finish_kernel", "cap": 90, "num_warps": 4,
+            "signature": {"X": p, "RX": "*fp32", "DXH": "*fp32", "COEF": "*fp32", "DX": p, "eps": "fp32", **sig_nd},
+            "constexprs": {"BLOCK_R": 64, "BLOCK_K": 64, **one}}
+    return jobs
+
+
+def _ema_jobs() -> dict:
+    from jepa.kernels.triton.ema_update import _BLOCK, CHUNK  # noqa: PLC0415
+
+    mod = "jepa.kernels.triton.ema_update"
+    jobs = {}
+    for dt, aligned, ones in (("tl.float32", True, False), ("tl.bfloat16", True, True), ("tl.float16", False, False)):
+        sig = {"TABLE": "*i64", "M_PTR": "*fp32", "w_value": "fp32"}
+        consts = {"DTYPE": dt, "M_FROM_PTR": True, "CHUNK": CHUNK, "BLOCK": _BLOCK, "ALIGNED": aligned}
+        if ones:
+            consts.update(T=1, C=1)
+        else:
+            sig.update(T="i32", C="i32")
+        jobs[("ema", dt, aligned, ones)] = {"module": mod, "kernel": "_ema_kernel", "cap": 90, "num_warps": 4,
+                                            "signature": sig, "constexprs": consts, "divisible": ["TABLE", "M_PTR"],
+                                            "ptx": True}
+    return jobs
+
+
+def _value_one_attention_jobs() -> dict:
+    jobs = {}
+    for kernel in ("fwd", "dkdv", "dq", "delta"):
+        cfg = (64, 32, 4, 2) if kernel != "delta" else (64, 0, 4, 1)
+        jobs[("attention_ones", kernel)] = _attn_job(kernel, "bf16", 24, cfg, 90, ones=True)
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """Every job of this module compiled once, in one subprocess: {key: result}."""
+    try:
+        from triton.backends import backends  # noqa: PLC0415
+    except ImportError:
+        pytest.skip("this triton has no backend registry")
+    if "nvidia" not in backends:
+        pytest.skip("this triton has no NVIDIA backend")
+    pinned = _pinned_jobs()
+    jobs = {**pinned, **_candidate_jobs(pinned), **_jepa_loss_jobs(False), **_jepa_loss_jobs(True),
+            **_info_nce_jobs(False), **_info_nce_jobs(True), **_ema_jobs(), **_value_one_attention_jobs()}
+    keys = list(jobs)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path_factory.mktemp("triton_cache"))
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    proc = subprocess.run([sys.executable, str(WORKER)], input=json.dumps([jobs[k] for k in keys]), env=env,
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path_factory.getbasetemp())
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(proc.stdout)
+    return {k: (jobs[k], r) for k, r in zip(keys, results)}
+
+
+def _select(compiled, kind):
+    return {k: v for k, v in compiled.items() if k[0] == kind}
+
+
+def test_pinned_attention_configs_fit_do_not_spill_and_use_tensor_cores(compiled):
+    pinned = _select(compiled, "pinned")
+    assert len(pinned) == 3 * (len(HEAD_DIMS) + 4 + 4 + 1 + 2)
+    problems = []
+    for (kind, cap, dtype_name, d, kernel), (job, res) in pinned.items():
+        name = f"sm_{cap} {dtype_name} d={d} {kernel} {job['constexprs']['BLOCK_M']}x{job['constexprs']['BLOCK_N']}"
+        if "error" in res:
+            problems.append(f"{name}: {res['error'][-400:]}")
+            continue
+        if res["shared"] > SMEM[cap]:
+            problems.append(f"{name}: {res['shared']} B of shared memory > the device's {SMEM[cap]}")
+        if cap == 90 and res["stack"]:
+            problems.append(f"{name}: {res['stack']} B stack frame (register spills), {res['regs']} registers")
+        wants = "wgmma" if cap >= 90 and job["constexprs"]["BLOCK_M" if kernel != "dkdv" else "BLOCK_N"] >= 64 else None
+        if wants == "wgmma" and not res["wgmma"]:
+            problems.append(f"{name}: no wgmma in the sm_90 PTX")
+        if not (res["wgmma"] or res["mma_sync"]):
+            problems.append(f"{name}: no tensor-core instruction in the PTX")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_autotuning_candidate_compiles_without_spills_within_its_estimate(compiled):
+    problems = []
+    everything = {**_select(compiled, "candidate"), **_select(compiled, "pinned")}
+    assert _select(compiled, "candidate"), "no candidate beyond the pinned configurations"
+    for key, (job, res) in everything.items():
+        if "error" in res:
+            problems.append(f"{key}: {res['error'][-400:]}")
+            continue
+        c = job["constexprs"]
+        cfg = (c["BLOCK_M"], c["BLOCK_N"], job["num_warps"], job["num_stages"])
+        kernel = {v: k for k, v in KERNEL_NAMES.items()}[job["kernel"]]
+        cls = kern.dot_class(torch.float32 if job["signature"]["Q"] == "*fp32" else torch.bfloat16, c["DOT_PRECISION"])
+        estimate = kern.smem_bytes(kernel, cls, c["BLOCK_D"], cfg)
+        if res["shared"] > estimate:
+            problems.append(f"{key}: compiled {res['shared']} B of shared memory > the pruner's estimate {estimate}")
+        if job["cap"] == 90 and res["stack"]:
+            problems.append(f"{key}: {res['stack']} B stack frame (register spills), {res['regs']} registers")
+    assert not problems, "\n".join(problems)
+
+
+def test_pruner_never_keeps_a_config_over_the_limit_and_falls_back_to_the_smallest():
+    for kernel, tables in kern.TILE_TABLES.items():
+        for (cls, block_d), entries in tables.items():
+            dtype, precision = {"16bit": (torch.bfloat16, "tf32"), "tf32": (torch.float32, "tf32"),
+                                "tf32x3": (torch.float32, "tf32x3")}[cls]
+            sizes = {cfg: kern.smem_bytes(kernel, cls, block_d, cfg) for cfg in entries}
+            for limit in (SMEM[90], SMEM[80], 101376, 65536, 1):
+                kept = kern.fitting_configs(kernel, dtype, precision, block_d, limit)
+                fits = [c for c in entries if sizes[c] <= limit]
+                assert kept == (fits or [min(entries, key=sizes.get)])
+                pinned = kern.pinned_config(kernel, dtype, precision, block_d, limit)
+                assert (pinned.kwargs["BLOCK_M"], pinned.kwargs["BLOCK_N"], pinned.num_warps, pinned.num_stages) == kept[0]
+
+
+def test_every_kernel_compiles_with_integer_arguments_of_one_and_without(compiled):
+    keys = [k for k in compiled if k[0] in ("jepa_loss_fwd", "jepa_loss_bwd", "jepa_loss_finalize", "info_nce_norm",
+                                             "info_nce_lse", "info_nce_bwd", "info_nce_finish", "ema", "attention_ones")]
+    assert any(k[-1] is True for k in keys) and any(k[-1] is False for k in keys)
+    errors = [f"{k}: {compiled[k][1]['error'][-600:]}" for k in keys if "error" in compiled[k][1]]
+    assert not errors, "\n".join(errors)
+
+
+def test_triton_ema_aligned_path_moves_16_byte_vectors(compiled):
+    for key, (job, res) in _select(compiled, "ema").items():
+        assert "error" not in res, res.get("error")
+        vec = [op for op in res["ptx_ops"] if ".v4." in op]
+        if job["constexprs"]["ALIGNED"]:
+            assert any(op.startswith("ld.") for op in vec) and any(op.startswith("st.") for op in vec), (key, res["ptx_ops"])
+        assert res["stack"] == 0, key
