@@ -21,6 +21,7 @@ class MPCResult:
         reached: whether the environment reported success (``info["is_success"]`` or termination).
         steps: ``T``, the number of executed actions.
         plan_seconds: seconds taken to choose each action (planning time per MPC step).
+        info: the ``info`` dict of the last environment step (None when no step was taken).
     """
 
     observations: np.ndarray
@@ -28,6 +29,7 @@ class MPCResult:
     reached: bool
     steps: int
     plan_seconds: list[float] = field(default_factory=list)
+    info: dict[str, Any] | None = None
 
     @property
     def ms_per_step(self) -> float:
@@ -35,17 +37,20 @@ class MPCResult:
         return 1e3 * float(np.mean(self.plan_seconds)) if self.plan_seconds else 0.0
 
 
-def _step(env: Any, action: np.ndarray) -> tuple[Any, bool]:
-    """Step a Gymnasium (5 values) or classic gym (4 values) environment; returns (obs, success)."""
+def _step(env: Any, action: np.ndarray) -> tuple[Any, bool, bool, Any]:
+    """Step a Gymnasium (5 values) or classic gym (4 values) environment; returns
+    ``(obs, success, episode_over, info)``."""
     out = env.step(action)
+    truncated = False
     if len(out) == 5:
-        obs, _, terminated, _, info = out
+        obs, _, terminated, truncated, info = out
     elif len(out) == 4:
         obs, _, terminated, info = out
     else:
         raise ValueError(f"env.step must return 4 or 5 values, got {len(out)}")
     success = info.get("is_success") if isinstance(info, dict) else None
-    return obs, bool(terminated if success is None else success)
+    success = bool(terminated if success is None else success)
+    return obs, success, bool(success or terminated or truncated), info
 
 
 def run_controller(
@@ -66,18 +71,18 @@ def run_controller(
     if callable(getattr(controller, "reset", None)):
         controller.reset()
     observations, actions, seconds = [np.asarray(obs, dtype=np.float32)], [], []
-    reached = False
+    reached, info = False, None
     for _ in range(max_steps):
         t0 = time.perf_counter()
         action = np.asarray(controller(obs, goal), dtype=np.float32)
         seconds.append(time.perf_counter() - t0)
-        obs, reached = _step(env, action)
+        obs, reached, over, info = _step(env, action)
         observations.append(np.asarray(obs, dtype=np.float32))
         actions.append(action)
-        if reached:
+        if over:
             break
     act = np.stack(actions) if actions else np.zeros((0, 0), dtype=np.float32)
-    return MPCResult(np.stack(observations), act, reached, len(actions), seconds)
+    return MPCResult(np.stack(observations), act, reached, len(actions), seconds, info)
 
 
 class _FirstAction:
@@ -95,7 +100,8 @@ class _FirstAction:
 
 def mpc(env: Any, planner: Any, goal: Any, max_steps: int, *, obs: Any = None) -> MPCResult:
     """Closed-loop model-predictive control: plan from the current observation, execute the first
-    action, observe, replan, until the environment reports success or ``max_steps`` actions.
+    action, observe, replan, until the environment reports success, ends the episode
+    (terminated/truncated) or ``max_steps`` actions were taken.
 
     Args:
         env: an environment already reset to the start state; ``step(action)`` returns Gymnasium's
@@ -132,14 +138,16 @@ def evaluate(
 
     Returns:
         ``{"success_rate", "by_kind": {kind: rate}, "successes": [bool per pair], "steps": [int per pair],
-        "ms_per_step"}`` (``ms_per_step``: mean time to choose an action, over all steps).
+        "final_distance": [float or None per pair], "ms_per_step"}`` (``final_distance``: the last
+        step's ``info["distance"]`` when the environment reports one; ``ms_per_step``: mean time to
+        choose an action, over all steps).
     """
     if len(pairs) == 0:
         raise ValueError("evaluate: pairs is empty")
     run = _FirstAction(controller) if callable(getattr(controller, "plan", None)) else controller
     if not callable(run):
         raise TypeError(f"evaluate: controller must have plan() or be callable, got {type(controller).__name__}")
-    successes, steps, seconds, kinds = [], [], [], []
+    successes, steps, seconds, kinds, distances = [], [], [], [], []
     for start, goal, kind in pairs:
         obs, _ = env.reset(start=start, goal=goal)
         result = run_controller(env, run, env.goal_observation(), max_steps, obs=obs)
@@ -147,11 +155,13 @@ def evaluate(
         steps.append(result.steps)
         seconds.extend(result.plan_seconds)
         kinds.append(kind)
+        distances.append(result.info.get("distance") if isinstance(result.info, dict) else None)
     by_kind = {k: float(np.mean([s for s, kk in zip(successes, kinds) if kk == k])) for k in dict.fromkeys(kinds)}
     return {
         "success_rate": float(np.mean(successes)),
         "by_kind": by_kind,
         "successes": successes,
         "steps": steps,
+        "final_distance": distances,
         "ms_per_step": 1e3 * float(np.mean(seconds)) if seconds else 0.0,
     }

@@ -150,3 +150,41 @@ def test_bad_arguments_are_refused():
         mpc(TwoRooms(), object(), np.zeros(2), 5)
     with pytest.raises(ValueError, match="max_steps"):
         mpc(TwoRooms(), CEM(model, [-1, -1], [1, 1], 2), np.zeros(2), 0)
+
+
+class _Scripted:
+    """A bare environment: observation = step count; ends as scripted; gym (4) or Gymnasium (5) values."""
+
+    def __init__(self, gymnasium, terminate_at=None, truncate_at=None):
+        self.t, self.gymnasium, self.terminate_at, self.truncate_at = 0, gymnasium, terminate_at, truncate_at
+
+    def observe(self):
+        return np.array([float(self.t)])
+
+    def step(self, action):
+        self.t += 1
+        terminated = self.t == self.terminate_at
+        if self.gymnasium:
+            return self.observe(), 0.0, terminated, self.t == self.truncate_at, {}
+        return self.observe(), 0.0, terminated, {}
+
+
+def test_run_controller_follows_termination_and_truncation():
+    from jepa.planning import run_controller
+
+    def policy(obs, goal):
+        return np.zeros(1)
+
+    done = run_controller(_Scripted(False, terminate_at=2), policy, None, 10)
+    assert done.reached and done.steps == 2 and done.observations[:, 0].tolist() == [0, 1, 2]
+    cut = run_controller(_Scripted(True, truncate_at=3), policy, None, 10)
+    assert not cut.reached and cut.steps == 3
+    budget = run_controller(_Scripted(True), policy, None, 4)
+    assert not budget.reached and budget.steps == 4 and budget.info == {}
+
+
+def test_evaluate_reports_final_distances():
+    env = TwoRooms()
+    pairs = [((0.2, 0.2), (0.8, 0.2), "cross_wall")]
+    r = evaluate(env, StraightLinePolicy(env), pairs, max_steps=10)
+    assert r["final_distance"] == [pytest.approx(0.32)]  # stuck on the wall face at x = 0.48
