@@ -58,6 +58,10 @@ def test_rollout_loss_matches_a_hand_computation(residual):
     assert terms["teacher_forcing"].item() == pytest.approx(tf, rel=1e-12)
     assert terms["rollout"].item() == pytest.approx(ro, rel=1e-12)
     assert terms["loss"].item() == pytest.approx(0.5 * tf + 2.0 * ro, rel=1e-12)
+    smooth = world_model_loss(out, smoothness_weight=0.3)
+    step = ((z[:, 1:] - z[:, :-1]) ** 2).sum(-1).mean()
+    assert smooth["smoothness"].item() == pytest.approx(step, rel=1e-12)
+    assert smooth["loss"].item() == pytest.approx(tf + ro + 0.3 * step, rel=1e-12)
     l1 = world_model_loss(out, distance="l1")
     assert l1["rollout"].item() == pytest.approx(np.abs(roll - target).mean(), rel=1e-12)
 
