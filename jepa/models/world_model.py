@@ -9,6 +9,7 @@ from jepa.models.jepa import JEPAAction
 from jepa.models.predictor import Predictor
 
 WORLD_TARGETS = ("ema", "shared", "online")
+CONDITIONINGS = ("add", "concat")
 
 
 class WorldModel(JEPAAction):
@@ -16,10 +17,14 @@ class WorldModel(JEPAAction):
 
     The latent of an observation is ``z = state_encoder(obs)`` (``(B, D)``, or ``(B, N, D)`` for a
     token encoder). One step predicts the next latent from the current one and the action embedding
-    ``e = action_encoder(a)`` (``(B, D)``, broadcast over tokens)::
+    ``e = action_encoder(a)`` (``(B, E)``, broadcast over tokens)::
 
-        z_next = z + predictor(z + e)      (residual=True, the default)
-        z_next = predictor(z + e)          (residual=False, as JEPAAction)
+        z_next = z + predictor(x)      (residual=True, the default)
+        z_next = predictor(x)          (residual=False)
+
+    with ``x = z + e`` (``conditioning="add"``, as :class:`~jepa.models.JEPAAction`; ``E = D``) or
+    ``x = [z, e]`` (``conditioning="concat"``: the predictor takes ``D + E`` features and can tell
+    the state from the action, which the sum cannot always do in a small latent).
 
     :meth:`rollout` applies it autoregressively over a sequence of actions, batched over any number
     of candidates (what a planner needs); :meth:`forward_trajectory` gives the two training
@@ -43,6 +48,7 @@ class WorldModel(JEPAAction):
         target_encoder: ``"ema"``, ``"shared"`` or ``"online"``.
         momentum, momentum_end: EMA schedule (``target_encoder="ema"`` only).
         residual: predict the change of the latent instead of the latent.
+        conditioning: ``"add"`` or ``"concat"`` (see above).
 
     ``forward(state_t, action_t, state_t1)`` (from :class:`~jepa.models.JEPAAction`) still trains on
     single transitions, with the same one-step prediction as the rollout.
@@ -57,7 +63,10 @@ class WorldModel(JEPAAction):
         momentum: float = 0.996,
         momentum_end: float = 1.0,
         residual: bool = True,
+        conditioning: str = "add",
     ) -> None:
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"WorldModel: conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
         if target_encoder not in WORLD_TARGETS:
             raise ValueError(f"WorldModel: target_encoder must be one of {WORLD_TARGETS}, got {target_encoder!r}")
         if not isinstance(action_encoder, nn.Module):
@@ -66,6 +75,7 @@ class WorldModel(JEPAAction):
         super().__init__(state_encoder, action_encoder, predictor, target_encoder=jepa_mode, momentum=momentum, momentum_end=momentum_end)
         self.target_mode = target_encoder
         self.residual = bool(residual)
+        self.conditioning = conditioning
 
     @classmethod
     def mlp(
@@ -79,15 +89,17 @@ class WorldModel(JEPAAction):
         **kwargs,
     ) -> "WorldModel":
         """A world model for vector observations: MLP state encoder, action encoder and predictor
-        (:class:`~jepa.models.Predictor` blocks: Linear, LayerNorm, GELU). ``kwargs`` go to the constructor."""
+        (:class:`~jepa.models.Predictor` blocks: Linear, LayerNorm, GELU), the action concatenated to
+        the latent (``conditioning="concat"``, action embedding of width ``latent_dim``).
+        ``kwargs`` go to the constructor."""
         for name, value in (("obs_dim", obs_dim), ("action_dim", action_dim), ("latent_dim", latent_dim), ("hidden_dim", hidden_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"WorldModel.mlp: {name} must be a positive int, got {value!r}")
         return cls(
             Predictor(obs_dim, mlp_dim=hidden_dim, num_layers=encoder_layers, output_dim=latent_dim),
             Predictor(action_dim, mlp_dim=hidden_dim, num_layers=2, output_dim=latent_dim),
-            Predictor(latent_dim, mlp_dim=hidden_dim, num_layers=predictor_layers, output_dim=latent_dim),
-            **kwargs,
+            Predictor(2 * latent_dim, mlp_dim=hidden_dim, num_layers=predictor_layers, output_dim=latent_dim),
+            **{"conditioning": "concat", **kwargs},
         )
 
     # ------------------------------------------------------------------ encoding
@@ -118,13 +130,17 @@ class WorldModel(JEPAAction):
 
     # ------------------------------------------------------------------ dynamics
     def predict_next(self, z: torch.Tensor, action_embedding: torch.Tensor) -> torch.Tensor:
-        """One step: latents ``(B, [N,] D)`` and action embeddings ``(B, D)`` -> next latents."""
+        """One step: latents ``(B, [N,] D)`` and action embeddings ``(B, E)`` -> next latents."""
         e = action_embedding
         while e.dim() < z.dim():
             e = e.unsqueeze(-2)  # one action per sample, broadcast over the tokens
-        if e.shape[-1] != z.shape[-1]:
-            raise ValueError(f"WorldModel: action embedding size {e.shape[-1]} != latent size {z.shape[-1]}")
-        out = self.predictor(z + e)
+        if self.conditioning == "concat":
+            x = torch.cat([z, e.expand(*z.shape[:-1], e.shape[-1])], dim=-1)
+        elif e.shape[-1] != z.shape[-1]:
+            raise ValueError(f"WorldModel: action embedding size {e.shape[-1]} != latent size {z.shape[-1]} (conditioning='add')")
+        else:
+            x = z + e
+        out = self.predictor(x)
         return z + out if self.residual else out
 
     def rollout(self, z0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:

@@ -18,20 +18,28 @@ def _linear(w, b):
 W_S, B_S = np.array([[0.9, -0.2], [0.3, 1.1]]), np.array([0.1, -0.05])
 W_A, B_A = np.array([[0.5, 0.2], [-0.4, 0.7]]), np.array([0.02, 0.0])
 W_P, B_P = np.array([[-0.3, 0.1], [0.2, -0.6]]), np.array([0.01, 0.03])
+W_C = np.array([[-0.3, 0.1, 0.25, -0.1], [0.2, -0.6, 0.05, 0.4]])  # predictor over [z, e] (concat)
 
 
-def _tiny(target_encoder="ema", residual=True):
-    return WorldModel(_linear(W_S, B_S), _linear(W_A, B_A), _linear(W_P, B_P), target_encoder=target_encoder, residual=residual)
+def _tiny(target_encoder="ema", residual=True, conditioning="add"):
+    w_p = W_C if conditioning == "concat" else W_P
+    return WorldModel(
+        _linear(W_S, B_S), _linear(W_A, B_A), _linear(w_p, B_P),
+        target_encoder=target_encoder, residual=residual, conditioning=conditioning,
+    )
 
 
-def _hand(obs, act, residual=True, w_s=W_S, b_s=B_S):
+def _hand(obs, act, residual=True, conditioning="add", w_s=W_S, b_s=B_S):
     """Float64 numpy: encoded frames, teacher-forced predictions and the autoregressive rollout."""
     z = obs @ W_S.T + B_S  # online latents (B, H+1, 2)
     target = obs[:, 1:] @ w_s.T + b_s
     e = act @ W_A.T + B_A
 
     def step(z_t, e_t):
-        out = (z_t + e_t) @ W_P.T + B_P
+        if conditioning == "concat":
+            out = np.concatenate([z_t, e_t], -1) @ W_C.T + B_P
+        else:
+            out = (z_t + e_t) @ W_P.T + B_P
         return z_t + out if residual else out
 
     teacher = step(z[:, :-1], e)
@@ -42,13 +50,13 @@ def _hand(obs, act, residual=True, w_s=W_S, b_s=B_S):
     return z, teacher, np.stack(roll, 1), target
 
 
-@pytest.mark.parametrize("residual", [True, False])
-def test_rollout_loss_matches_a_hand_computation(residual):
+@pytest.mark.parametrize("residual, conditioning", [(True, "add"), (False, "add"), (True, "concat")])
+def test_rollout_loss_matches_a_hand_computation(residual, conditioning):
     rng = np.random.default_rng(0)
     obs, act = rng.normal(size=(3, 5, 2)), rng.normal(size=(3, 4, 2))
-    model = _tiny(residual=residual)
+    model = _tiny(residual=residual, conditioning=conditioning)
     out = model.forward_trajectory(torch.tensor(obs), torch.tensor(act))
-    z, teacher, roll, target = _hand(obs, act, residual)
+    z, teacher, roll, target = _hand(obs, act, residual, conditioning)
     np.testing.assert_allclose(out["context"].detach().numpy(), z, rtol=1e-12)
     np.testing.assert_allclose(out["teacher_forcing"].detach().numpy(), teacher, rtol=1e-12)
     np.testing.assert_allclose(out["rollout"].detach().numpy(), roll, rtol=1e-12)
@@ -159,6 +167,7 @@ def test_save_and_load_round_trip_keeps_the_target_mode(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = WorldModel.from_pretrained(tmp_path)
     assert loaded.target_mode == "online" and loaded.residual is False and loaded.target_encoder is None
+    assert loaded.conditioning == "concat"
     x, a = torch.rand(3, 2), torch.rand(3, 4, 2)
     torch.testing.assert_close(loaded.rollout(loaded.encode(x), a), model.rollout(model.encode(x), a))
 
@@ -166,6 +175,10 @@ def test_save_and_load_round_trip_keeps_the_target_mode(tmp_path):
 def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="target_encoder"):
         WorldModel.mlp(2, 2, target_encoder="frozen")
+    with pytest.raises(ValueError, match="conditioning"):
+        WorldModel.mlp(2, 2, conditioning="film")
+    with pytest.raises(ValueError, match="action embedding size 3 != latent size 2"):
+        WorldModel(nn.Linear(2, 2), nn.Linear(2, 3), nn.Linear(2, 2)).rollout(torch.rand(1, 2), torch.rand(1, 1, 2))
     with pytest.raises(ValueError, match="obs_dim"):
         WorldModel.mlp(0, 2)
     model = WorldModel.mlp(2, 2, latent_dim=8, hidden_dim=16)
