@@ -74,7 +74,7 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=300, help="candidates per iteration (default 300)")
     parser.add_argument("--cem-iterations", type=int, default=30, help="CEM iterations (default 30)")
     parser.add_argument("--mppi-iterations", type=int, default=10, help="MPPI iterations (default 10)")
-    parser.add_argument("--latent", type=int, default=16, help="latent width (default 16)")
+    parser.add_argument("--latent", type=int, default=8, help="latent width (default 8, the TwoRooms recipe)")
     parser.add_argument("--hidden", type=int, default=128, help="MLP width (default 128)")
     args = parser.parse_args()
     apply_threads(args)

@@ -14,7 +14,7 @@ class TwoRoomsDynamics(nn.Module):
     ``encode(obs)`` returns the ``(N, 2)`` state observations unchanged and ``rollout(z0, actions)``
     applies the environment's swept-collision step to every candidate at once, so a planner given
     this model plans with perfect knowledge (the upper bound a learned world model is compared to).
-    Positions computed in float64 match :meth:`TwoRooms.move` to rounding.
+    Positions computed in float64 match :meth:`jepa.envs.TwoRooms.move` to rounding.
     """
 
     def __init__(self, env: TwoRooms) -> None:
@@ -33,7 +33,7 @@ class TwoRoomsDynamics(nn.Module):
         return obs
 
     def move(self, p: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        """Batched :meth:`TwoRooms.move`: ``p``, ``d`` ``(N, 2)`` -> end positions ``(N, 2)``.
+        """Batched :meth:`jepa.envs.TwoRooms.move`: ``p``, ``d`` ``(N, 2)`` -> end positions ``(N, 2)``.
 
         The same event loop (hit a face, slide, slide off its end) for every row at once; rows
         that finished early stay put while the others continue.
@@ -78,7 +78,7 @@ class TwoRoomsDynamics(nn.Module):
     @staticmethod
     def _first_hit(p, v, tau, lo, hi):
         """Per row: earliest entry time into a block's interior within ``[0, tau]`` (inf if none),
-        the block, the axis of the face and its coordinate; as :meth:`TwoRooms._first_hit`."""
+        the block, the axis of the face and its coordinate; as ``TwoRooms._first_hit``."""
         pk, vk = p[:, None, :], v[:, None, :]  # (N, 1, 2) against (K, 2)
         moving = vk != 0
         safe = torch.where(moving, vk, torch.ones_like(vk))

@@ -58,9 +58,12 @@ def _pairs() -> tuple[EvalPair, ...]:
     return tuple(EvalPair(s, g, "same_room") for s, g in same) + tuple(EvalPair(s, g, "cross_wall") for s, g in cross)
 
 
-#: The fixed evaluation set: 10 same-room pairs (5 per room) and 10 cross-wall pairs (5 each way,
-#: from straight through the door to both ends of the wall, where the straight line to the goal is
-#: blocked). Coordinates are for the default geometry (wall band x in [0.48, 0.52], door y in [0.4, 0.6]).
+#: The fixed evaluation set: 10 same-room pairs (5 per room) and 10 cross-wall pairs (5 each way; for
+#: 6 of them the wall blocks the straight line to the goal, so going straight fails and the way
+#: leads through the door). Coordinates are for the default geometry (wall band x in [0.48, 0.52],
+#: door y in [0.4, 0.6]). Cross-wall pairs start and end at least 0.18 from the wall: with both ends
+#: pressed against the wall far from the door, a latent-distance cost has a local minimum at the
+#: wall that short horizons do not escape, even with the true dynamics.
 EVAL_PAIRS: tuple[EvalPair, ...] = _pairs()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ def model_device(model: Any) -> torch.device:
     return torch.device("cpu")
 
 
-class LatentPlanner:
+class LatentPlanner(ABC):
     """Base class of the sampling planners: minimises the latent distance to a goal over action sequences.
 
     ``model`` needs ``encode(obs) -> z`` (``obs``: ``(N, *obs_shape)``, ``z``: ``(N, *latent_shape)``)
@@ -147,8 +148,9 @@ class LatentPlanner:
         self.plan_seconds.append(time.perf_counter() - t0)
         return out
 
+    @abstractmethod
     def _optimize(self, z0: torch.Tensor, z_goal: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError  # each planner implements its own search
+        """The planner's search from the initial mean ``(H, A)``; returns the chosen sequence."""
 
     def _noise(self, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.randn(shape, generator=self.generator, device=self.device)

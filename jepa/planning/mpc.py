@@ -61,7 +61,7 @@ def run_controller(
     *,
     obs: Any = None,
 ) -> MPCResult:
-    """Run ``controller(obs, goal) -> action`` (a policy, or an MPC planner wrapped by :func:`mpc`)
+    """Run ``controller(obs, goal) -> action`` (a policy, or an MPC planner wrapped by :func:`~jepa.planning.mpc`)
     in ``env`` from its current state until success or ``max_steps``."""
     max_steps = _count("mpc", "max_steps", max_steps)
     if obs is None:
@@ -114,7 +114,7 @@ def mpc(env: Any, planner: Any, goal: Any, max_steps: int, *, obs: Any = None) -
         obs: the current observation (default: ``env.observe()``).
 
     Returns:
-        :class:`MPCResult` (trajectory, success, planning time per step).
+        :class:`~jepa.planning.MPCResult` (trajectory, success, planning time per step).
     """
     if not callable(getattr(planner, "plan", None)):
         raise TypeError(f"mpc: planner must have a plan(obs, goal_obs) method, {type(planner).__name__} has none")
@@ -132,7 +132,7 @@ def evaluate(
     Args:
         env: an environment with ``reset(start=..., goal=...)`` and ``goal_observation()``
             (e.g. :class:`jepa.envs.TwoRooms`).
-        controller: a planner (``plan``, run through :func:`mpc`) or a policy ``(obs, goal_obs) -> action``.
+        controller: a planner (``plan``, run through :func:`~jepa.planning.mpc`) or a policy ``(obs, goal_obs) -> action``.
         pairs: ``(start, goal, kind)`` triples, e.g. :data:`jepa.envs.EVAL_PAIRS`.
         max_steps: step budget of each episode.
 

@@ -193,3 +193,23 @@ def test_bad_inputs_are_refused():
         world_model_loss({"rollout": out["rollout"]})
     with pytest.raises(ValueError, match="rollout_weight"):
         world_model_loss(out, rollout_weight=-1.0)
+
+
+def test_image_observations_from_collection_to_a_plan():
+    from jepa.data import TrajectoryDataset
+    from jepa.envs import TwoRooms, collect
+    from jepa.planning import CEM
+
+    env = TwoRooms(observation="image", image_size=16)
+    ds = TrajectoryDataset(collect(env, episodes=2, steps=6, seed=0), horizon=3)
+    obs, act = (torch.stack(x) for x in zip(*(ds[i] for i in range(4))))
+    assert obs.shape == (4, 4, 1, 16, 16) and act.shape == (4, 3, 2)
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.GELU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 8))
+    model = WorldModel(cnn, nn.Linear(2, 8), nn.Linear(16, 8), conditioning="concat")
+    terms = world_model_loss(model.forward_trajectory(obs, act), smoothness_weight=0.1)
+    terms["loss"].backward()
+    assert all(p.grad is not None for p in model.encoder.parameters())
+    assert all(p.grad is None for p in model.target_encoder.parameters())
+    env.reset(start=(0.2, 0.2), goal=(0.3, 0.3))
+    plan = CEM(model, env.action_low, env.action_high, horizon=3, samples=16, iterations=2, elites=4).plan(env.observe(), env.goal_observation())
+    assert plan.shape == (3, 2) and torch.isfinite(plan).all()
