@@ -6,7 +6,9 @@
   seeded split helper (:func:`train_val_split`) and a procedural labelled image set
   (:mod:`jepa.data.synthetic`);
 * masks: :class:`~jepa.data.masks.MultiBlockMaskCollator` (I-JEPA multi-block masks, also a
-  DataLoader ``collate_fn``).
+  DataLoader ``collate_fn``);
+* trajectories for world models: :class:`TrajectoryDataset` (windows of observations and actions
+  that never cross an episode end).
 """
 
 from jepa.data.arrays import TensorImageDataset
@@ -17,6 +19,7 @@ from jepa.data.masks import MultiBlockMaskCollator, MultiBlockMasks
 from jepa.data.splits import train_val_split
 from jepa.data.synthetic import SHAPE_CLASSES, make_shapes, write_shapes_folder
 from jepa.data.transforms import eval_transform, train_transform
+from jepa.data.trajectories import TrajectoryDataset
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -28,6 +31,7 @@ __all__ = [
     "MultiBlockMaskCollator",
     "MultiBlockMasks",
     "TensorImageDataset",
+    "TrajectoryDataset",
     "eval_transform",
     "load_digits_split",
     "make_shapes",

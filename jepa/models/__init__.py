@@ -6,6 +6,7 @@ from jepa.models.ijepa import IJEPA, ijepa_prediction_loss
 from jepa.models.jepa import JEPA, JEPAAction
 from jepa.models.predictor import Predictor, Projector, TransformerPredictor
 from jepa.models.vision import MaskedPredictor, VisionTransformer
+from jepa.models.world_model import WorldModel
 
 __all__ = [
     "IJEPA",
@@ -18,6 +19,7 @@ __all__ = [
     "Projector",
     "TransformerPredictor",
     "VisionTransformer",
+    "WorldModel",
     "build_model",
     "ijepa_prediction_loss",
 ]
