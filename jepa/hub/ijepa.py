@@ -115,6 +115,11 @@ def vit_from_ijepa_state_dict(
     Sizes (width, depth, patch size, image size, MLP width, qkv bias) are read from the tensors; the
     position table stays the fixed sin-cos buffer when it is that table, else it becomes a learned
     ``pos_embed`` holding the checkpoint's values. ``module.`` prefixes are removed.
+
+    Args:
+        state_dict: the ``encoder`` or ``target_encoder`` state dict of an I-JEPA checkpoint.
+        num_heads: attention heads (default: I-JEPA's preset for the width, :data:`IJEPA_HEADS`).
+        what: how error messages name the state dict.
     """
     state = strip_module_prefix(state_dict)
     patch_w = _need(state, "patch_embed.proj.weight", what)
@@ -152,7 +157,10 @@ def predictor_from_ijepa_state_dict(
 ) -> MaskedPredictor:
     """A :class:`~jepa.models.vision.MaskedPredictor` holding an I-JEPA predictor's weights.
 
-    ``num_heads`` is the encoder's (I-JEPA builds its predictor with the encoder's head count).
+    Args:
+        state_dict: the ``predictor`` state dict of an I-JEPA checkpoint.
+        num_heads: attention heads; I-JEPA builds its predictor with the encoder's.
+        what: how error messages name the state dict.
     """
     state = strip_module_prefix(state_dict)
     embed = _need(state, "predictor_embed.weight", what)
