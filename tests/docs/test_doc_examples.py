@@ -223,3 +223,18 @@ def test_documented_jepa_commands_use_existing_flags():
             assert flag in helps[command], f"{line!r}: `jepa {command}` has no {flag}"
             checked += 1
     assert checked >= 15
+
+
+def test_files_named_by_the_pages_exist():
+    """Every repository file a page points readers to (benchmark scripts, tests, READMEs) exists."""
+    import re
+
+    from doc_blocks import DOCS
+
+    root = DOCS.parent
+    named = set()
+    for page in DOCS.rglob("*.md"):
+        named |= set(re.findall(r"\b((?:benchmarks|tests|kernels|csrc|jepa)/[\w./-]+\.(?:py|sh|md|cu|h))\b", page.read_text()))
+    assert len(named) >= 15
+    missing = sorted(p for p in named if not (root / p).is_file())
+    assert not missing, f"the docs name files that do not exist: {missing}"
