@@ -8,7 +8,7 @@
 #      JEPA_TRITON_AUTOTUNE=0), in parallel with pytest-xdist when it is installed; the ahead-of-time
 #      compile tests (marker aot) are left to the CPU CI;
 #   3. every GPU benchmark (bench_attention with the route table, bench_ema_update, bench_jepa_loss,
-#      bench_info_nce, bench_unscale; checkpoint.py's rows when time is left), timed with CUDA events.
+#      bench_info_nce, bench_unscale; bench_checkpoint.py's rows when time is left), timed with CUDA events.
 #
 # Logs and JSON go to one folder: env.txt, build.log, tests.log, tests.xml (JUnit), bench_<op>.log and
 # bench_<op>.json, attention_routes.json (copy it to jepa/ops/attention_routes.json to ship the routes),
@@ -139,7 +139,7 @@ if wanted bench; then
     bench jepa_loss 30 --no-cpu
     bench info_nce 30 --no-cpu
     bench unscale 30
-    run_step checkpoint 30 "$OUT/checkpoint.log" "$PY" -P benchmarks/checkpoint.py --quick --out "$OUT/checkpoint.json"
+    run_step checkpoint 30 "$OUT/checkpoint.log" "$PY" -P benchmarks/bench_checkpoint.py --quick --out "$OUT/checkpoint.json"
 fi
 
 # ---------------------------------------------------------------------------------------------- summary

@@ -1,5 +1,5 @@
 """Run every benchmark script of benchmarks/ (bench_<op>.py: CPU and GPU rows in one script each,
-bench_trainer.py, checkpoint.py), each writing its JSON into --out-dir. quality.py (a multi-seed
+bench_trainer.py, bench_checkpoint.py), each writing its JSON into --out-dir. quality.py (a multi-seed
 training run, minutes) only runs when named with --only quality. On a GPU machine,
 benchmarks/gpu_suite.sh builds with CUDA, runs the GPU tests and the GPU rows in one go.
 

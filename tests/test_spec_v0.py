@@ -1,4 +1,5 @@
-"""Every example of spec/training-api-v0.md, run as written (concrete values in place of `...`),
+"""Every example of the config-driven training API (docs/training-api/v0.md; the page's own code blocks
+run in tests/docs/test_doc_examples.py), run as written (concrete values in place of `...`),
 each checking its effect."""
 
 import math

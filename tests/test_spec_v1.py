@@ -1,4 +1,5 @@
-"""Every example of spec/training-api-v1.md, run as written (real data in place of `...`)."""
+"""Every example of the training API (docs/training-api/v1.md; the page's own code blocks run in
+tests/docs/test_doc_examples.py), run as written (real data in place of `...`)."""
 
 import math
 import os

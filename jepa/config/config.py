@@ -63,6 +63,8 @@ class LossConfig:
 
 @dataclass
 class OptimizerConfig:
+    """``training.optimizer``: the optimizer's name (adamw, adam, sgd, rmsprop, lion) and its betas and eps."""
+
     type: str = "adamw"
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
@@ -70,6 +72,9 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
+    """``training.scheduler``: the learning-rate schedule (cosine, linear, step, constant, plateau) after
+    ``warmup_epochs`` of linear warmup (0: 5% of the steps), down to ``min_lr``."""
+
     type: str = "cosine"
     warmup_epochs: float = 0.0
     min_lr: float = 1e-5
@@ -77,6 +82,9 @@ class SchedulerConfig:
 
 @dataclass
 class ValidationConfig:
+    """``training.validation``: validate every ``frequency`` epochs; stop early after ``patience``
+    validations without improvement (None: never)."""
+
     frequency: int = 1
     patience: int | None = None
 

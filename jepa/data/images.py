@@ -25,7 +25,7 @@ class ImageDecodeError(ValueError):
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` has one of :data:`IMAGE_EXTENSIONS` (and is not a hidden file)."""
+    """Whether ``path`` has one of :data:`~jepa.data.images.IMAGE_EXTENSIONS` (and is not a hidden file)."""
     name = os.path.basename(os.fspath(path))
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 

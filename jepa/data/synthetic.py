@@ -21,6 +21,7 @@ import torch
 
 __all__ = ["SHAPE_CLASSES", "make_shapes", "write_shapes_folder"]
 
+#: Class names of the shapes set, in label order.
 SHAPE_CLASSES = ("circle", "square", "triangle", "plus", "ring", "diamond", "cross", "star", "crescent", "frame")
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 _SUPERSAMPLE = 4  # render at 4x and average down: anti-aliased edges
@@ -118,7 +119,7 @@ def make_shapes(
     num_images: int, image_size: int = 32, *, seed: int = 0, split: str = "train", num_classes: int = 10
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images, labels)``: ``(N, 3, S, S)`` uint8 and ``(N,)`` int64, classes balanced
-    (``labels[i]`` indexes :data:`SHAPE_CLASSES`), shuffled, reproducible from ``seed`` and ``split``."""
+    (``labels[i]`` indexes :data:`~jepa.data.synthetic.SHAPE_CLASSES`), shuffled, reproducible from ``seed`` and ``split``."""
     _check(num_images, image_size, num_classes, split)
     code = _SPLIT_CODES[split]
     order = np.random.default_rng((seed, code, 1 << 20)).permutation(num_images)

@@ -6,7 +6,7 @@ RNG states, numpy arrays) are stored under stable flattened names (``model.encod
 ``optimizer.state.0.exp_avg``); everything else (epoch, step, best loss, scheduler state,
 ``param_groups``, config, library version) is a JSON tree in ``__metadata__["jepa.state"]`` that
 gives back the same Python types (tuples, int dict keys, inf/nan floats, ...). See
-:mod:`jepa.io._codec` for the mapping and ``csrc/checkpoint/checkpoint.h`` for the file layout.
+``jepa/io/_codec.py`` for the mapping and ``csrc/checkpoint/checkpoint.h`` for the file layout.
 
 Safety: :func:`save` writes ``<path>.tmp-<pid>`` with several threads, fsyncs it, renames it over
 ``path`` and fsyncs the directory, so a crash leaves the previous file intact; a CRC32C per tensor

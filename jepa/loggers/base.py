@@ -14,8 +14,8 @@ from typing import Any
 class BaseLogger:
     """Receives scalar metrics from the trainer.
 
-    Subclasses implement :meth:`_log_metrics` (and optionally :meth:`_log_hyperparams` and
-    :meth:`_close`); the public methods validate arguments and refuse use after :meth:`close`.
+    Subclasses implement ``_log_metrics`` (and optionally ``_log_hyperparams`` and ``_close``);
+    the public methods validate arguments and refuse use after :meth:`close`.
     A logger is a context manager: ``with CSVLogger(...) as lg: ...`` closes it on exit.
     """
 

@@ -20,7 +20,7 @@ class CSVLogger(BaseLogger):
     The long layout keeps the file valid when new metric names appear mid-run. Each call is
     flushed so a crash of the process loses nothing already logged. An existing file with the
     same header is appended to (resumed runs); one with another header is refused.
-    :meth:`log_hyperparams` writes ``hparams.yaml`` next to the CSV file.
+    :meth:`~jepa.loggers.BaseLogger.log_hyperparams` writes ``hparams.yaml`` next to the CSV file.
 
     Args:
         save_dir: folder for the files (created if missing).

@@ -12,7 +12,7 @@ class MultiLogger(BaseLogger):
     """Forward every call to several loggers, in order.
 
     Any object with ``log_metrics(metrics, step)`` is accepted; ``log_hyperparams`` and ``close``
-    are forwarded to the loggers that have them. :meth:`close` closes all of them even if one
+    are forwarded to the loggers that have them. :meth:`~jepa.loggers.BaseLogger.close` closes all of them even if one
     fails, then re-raises the first error.
     """
 

@@ -10,7 +10,7 @@ import yaml
 
 from .base import BaseLogger
 
-TENSORBOARD_MISSING = "TensorBoardLogger needs tensorboard: pip install 'jepa[tensorboard]'"
+TENSORBOARD_MISSING = "TensorBoardLogger needs tensorboard: pip install 'jepa-torch[tensorboard]'"
 
 
 class TensorBoardLogger(BaseLogger):
@@ -18,7 +18,7 @@ class TensorBoardLogger(BaseLogger):
 
     ``tensorboard`` is imported only here, at construction; without it an ``ImportError`` says
     what to install. Hyperparameters are stored as a YAML text summary (tag ``hparams``) and as
-    ``hparams.yaml`` in the run folder. Events are flushed after every :meth:`log_metrics` call.
+    ``hparams.yaml`` in the run folder. Events are flushed after every :meth:`~jepa.loggers.BaseLogger.log_metrics` call.
     """
 
     def __init__(self, save_dir: str | os.PathLike, name: str = "jepa") -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from .base import BaseLogger, to_plain_params
 
-WANDB_MISSING = "WandbLogger needs wandb: pip install 'jepa[wandb]'"
+WANDB_MISSING = "WandbLogger needs wandb: pip install 'jepa-torch[wandb]'"
 WANDB_MODES = ("online", "offline", "disabled")
 
 

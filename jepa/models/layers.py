@@ -9,14 +9,18 @@ from jepa import ops
 
 
 class MultiHeadAttention(nn.Module):
-    """Self-attention whose core runs through :func:`jepa.ops.attention` (fused kernels on GPU)."""
+    """Self-attention whose core runs through :func:`jepa.ops.attention` (fused kernels on GPU).
 
-    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0) -> None:
+    ``qkv_bias=False`` drops the bias of the fused query/key/value projection (the output
+    projection always has one).
+    """
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, qkv_bias: bool = True) -> None:
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.dropout = nn.Dropout(dropout)
 
@@ -30,11 +34,13 @@ class MultiHeadAttention(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)); x + mlp(norm(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, norm_eps: float = 1e-5) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, norm_eps: float = 1e-5, qkv_bias: bool = True
+    ) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = MultiHeadAttention(dim, num_heads, dropout)
+        self.attn = MultiHeadAttention(dim, num_heads, dropout, qkv_bias=qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout))
 

@@ -152,7 +152,7 @@ def test_tensorboard_round_trip(tmp_path):
 def test_tensorboard_missing_message(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     monkeypatch.setitem(sys.modules, "tensorboard", None)
-    with pytest.raises(ImportError, match=r"pip install 'jepa\[tensorboard\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'jepa-torch\[tensorboard\]'"):
         TensorBoardLogger(tmp_path, "x")
 
 
@@ -210,7 +210,7 @@ def test_wandb_missing_and_bad_mode(monkeypatch, fake_wandb):
     with pytest.raises(ValueError, match="project"):
         WandbLogger("")
     monkeypatch.setitem(sys.modules, "wandb", None)
-    with pytest.raises(ImportError, match=r"pip install 'jepa\[wandb\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'jepa-torch\[wandb\]'"):
         WandbLogger("p")
 
 

@@ -230,3 +230,20 @@ def test_predictor_bad_inputs():
         pred(ctx, cidx[:, :3], torch.tensor([[[5]]]))
     with pytest.raises(ValueError, match="predictor_embed_dim"):
         _predictor(predictor_embed_dim=18)
+
+
+def test_qkv_bias_and_learned_pos_embed_keywords():
+    default = _vit()
+    assert default.blocks[0].attn.qkv.bias is not None and "pos_embed" not in default.state_dict()
+    assert _vit(qkv_bias=False).blocks[0].attn.qkv.bias is None
+    learned = _vit(learned_pos_embed=True)
+    assert isinstance(learned.pos_embed, torch.nn.Parameter) and torch.equal(learned.pos_embed[0], sincos_2d(32, (4, 4)))
+    learned(torch.randn(2, 3, 16, 16), keep=torch.tensor([[0, 5], [3, 9]])).sum().backward()
+    grad = learned.pos_embed.grad[0]
+    assert grad[[0, 3, 5, 9]].abs().sum() > 0 and grad[[1, 2, 4]].abs().sum() == 0  # only kept patches' rows train
+    pred = MaskedPredictor(grid_size=4, embed_dim=32, predictor_embed_dim=16, depth=1, num_heads=2, qkv_bias=False, learned_pos_embed=True)
+    assert pred.blocks[0].attn.qkv.bias is None and pred.state_dict()["pos_embed"].shape == (16, 16)
+    with pytest.raises(TypeError, match="learned_pos_embed must be a bool, got 'yes'"):
+        _vit(learned_pos_embed="yes")
+    with pytest.raises(TypeError, match="MaskedPredictor: qkv_bias must be a bool, got 1"):
+        MaskedPredictor(grid_size=4, embed_dim=32, qkv_bias=1)

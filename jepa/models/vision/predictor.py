@@ -10,7 +10,7 @@ from torch import nn
 from jepa.models.base import BaseModel
 from jepa.models.layers import TransformerBlock, init_weights
 from jepa.models.vision.pos_embed import sincos_2d
-from jepa.models.vision.vit import check_indices, rescale_residual_init, to_pair
+from jepa.models.vision.vit import _check_bool, check_indices, rescale_residual_init, to_pair
 
 __all__ = ["MaskedPredictor"]
 
@@ -35,6 +35,10 @@ class MaskedPredictor(BaseModel):
         dropout: dropout inside the blocks.
         norm_eps: epsilon of the layer norms.
         init_std: std of the truncated-normal weight init.
+        qkv_bias: whether the query/key/value projections have a bias (I-JEPA: True).
+        learned_pos_embed: False (default, I-JEPA): fixed 2-D sin-cos position embeddings (a buffer,
+            not saved); True: a trained, saved parameter ``pos_embed`` ``(N, predictor_embed_dim)``
+            initialised with that table.
     """
 
     def __init__(
@@ -48,9 +52,13 @@ class MaskedPredictor(BaseModel):
         dropout: float = 0.0,
         norm_eps: float = 1e-6,
         init_std: float = 0.02,
+        qkv_bias: bool = True,
+        learned_pos_embed: bool = False,
     ) -> None:
         super().__init__()
         grid = to_pair(grid_size, "MaskedPredictor: grid_size")
+        _check_bool(qkv_bias, "MaskedPredictor: qkv_bias")
+        _check_bool(learned_pos_embed, "MaskedPredictor: learned_pos_embed")
         for name, value in (("embed_dim", embed_dim), ("predictor_embed_dim", predictor_embed_dim), ("depth", depth), ("num_heads", num_heads)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"MaskedPredictor: {name} must be an int >= 1, got {value!r}")
@@ -63,9 +71,14 @@ class MaskedPredictor(BaseModel):
         self.predictor_embed_dim = predictor_embed_dim
         self.input_proj = nn.Linear(embed_dim, predictor_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, predictor_embed_dim))
-        self.register_buffer("pos_embed", sincos_2d(predictor_embed_dim, grid), persistent=False)
+        table = sincos_2d(predictor_embed_dim, grid)
+        if learned_pos_embed:
+            self.pos_embed = nn.Parameter(table)
+        else:
+            self.register_buffer("pos_embed", table, persistent=False)
         self.blocks = nn.ModuleList(
-            TransformerBlock(predictor_embed_dim, num_heads, mlp_ratio, dropout, norm_eps=norm_eps) for _ in range(depth)
+            TransformerBlock(predictor_embed_dim, num_heads, mlp_ratio, dropout, norm_eps=norm_eps, qkv_bias=qkv_bias)
+            for _ in range(depth)
         )
         self.norm = nn.LayerNorm(predictor_embed_dim, eps=norm_eps)
         self.proj = nn.Linear(predictor_embed_dim, embed_dim)

@@ -20,7 +20,7 @@ VIT_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def build_vit(arch: str, **overrides: Any) -> VisionTransformer:
-    """The preset ``arch`` (a key of :data:`VIT_PRESETS`) with ``overrides`` applied."""
+    """The preset ``arch`` (a key of :data:`~jepa.models.vision.presets.VIT_PRESETS`) with ``overrides`` applied."""
     if arch not in VIT_PRESETS:
         raise ValueError(f"build_vit: arch must be one of {sorted(VIT_PRESETS)}, got {arch!r}")
     return VisionTransformer(**{**VIT_PRESETS[arch], **overrides})

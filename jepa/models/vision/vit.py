@@ -35,6 +35,11 @@ def _positive_int(value, name: str) -> int:
     return value
 
 
+def _check_bool(value, name: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
 def rescale_residual_init(blocks: Sequence[TransformerBlock]) -> None:
     """Divide the output projections of block ``i`` (attention and MLP) by ``sqrt(2 * (i + 1))``
     (I-JEPA's ``fix_init_weight``), so deep stacks start with residual updates of similar size."""
@@ -93,6 +98,11 @@ class VisionTransformer(BaseModel):
         dropout: dropout inside the blocks.
         norm_eps: epsilon of the layer norms (I-JEPA: 1e-6).
         init_std: std of the truncated-normal weight init.
+        qkv_bias: whether the query/key/value projections have a bias (I-JEPA and ViT: True).
+        learned_pos_embed: False (default, I-JEPA): the position embeddings are the fixed 2-D
+            sin-cos table, a buffer that is neither trained nor saved. True: they are a parameter
+            ``pos_embed`` ``(1, N, embed_dim)`` initialised with that table, trained and saved (the
+            layout of Hugging Face's ``IJepaModel``, whose table is a parameter).
 
     The patch embedding's weight has the layout of a ``Conv2d(in_chans, embed_dim, patch_size,
     stride=patch_size)`` (``patch_embed.weight`` / ``patch_embed.bias``) but is applied as a matrix
@@ -111,9 +121,13 @@ class VisionTransformer(BaseModel):
         dropout: float = 0.0,
         norm_eps: float = 1e-6,
         init_std: float = 0.02,
+        qkv_bias: bool = True,
+        learned_pos_embed: bool = False,
     ) -> None:
         super().__init__()
         size = to_pair(image_size, "VisionTransformer: image_size")
+        _check_bool(qkv_bias, "VisionTransformer: qkv_bias")
+        _check_bool(learned_pos_embed, "VisionTransformer: learned_pos_embed")
         patch_size = _positive_int(patch_size, "VisionTransformer: patch_size")
         in_chans = _positive_int(in_chans, "VisionTransformer: in_chans")
         embed_dim = _positive_int(embed_dim, "VisionTransformer: embed_dim")
@@ -136,9 +150,13 @@ class VisionTransformer(BaseModel):
         self.num_heads = num_heads
         self.grid_size = (size[0] // patch_size, size[1] // patch_size)
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-        self.register_buffer("pos_embed", sincos_2d(embed_dim, self.grid_size)[None], persistent=False)
+        table = sincos_2d(embed_dim, self.grid_size)[None]
+        if learned_pos_embed:
+            self.pos_embed = nn.Parameter(table)
+        else:
+            self.register_buffer("pos_embed", table, persistent=False)
         self.blocks = nn.ModuleList(
-            TransformerBlock(embed_dim, num_heads, mlp_ratio, dropout, norm_eps=norm_eps) for _ in range(depth)
+            TransformerBlock(embed_dim, num_heads, mlp_ratio, dropout, norm_eps=norm_eps, qkv_bias=qkv_bias) for _ in range(depth)
         )
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         init_weights(self, std=init_std)

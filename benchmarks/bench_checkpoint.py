@@ -21,7 +21,7 @@ Targets: save <= 1.2x the floor and >= 1.3x faster than torch.save+fsync; async 
 sync save; verified load >= 1.5x faster than warm torch.load and within 1.5x of safetensors; lazy
 load as fast as torch.load(mmap=True).
 
-Usage: python benchmarks/checkpoint.py [--size 1.0] [--dir DIR] [--out results.json] [--repeat N] [--quick]
+Usage: python benchmarks/bench_checkpoint.py [--size 1.0] [--dir DIR] [--out results.json] [--repeat N] [--quick]
 """
 
 from __future__ import annotations
