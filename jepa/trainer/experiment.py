@@ -11,7 +11,7 @@ import torch
 
 from jepa.config import Config
 from jepa.data import load_digits_split
-from jepa.trainer.builders import build_model
+from jepa.trainer.builders import model_from_config
 from jepa.trainer.eval import probe_report
 from jepa.trainer.trainer import JEPATrainer
 
@@ -24,7 +24,7 @@ def build_probe_run(config: Config, *, distributed: bool = False) -> tuple[JEPAT
     trainer = JEPATrainer(config, distributed=distributed)
     train_set = trainer.train_loader.dataset
     torch.manual_seed(config.training.seed)  # JEPATrainer(config) seeds alike before building its model
-    random_init = build_model(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens).to(trainer.device)
+    random_init = model_from_config(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens).to(trainer.device)
     return trainer, random_init
 
 
