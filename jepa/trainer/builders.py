@@ -9,6 +9,7 @@ exactly as ``JEPATrainer(model, optimizer, ...)`` would be: construction points 
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,6 +42,7 @@ __all__ = [
     "build_loaders",
     "build_loss",
     "check_training",
+    "explicit_arguments",
     "model_from_config",
     "scheduler_spec",
     "setup_training",
@@ -198,6 +200,19 @@ def _warmup_fraction(config: Config) -> float:
 
 def _logger(config: Config) -> Any:
     return create_logger(config) if config.logging.loggers else None
+
+
+def explicit_arguments(fn: Any, args: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``args`` (arguments of ``fn``) that differ from ``fn``'s defaults: what a
+    caller passing a config chose explicitly (those replace the config's values)."""
+    params = inspect.signature(fn).parameters
+    plain = (str, int, float, bool, type(None))
+
+    def is_default(name: str, value: Any) -> bool:
+        default = params[name].default
+        return value is default or (isinstance(value, plain) and type(value) is type(default) and value == default)
+
+    return {k: v for k, v in args.items() if not is_default(k, v)}
 
 
 def trainer_kwargs(config: Any, given: Mapping[str, Any] | None = None) -> dict[str, Any]:

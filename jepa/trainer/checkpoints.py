@@ -37,7 +37,7 @@ from torch import nn
 from jepa import __version__
 from jepa import io as jio
 from jepa.models.base import BaseModel, build_model, load_state_dict_strict
-from jepa.trainer.checks import as_float
+from jepa.trainer.checks import as_float, check_int
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -218,6 +218,21 @@ class TrainerCheckpoints:
     counters, ``parallel``, ``save_dir``, ...); it holds no state of its own.
     """
 
+    def _init_checkpoints(self, save_dir: Any, save_best: bool, save_last: bool, every_epochs: int | None,
+                          every_steps: int | None, async_checkpoint: bool, resume: Any) -> None:
+        """The checkpoint settings of the trainer (see its arguments)."""
+        self.save_dir = Path(save_dir)
+        self.save_best, self.save_last = save_best, save_last
+        self.checkpoint_every_n_epochs = check_int("checkpoint_every_n_epochs", every_epochs, minimum=1, optional=True)
+        self.checkpoint_every_n_steps = check_int("checkpoint_every_n_steps", every_steps, minimum=1, optional=True)
+        self.async_checkpoint = bool(async_checkpoint)
+        if resume is not None and not isinstance(resume, (str, os.PathLike)):
+            raise ValueError(f"resume must be None, 'auto' or a checkpoint path, got {resume!r}")
+        self.resume, self._resumed = resume, False
+        self._epoch_progress: dict[str, Any] | None = None  # mid-epoch position (for step checkpoints)
+        self._resume_position: dict[str, Any] | None = None
+        self._pending_loader_rng: dict[str, Any] | None = None  # loaders' generators, applied in train()
+
     def _resolve_path(self, name: str | os.PathLike) -> Path:
         path = Path(name)
         return path if path.is_absolute() or path.parent != Path(".") else self.save_dir / path
@@ -238,8 +253,8 @@ class TrainerCheckpoints:
             "rng": rng_state(self._loaders()),
             "nan_skipped_steps": self.nonfinite.skipped_steps,
         }
-        if self.scheduler is not None:
-            state["scheduler"] = self.scheduler.state_dict()
+        if self.schedule.scheduler is not None:
+            state["scheduler"] = self.schedule.state_dict()
         if self.scaler is not None:
             state["grad_scaler"] = self.scaler.state_dict()
         if self._epoch_progress is not None:  # a mid-epoch checkpoint: where in the epoch we are
@@ -299,10 +314,7 @@ class TrainerCheckpoints:
         if "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
         if "scheduler" in state:
-            if self.scheduler is not None:
-                self.scheduler.load_state_dict(state["scheduler"])
-            else:
-                self._pending_scheduler_state = state["scheduler"]
+            self.schedule.load_state_dict(state["scheduler"])
         if "grad_scaler" in state and self.scaler is not None:
             self.scaler.load_state_dict(state["grad_scaler"])
         self.current_epoch = int(state.get("epoch", 0))

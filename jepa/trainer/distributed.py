@@ -35,6 +35,7 @@ import inspect
 import logging
 import os
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from dataclasses import dataclass
@@ -471,6 +472,13 @@ def abort_run(ctx: DistributedContext, exc: BaseException, step: int) -> PeerFai
     return None
 
 
+def _close_at_exit(ref: Any) -> None:
+    parallel = ref()
+    if parallel is not None:
+        with contextlib.suppress(Exception):
+            parallel.close()
+
+
 class DataParallel:
     """The DDP side of one trainer: the process-group context, the DDP wrapper of the model step,
     the sharded copies of the trainer's loaders and the collectives the loop needs.
@@ -485,6 +493,8 @@ class DataParallel:
         self.ddp: Any = wrap_ddp(model, ctx, find_unused_parameters=find_unused_parameters)
         self._sharded: dict[int, tuple[Any, Any]] = {}
         self._calls_seen = 0
+        if ctx.owns_group:  # released at interpreter exit at the latest (a weak reference: no leak)
+            atexit.register(_close_at_exit, weakref.ref(self))
 
     @property
     def multi_process(self) -> bool:

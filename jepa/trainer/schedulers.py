@@ -1,11 +1,18 @@
-"""Learning-rate schedules: warmup then cosine, linear, step or constant decay, and plateau (`create_scheduler`)."""
+"""Learning-rate schedules: warmup then cosine, linear, step or constant decay, and plateau
+(:func:`create_scheduler`); who sets a run's learning rate and when its scheduler steps
+(:class:`LRControl`)."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
+
+from jepa.trainer.checks import check_choice, check_number
+
+log = logging.getLogger("jepa")
 
 
 def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
@@ -185,3 +192,82 @@ def create_scheduler(
     sched = LambdaLR(optimizer, lambdas)
     sched.jepa_interval = "step" if steps_per_epoch is not None else "epoch"
     return sched
+
+
+class LRControl:
+    """Who sets a training run's learning rate, and when its scheduler steps.
+
+    ``scheduler`` is a scheduler instance (stepped every ``interval``: ``"epoch"`` by default), or a
+    spec built by :meth:`setup` once the run's length is known: ``"cosine"`` (linear warmup over
+    ``warmup_fraction`` of the steps, then cosine to ``min_lr_ratio`` times the base lr, per step) or
+    a callable ``(optimizer, total_steps) -> scheduler`` (stepped as its ``jepa_interval`` says, else
+    per step). A callback with ``owns_lr = True`` (e.g.
+    :class:`~jepa.trainer.callbacks.LearningRateScheduler`) takes the learning rate over: the
+    scheduler is then neither built nor stepped (a warning says so once).
+
+    A scheduler state restored before the scheduler exists (:meth:`load_state_dict`) is applied
+    when :meth:`setup` builds it.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scheduler=None, interval: str | None = None,
+                 warmup_fraction: float = 0.05, min_lr_ratio: float = 0.01) -> None:
+        check_choice("scheduler_interval", interval, (None, "step", "epoch"))
+        self.optimizer = optimizer
+        self.warmup_fraction = check_number("warmup_fraction", warmup_fraction, low=0.0, high=1.0, high_open=True)
+        self.min_lr_ratio = min_lr_ratio
+        self.spec = scheduler
+        self.owner = None  # the callback that owns the lr, once setup() found one
+        self._pending: dict | None = None
+        if hasattr(scheduler, "step") and hasattr(scheduler, "state_dict"):
+            self.scheduler, self.interval = scheduler, interval or "epoch"
+        else:
+            if scheduler is not None and not (scheduler == "cosine" or callable(scheduler)):
+                raise ValueError(f"scheduler must be a scheduler instance, 'cosine', a callable or None; got {scheduler!r}")
+            self.scheduler, self.interval = None, interval or "step"
+
+    def setup(self, total_steps: int, callbacks) -> None:
+        """Before a run of ``total_steps`` optimizer steps: find an lr-owning callback among
+        ``callbacks``, else build the scheduler from its spec (once)."""
+        owner = next((cb for cb in callbacks if getattr(cb, "owns_lr", False)), None)
+        if owner is not None:
+            if self.owner is None and (self.scheduler is not None or self.spec is not None):
+                log.warning("%s sets the learning rate; the trainer's scheduler is not used", type(owner).__name__)
+            self.owner = owner
+            return
+        if self.scheduler is not None or self.spec is None:
+            return
+        if self.spec == "cosine":
+            warmup = int(round(self.warmup_fraction * total_steps))
+            self.scheduler = warmup_cosine_schedule(self.optimizer, total_steps, warmup, self.min_lr_ratio)
+        else:
+            self.scheduler = self.spec(self.optimizer, total_steps)
+            # schedulers from create_scheduler say how they step
+            self.interval = getattr(self.scheduler, "jepa_interval", self.interval)
+        if self._pending is not None:
+            self.scheduler.load_state_dict(self._pending)
+            self._pending = None
+            # Building a scheduler resets the optimizer's lr to the step-0 value; put back the lr of
+            # the step the checkpoint was taken at.
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+                group["lr"] = lr
+
+    def step(self, interval: str, monitored: float | None = None) -> None:
+        """Step the scheduler at the end of a ``"step"`` or an ``"epoch"`` when it steps then
+        (``monitored``: the metric a ``ReduceLROnPlateau`` watches)."""
+        if self.scheduler is None or self.owner is not None or self.interval != interval:
+            return
+        if isinstance(self.scheduler, ReduceLROnPlateau):
+            self.scheduler.step(monitored)
+        else:
+            self.scheduler.step()
+
+    def state_dict(self) -> dict | None:
+        """The scheduler's state (None while there is no scheduler)."""
+        return None if self.scheduler is None else self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the scheduler, now or (spec not built yet) when :meth:`setup` builds it."""
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state)
+        else:
+            self._pending = state

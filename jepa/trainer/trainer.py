@@ -1,48 +1,39 @@
-"""The training loop: :class:`BaseTrainer`, :class:`JEPATrainer` and :func:`create_trainer`.
+"""The training loop: :class:`BaseTrainer` and :class:`JEPATrainer`.
 
 One training step, for any model and loss that follow the model-step protocol
 (:mod:`jepa.trainer.objective`)::
 
-    batch = move_to_device(batch, device)            # whatever the loader yields
-    outputs = model_outputs(model, batch)            # through DDP when distributed
-    outputs = gather_outputs(outputs, loss inputs)   # distributed only: global batch statistics
-    terms = loss_terms(loss_fn, outputs)             # {"loss": ..., other terms logged}
+    outputs = model_outputs(model, batch)             # the batch as the loader made it, on the device
+    outputs = gather_outputs(outputs, loss inputs)    # distributed only: the loss sees the global batch
+    terms = loss_terms(loss_fn, outputs)              # {"loss": minimised, other terms logged}
 
-* **Model**: define ``forward_batch(batch) -> dict`` to consume the whole batch (images with
-  multi-block mask indices and validity masks, trajectory windows of observations and actions,
-  ...) and return named outputs (``prediction``, ``target``, ``context``, ``projection``,
-  ``valid``, any names). Models with ``forward_features(*pair)`` (:class:`~jepa.models.JEPA`) or a
-  ``forward`` returning ``(prediction, target)`` work as they are, on ``(state_t, state_t1)`` /
-  ``(state_t, action_t, state_t1)`` batches. Optional: ``update_target_encoder()`` (called after
-  every optimizer step: the EMA target), ``set_total_steps(n)`` (the length of the run, for
-  momentum schedules), ``embed(x)`` (probes, collapse monitor), ``unbatched_outputs`` (outputs
-  that are not batch-first, never gathered).
-* **Loss**: any callable, or an object with ``terms(...) -> dict``; it is called with the outputs
-  its parameters name (``def sigreg(projection)``, ``def loss(prediction, target, valid)``,
-  ``**kwargs`` takes them all); see :mod:`jepa.trainer.objective`.
-* **Distributed**: DDP wraps the model step (:class:`jepa.trainer.distributed.ModelStep`); every
-  tensor output the loss takes that is batch-first is gathered across ranks with gradients
-  (ranks may hold different numbers of rows), so the loss sees the global batch.
-* **Callbacks** (:mod:`jepa.trainer.callbacks`) get the detached loss terms in ``on_batch_end``;
-  ``trainer.step_outputs`` holds the detached outputs of the last training step on this rank
-  (features for online probes), set when the trainer has callbacks.
-* Subclasses may override :meth:`BaseTrainer.training_step` / :meth:`BaseTrainer.validation_step`
-  (return a dict with ``loss``) for anything else; the loop, checkpoints and logging stay.
+* **Model**: ``forward_batch(batch) -> dict`` consumes the whole batch (images with mask indices
+  and validity masks, trajectory windows of observations and actions, ...) and returns named
+  outputs (``prediction``, ``target``, ``context``, ``projection``, ``valid``, any names). Models
+  with ``forward_features(*pair)`` (:class:`~jepa.models.JEPA`) or a ``forward`` returning
+  ``(prediction, target)`` train on ``(state_t, [action_t,] state_t1)`` batches as they are.
+  Optional hooks: ``update_target_encoder()`` (after every optimizer step), ``set_total_steps(n)``,
+  ``embed(x)`` (probes), ``unbatched_outputs`` (output names that are not batch-first).
+* **Loss**: a callable, or an object with ``terms(...) -> dict``, called with the outputs its
+  parameters name (``def sigreg(projection)``, ``def loss(prediction, target, valid)``;
+  ``**kwargs`` takes them all).
+* **Distributed**: DDP wraps the model step (:class:`~jepa.trainer.distributed.ModelStep`); every
+  batch-first tensor output the loss takes is gathered across ranks with gradients (ranks may hold
+  different numbers of rows).
+* **Callbacks** get the detached loss terms in ``on_batch_end``; ``trainer.step_outputs`` holds the
+  detached outputs of the last training step on this rank (features for online probes).
+* Subclasses may override :meth:`BaseTrainer.training_step` (a dict with ``loss``) for anything else.
 
 Training, validation and :meth:`BaseTrainer.evaluate` compute the loss with these same calls.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import inspect
 import logging
 import math
 import os
-import weakref
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,62 +45,26 @@ from jepa import io as jio
 from jepa.amp import GradScaler
 from jepa.trainer import distributed as dist_glue
 from jepa.trainer.batches import move_to_device, resolve_device, unpack_batch
-from jepa.trainer.builders import trainer_kwargs
+from jepa.trainer.builders import explicit_arguments, trainer_kwargs
 from jepa.trainer.callbacks import BaseCallback, CollapseMonitor
-from jepa.trainer.checkpoints import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_SUFFIXES,
-    TrainerCheckpoints,
-    find_latest_checkpoint,
-    model_from_checkpoint_state,
-    rng_state,
-    set_rng_state,
-)
+from jepa.trainer.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_SUFFIXES, TrainerCheckpoints, find_latest_checkpoint
+from jepa.trainer.checkpoints import model_from_checkpoint_state, rng_state, set_rng_state
 from jepa.trainer.checks import check_choice, check_int, check_number, check_type
 from jepa.trainer.distributed import PeerFailureError
 from jepa.trainer.eval import JEPAEvaluator
 from jepa.trainer.losses import JEPALoss
+from jepa.trainer.metrics import log_metrics
 from jepa.trainer.modes import evaluating
 from jepa.trainer.nonfinite import NonFinitePolicy
 from jepa.trainer.objective import loss_inputs, loss_terms, model_outputs, unbatched_outputs
-from jepa.trainer.optimizers import build_adamw
-from jepa.trainer.schedulers import warmup_cosine_schedule
+from jepa.trainer.schedulers import LRControl
 
-__all__ = [
-    "CHECKPOINT_FORMAT",
-    "CHECKPOINT_SUFFIXES",
-    "BaseTrainer",
-    "JEPATrainer",
-    "PeerFailureError",
-    "create_trainer",
-    "find_latest_checkpoint",
-    "model_from_checkpoint_state",
-    "move_to_device",
-    "resolve_device",
-    "unpack_batch",
-]
+# BaseTrainer and JEPATrainer, and (for imports written before the split) names now owned by
+# jepa.trainer.batches, jepa.trainer.checkpoints and jepa.trainer.distributed.
+__all__ = ["BaseTrainer", "JEPATrainer", "CHECKPOINT_FORMAT", "CHECKPOINT_SUFFIXES", "PeerFailureError", "find_latest_checkpoint",
+           "model_from_checkpoint_state", "move_to_device", "resolve_device", "unpack_batch"]
 
 log = logging.getLogger("jepa")
-
-
-def _explicit(args: Mapping[str, Any]) -> dict[str, Any]:
-    """The arguments of :meth:`BaseTrainer.__init__` in ``args`` that differ from their defaults
-    (with a config, those replace the config's values)."""
-    params = inspect.signature(BaseTrainer.__init__).parameters
-    plain = (str, int, float, bool, type(None))
-
-    def is_default(name: str, value: Any) -> bool:
-        default = params[name].default
-        return value is default or (isinstance(value, plain) and type(value) is type(default) and value == default)
-
-    return {k: v for k, v in args.items() if not is_default(k, v)}
-
-
-def _close_at_exit(ref: Any) -> None:
-    trainer = ref()
-    if trainer is not None:
-        with contextlib.suppress(Exception):
-            trainer.close()
 
 
 class BaseTrainer(TrainerCheckpoints):
@@ -129,11 +84,9 @@ class BaseTrainer(TrainerCheckpoints):
     Args:
         model: the model (see the model-step protocol in :mod:`jepa.trainer.trainer`), or a config.
         optimizer: a torch optimizer over the model's trainable parameters.
-        scheduler: an LR scheduler instance; or ``"cosine"`` / a callable
-            ``(optimizer, total_steps) -> scheduler``, built at :meth:`train` once the number of
-            steps is known (that is what :func:`create_trainer` does). A
-            :class:`~jepa.trainer.callbacks.LearningRateScheduler` callback, when given, owns the
-            learning rate instead (the scheduler is then not used; a warning says so).
+        scheduler: an LR scheduler instance, or ``"cosine"`` / ``(optimizer, total_steps) -> scheduler``
+            built when :meth:`train` knows the number of steps (:class:`~jepa.trainer.schedulers.LRControl`;
+            an lr-owning callback such as ``LearningRateScheduler`` replaces it).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
         logger: None, a ``logging.Logger``, or any object with ``log_metrics(metrics, step)``.
         loss_fn: called with the model outputs it names (:mod:`jepa.trainer.objective`);
@@ -154,40 +107,30 @@ class BaseTrainer(TrainerCheckpoints):
         mixed_precision: None, ``"bf16"`` or ``"fp16"`` (autocast; fp16 also scales the loss with a
             GradScaler; bf16 needs none). ``True`` means bf16.
         val_every_n_epochs: validate every n epochs (when a validation loader is given).
-        collapse_check_every_n_steps: add a :class:`~jepa.trainer.callbacks.CollapseMonitor` that
-            logs the effective rank and embedding std of a held-out batch every n steps and warns
-            once when the rank collapses (None: off).
-        distributed: train under ``torchrun`` with DistributedDataParallel: the process group is
-            joined (or created from the torchrun environment: NCCL on CUDA, gloo on CPU), the device
-            is ``cuda:LOCAL_RANK``, loaders are sharded with a DistributedSampler, the loss is
-            computed on the outputs gathered from all ranks (so batch statistics are global), logged
-            losses are means over ranks, and only rank 0 shows progress, logs and writes
-            checkpoints. Gradient accumulation skips the all-reduce on all but the last micro-batch.
+        collapse_check_every_n_steps: add a :class:`~jepa.trainer.callbacks.CollapseMonitor` (effective
+            rank of a held-out batch every n steps, a warning on collapse; None: off).
+        distributed: train under ``torchrun`` with DDP (:mod:`jepa.trainer.distributed`): device
+            ``cuda:LOCAL_RANK``, loaders sharded, the loss on the outputs gathered from all ranks,
+            logged losses averaged over ranks, only rank 0 shows progress, logs and writes checkpoints.
         world_size, local_rank, distributed_rank: checked against the process group when given.
-        resume: ``"auto"`` continues from the newest valid checkpoint in ``save_dir`` when
-            :meth:`train` starts (a torchrun restart picks up where the run stopped); a path
-            continues from that checkpoint; None starts fresh.
+        resume: ``"auto"``: continue from the newest valid checkpoint in ``save_dir`` when
+            :meth:`train` starts (a torchrun restart picks up where it stopped); a path; None: fresh.
         ddp_find_unused_parameters: passed to DDP (True tolerates parameters a loss leaves unused,
             e.g. a projector with the regularizer switched off).
         strategy: ``"ddp"`` (replicated model). ``"fsdp"`` (sharded model) raises
             ``NotImplementedError`` for now.
-        on_nan: what a non-finite (NaN/inf) loss does (:class:`~jepa.trainer.nonfinite.NonFinitePolicy`).
-            ``"raise"`` (default): stop with a ``FloatingPointError`` naming the step, epoch, batch
-            and the non-finite terms; the weights are those before that step. ``"skip"``: drop that
-            optimizer step (gradients discarded, no update, no EMA or scheduler step), count it in
-            ``nan_skipped_steps``, and raise after ``max_nan_skips`` dropped steps in a row.
-        nan_check_every_n_steps: how often the loss is checked on the host. Default: every step on
-            the CPU; on GPUs every ``log_every_n_steps`` steps when the optimizer can skip a step on
-            device (fused Adam/AdamW: a device-side flag, no host sync per step, makes every update
-            after a non-finite loss a no-op until the check raises), else every step.
+        on_nan, max_nan_skips, nan_check_every_n_steps: what a non-finite loss does
+            (:class:`~jepa.trainer.nonfinite.NonFinitePolicy`): ``"raise"`` (default) names the step,
+            epoch, batch and terms, the weights being those before it; ``"skip"`` drops the step
+            (counted in ``nan_skipped_steps``) and raises after ``max_nan_skips`` in a row. Host
+            checks every step on the CPU; on GPUs every ``log_every_n_steps`` when fused AdamW can
+            skip updates on device in between.
         checkpoint_every_n_steps: also write ``latest.pt`` every n optimizer steps; it records the
             position inside the epoch, so a resumed run continues at the next batch (same data
             order and RNG streams as an uninterrupted run).
-        async_checkpoint: the checkpoints :meth:`train` writes (best, last, every n epochs/steps)
-            are snapshotted to CPU memory and written by a background thread
-            (:func:`jepa.io.save` with ``async_=True``): the loop is blocked only for the copy. At
-            most one write is in flight; :meth:`train` waits for the last one before returning.
-            ``on_save_checkpoint`` callbacks then see a path whose file may still be in flight.
+        async_checkpoint: the checkpoints :meth:`train` writes are snapshotted to CPU memory and
+            written by a background thread (:func:`jepa.io.save` with ``async_=True``); :meth:`train`
+            waits for the last one; ``on_save_checkpoint`` may see a file still in flight.
         train_loader, val_loader, num_epochs: defaults of :meth:`train` (a trainer built from a
             config gets the config's data and ``training.epochs``).
         config: the :class:`~jepa.config.Config` the trainer was built from (kept as ``config``).
@@ -243,7 +186,7 @@ class BaseTrainer(TrainerCheckpoints):
             raise TypeError(f"{type(self).__name__}: pass a config (Config, YAML path or shipped name) or a model")
         if not isinstance(model, nn.Module):  # v0: a config; builders turn it into objects
             args = {k: v for k, v in locals().items() if k not in ("self", "model", "__class__")}
-            BaseTrainer.__init__(self, **trainer_kwargs(model, _explicit(args)))
+            BaseTrainer.__init__(self, **trainer_kwargs(model, explicit_arguments(BaseTrainer.__init__, args)))
             return
         if strategy == "fsdp":
             raise NotImplementedError(
@@ -270,7 +213,8 @@ class BaseTrainer(TrainerCheckpoints):
         self.progress_bar = progress_bar
         self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, minimum=1)
         self.val_every_n_epochs = check_int("val_every_n_epochs", val_every_n_epochs, minimum=1)
-        self._init_optimization(scheduler, scheduler_interval, warmup_fraction, min_lr_ratio, gradient_clip_norm, gradient_accumulation, mixed_precision)
+        self.schedule = LRControl(optimizer, scheduler, scheduler_interval, warmup_fraction, min_lr_ratio)
+        self._init_precision(gradient_clip_norm, gradient_accumulation, mixed_precision)
         self._init_checkpoints(save_dir, save_best, save_last, checkpoint_every_n_epochs, checkpoint_every_n_steps, async_checkpoint, resume)
         self.nonfinite = NonFinitePolicy(on_nan, max_nan_skips, nan_check_every_n_steps)
         self.callbacks = list(callbacks or [])
@@ -284,29 +228,14 @@ class BaseTrainer(TrainerCheckpoints):
         self.should_stop = False
         self.max_epochs: int | None = self.num_epochs
         self.step_outputs: dict[str, Any] | None = None
-        self._lr_callback: BaseCallback | None = None
         self.parallel: dist_glue.DataParallel | None = None
         if self.dist is not None:
             self.parallel = dist_glue.DataParallel(self.model, self.dist, find_unused_parameters=ddp_find_unused_parameters)
-            if self.dist.owns_group:
-                atexit.register(_close_at_exit, weakref.ref(self))
 
-    def _init_optimization(self, scheduler: Any, interval: str | None, warmup_fraction: float, min_lr_ratio: float,
-                           clip: float | None, accumulation: int, mixed_precision: str | bool | None) -> None:
-        """Scheduler (instance now, or a spec built at :meth:`train`), clipping, accumulation, autocast and loss scaling."""
+    def _init_precision(self, clip: float | None, accumulation: int, mixed_precision: str | bool | None) -> None:
+        """Accumulation, clipping, autocast dtype and loss scaling."""
         self.gradient_accumulation = check_int("gradient_accumulation", accumulation, minimum=1)
         self.gradient_clip_norm = check_number("gradient_clip_norm", clip, low=0, low_open=True, optional=True)
-        check_choice("scheduler_interval", interval, (None, "step", "epoch"))
-        self.warmup_fraction = check_number("warmup_fraction", warmup_fraction, low=0.0, high=1.0, high_open=True)
-        self.min_lr_ratio = min_lr_ratio
-        self._scheduler_spec = scheduler
-        self._pending_scheduler_state: dict | None = None
-        if hasattr(scheduler, "step") and hasattr(scheduler, "state_dict"):
-            self.scheduler, self.scheduler_interval = scheduler, interval or "epoch"
-        else:
-            if scheduler is not None and not (scheduler == "cosine" or callable(scheduler)):
-                raise ValueError(f"scheduler must be a scheduler instance, 'cosine', a callable or None; got {scheduler!r}")
-            self.scheduler, self.scheduler_interval = None, interval or "step"
         if mixed_precision is True:
             mixed_precision = "bf16"
         if mixed_precision in (False, None, "no", "fp32", "none"):
@@ -315,20 +244,6 @@ class BaseTrainer(TrainerCheckpoints):
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
         # fp16 needs loss scaling (tiny gradients underflow); bf16 has fp32's range and needs none.
         self.scaler = GradScaler(self.device.type) if mixed_precision == "fp16" else None
-
-    def _init_checkpoints(self, save_dir: Any, save_best: bool, save_last: bool, every_epochs: int | None,
-                          every_steps: int | None, async_checkpoint: bool, resume: Any) -> None:
-        self.save_dir = Path(save_dir)
-        self.save_best, self.save_last = save_best, save_last
-        self.checkpoint_every_n_epochs = check_int("checkpoint_every_n_epochs", every_epochs, minimum=1, optional=True)
-        self.checkpoint_every_n_steps = check_int("checkpoint_every_n_steps", every_steps, minimum=1, optional=True)
-        self.async_checkpoint = bool(async_checkpoint)
-        if resume is not None and not isinstance(resume, (str, os.PathLike)):
-            raise ValueError(f"resume must be None, 'auto' or a checkpoint path, got {resume!r}")
-        self.resume, self._resumed = resume, False
-        self._epoch_progress: dict[str, Any] | None = None  # mid-epoch position (for step checkpoints)
-        self._resume_position: dict[str, Any] | None = None
-        self._pending_loader_rng: dict[str, Any] | None = None  # loaders' generators, applied in train()
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
@@ -339,10 +254,7 @@ class BaseTrainer(TrainerCheckpoints):
         outputs = self.parallel.forward(batch) if (self.parallel is not None and grad) else model_outputs(self.model, batch)
         if grad and self.callbacks:
             self.step_outputs = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in outputs.items()}
-        if self.multi_process:
-            # Every rank computes the loss on the global batch (batch statistics of the regularizer,
-            # batch-normalized targets and contrastive negatives see all ranks' samples): the
-            # 2-process run optimizes the same objective as 1 process with twice the batch.
+        if self.multi_process:  # every rank: the loss of the global batch (2 x b == 1 x 2b)
             outputs = dist_glue.gather_outputs(outputs, loss_inputs(self.loss_fn, outputs), unbatched_outputs(self.model))
         return loss_terms(self.loss_fn, outputs)
 
@@ -396,7 +308,7 @@ class BaseTrainer(TrainerCheckpoints):
         self._active_train_loader, self._active_val_loader = train_loader, val_loader
         total_steps = self._steps_per_epoch(train_loader) * num_epochs
         self._maybe_resume()
-        self._setup_lr(total_steps)
+        self.schedule.setup(total_steps, self.callbacks)
         if hasattr(self.model, "set_total_steps"):
             self.model.set_total_steps(total_steps)
         bar = self._progress(total_steps)
@@ -542,11 +454,7 @@ class BaseTrainer(TrainerCheckpoints):
                 self.history["val_loss"].append(val_loss)
                 monitored = metrics["val_loss"] = val_loss
                 self._log({"val/loss": val_loss}, self.global_step)
-        if self._scheduler_steps("epoch"):
-            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                self.scheduler.step(monitored)
-            else:
-                self.scheduler.step()
+        self.schedule.step("epoch", monitored)
         self.current_epoch = epoch + 1
         self._callback("on_validation_end", self.model, metrics)
         if self.save_best and monitored < self.best_loss:
@@ -565,8 +473,7 @@ class BaseTrainer(TrainerCheckpoints):
             return False
         if hasattr(self.model, "update_target_encoder"):
             self.model.update_target_encoder()
-        if self._scheduler_steps("step"):
-            self.scheduler.step()
+        self.schedule.step("step")
         self.global_step += 1
         return True
 
@@ -631,35 +538,15 @@ class BaseTrainer(TrainerCheckpoints):
             raise ValueError("train_loader yields no batches: the dataset is empty (or smaller than batch_size with drop_last=True)")
         return math.ceil(n / self.gradient_accumulation)
 
-    def _setup_lr(self, total_steps: int) -> None:
-        """Who sets the learning rate this run: a callback that owns it (``owns_lr``, e.g.
-        :class:`~jepa.trainer.callbacks.LearningRateScheduler`), else the trainer's scheduler (a
-        ``"cosine"`` or factory spec is built now that the number of steps is known)."""
-        owner = next((cb for cb in self.callbacks if getattr(cb, "owns_lr", False)), None)
-        if owner is not None:
-            if self._lr_callback is None and (self.scheduler is not None or self._scheduler_spec is not None):
-                log.warning("%s sets the learning rate; the trainer's scheduler is not used", type(owner).__name__)
-            self._lr_callback = owner
-            return
-        if self.scheduler is not None or self._scheduler_spec is None:
-            return
-        if self._scheduler_spec == "cosine":
-            warmup = int(round(self.warmup_fraction * total_steps))
-            self.scheduler = warmup_cosine_schedule(self.optimizer, total_steps, warmup, self.min_lr_ratio)
-        else:
-            self.scheduler = self._scheduler_spec(self.optimizer, total_steps)
-            # schedulers from jepa.trainer.schedulers.create_scheduler say how they step
-            self.scheduler_interval = getattr(self.scheduler, "jepa_interval", self.scheduler_interval)
-        if self._pending_scheduler_state is not None:
-            self.scheduler.load_state_dict(self._pending_scheduler_state)
-            self._pending_scheduler_state = None
-            # Building a scheduler resets the optimizer's lr to the step-0 value; put back the
-            # lr of the step the checkpoint was taken at.
-            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
-                group["lr"] = lr
+    @property
+    def scheduler(self) -> Any:
+        """The LR scheduler (None until :meth:`train` builds one from a spec, or without one)."""
+        return self.schedule.scheduler
 
-    def _scheduler_steps(self, interval: str) -> bool:
-        return self.scheduler is not None and self._lr_callback is None and self.scheduler_interval == interval
+    @property
+    def scheduler_interval(self) -> str:
+        """When the scheduler steps: ``"step"`` or ``"epoch"``."""
+        return self.schedule.interval
 
     def _progress(self, total_steps: int) -> Any:
         if not (self.progress_bar and self.is_global_zero):
@@ -667,14 +554,8 @@ class BaseTrainer(TrainerCheckpoints):
         return tqdm(total=total_steps, initial=min(self.global_step, total_steps), desc="train", unit="step", dynamic_ncols=True)
 
     def _log(self, metrics: dict[str, float], step: int) -> None:
-        if self.logger is None or not self.is_global_zero:
-            return
-        if isinstance(self.logger, logging.Logger):
-            self.logger.info("step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in metrics.items()))
-        elif hasattr(self.logger, "log_metrics"):
-            self.logger.log_metrics(metrics, step)
-        else:
-            raise TypeError(f"logger must be a logging.Logger or have log_metrics(metrics, step); got {type(self.logger).__name__}")
+        if self.logger is not None and self.is_global_zero:
+            log_metrics(metrics, step, self.logger)
 
     def current_lr(self) -> float:
         """The learning rate of the first parameter group now."""
@@ -716,35 +597,3 @@ class JEPATrainer(BaseTrainer):
     the model's named outputs (prediction, target, context, projection) through ``loss_fn``
     (:class:`~jepa.trainer.losses.JEPALoss` by default).
     """
-
-
-def create_trainer(
-    model: nn.Module,
-    learning_rate: float = 1e-3,
-    weight_decay: float = 0.05,
-    device: str | torch.device = "auto",
-    logger: Any = None,
-    loss_fn: Callable[..., Any] | None = None,
-    distributed: bool = False,
-    world_size: int | None = None,
-    local_rank: int | None = None,
-    *,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    **trainer_kwargs: Any,
-) -> JEPATrainer:
-    """A :class:`JEPATrainer` with AdamW (fused where supported; no decay on biases/norms) and a
-    warmup + cosine schedule sized to the real number of steps when :meth:`~JEPATrainer.train` runs.
-
-    Extra keyword arguments go to :class:`JEPATrainer` (``gradient_clip_norm``,
-    ``gradient_accumulation``, ``progress_bar``, ``save_dir``, ``warmup_fraction``, ``resume``, ...).
-
-    ``distributed=True`` (under ``torchrun``): joins the process group (NCCL on CUDA, gloo on CPU),
-    moves the model to ``cuda:LOCAL_RANK`` and trains it under DistributedDataParallel; see
-    :class:`BaseTrainer`. ``world_size``/``local_rank`` are checked against the environment.
-    """
-    ctx: Any = dist_glue.init_distributed(world_size, local_rank, device) if distributed else False
-    dev = ctx.device if distributed else resolve_device(device)
-    model = model.to(dev)
-    optimizer = build_adamw(model, learning_rate=learning_rate, weight_decay=weight_decay, betas=tuple(betas), eps=eps, device=dev)
-    return JEPATrainer(model, optimizer, scheduler="cosine", device=dev, logger=logger, loss_fn=loss_fn, distributed=ctx, **trainer_kwargs)
