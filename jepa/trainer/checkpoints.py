@@ -399,8 +399,7 @@ def save_checkpoint(
         raise TypeError(f"save_checkpoint: optimizer must be a torch optimizer or None, got {type(optimizer).__name__}")
     if scheduler is not None and not callable(getattr(scheduler, "state_dict", None)):
         raise TypeError(f"save_checkpoint: scheduler must be a torch LR scheduler or None, got {type(scheduler).__name__}")
-    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-        raise ValueError(f"save_checkpoint: epoch must be a non-negative int, got {epoch!r}")
+    check_int("epoch", epoch, minimum=0, owner="save_checkpoint")
     loss_value = as_float(loss, "save_checkpoint: loss")
     if not isinstance(checkpoint_path, (str, os.PathLike)):
         raise TypeError(f"save_checkpoint: checkpoint_path must be a str or os.PathLike, got {type(checkpoint_path).__name__}")

@@ -41,15 +41,32 @@ def _expected(noun: str, bound: str, optional: bool) -> str:
 
 
 def check_int(
-    name: str, value: Any, *, minimum: int | None = None, optional: bool = False, owner: str | None = None, noun: str = "an int"
+    name: str,
+    value: Any,
+    *,
+    minimum: int | None = None,
+    above: int | None = None,
+    maximum: int | None = None,
+    maximum_name: str | None = None,
+    optional: bool = False,
+    owner: str | None = None,
+    noun: str = "an int",
 ) -> Any:
-    """``value`` when it is an int (numpy integers too) ``>= minimum``; None passes when
-    ``optional``. ``noun=""`` leaves the type out of the message (for values whose type is
-    already checked, e.g. config fields)."""
+    """``value`` when it is an int (numpy integers too) with ``minimum <= value`` (or
+    ``above < value``) and ``value <= maximum``; None passes when ``optional``. ``maximum_name``
+    names where the maximum comes from in the message (``in [0, max_epochs=10]``). ``noun=""``
+    leaves the type out of the message (for values whose type is already checked, e.g. config
+    fields)."""
     if optional and value is None:
         return value
-    if isinstance(value, bool) or not isinstance(value, Integral) or (minimum is not None and value < minimum):
-        bound = f" >= {minimum}" if minimum is not None else ""
+    ok = not isinstance(value, bool) and isinstance(value, Integral)
+    ok = ok and (minimum is None or value >= minimum) and (above is None or value > above) and (maximum is None or value <= maximum)
+    if not ok:
+        if maximum is not None:
+            top = f"{maximum_name}={maximum}" if maximum_name else f"{maximum}"
+            bound = f" in [{minimum}, {top}]" if minimum is not None else f" <= {top}"
+        else:
+            bound = f" > {above}" if above is not None else (f" >= {minimum}" if minimum is not None else "")
         raise ValueError(f"{_prefix(owner)}{name} must be {_expected(noun, bound, optional)}, got {value!r}")
     return value
 

@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
-from jepa.trainer.checks import check_type
+from jepa.trainer.checks import check_number, check_type
 
 __all__ = ["count_parameters", "log_model_summary", "plot_training_history", "track_progress"]
 
@@ -115,8 +115,7 @@ def track_progress(
     when ``iterable`` is None); extra keyword arguments go to ``tqdm``. Returns the tqdm object.
     With ``disable=True`` nothing is printed and iteration passes the items straight through.
     """
-    if total is not None and (isinstance(total, bool) or not isinstance(total, (int, float)) or total < 0):
-        raise ValueError(f"track_progress: total must be a non-negative number or None, got {total!r}")
+    check_number("total", total, low=0, optional=True, owner="track_progress")
     if desc is not None and not isinstance(desc, str):
         raise TypeError(f"track_progress: desc must be a str or None, got {type(desc).__name__}")
     return tqdm(iterable, total=total, desc=desc, disable=disable, **kwargs)

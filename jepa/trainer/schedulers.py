@@ -10,7 +10,7 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
-from jepa.trainer.checks import check_choice, check_number
+from jepa.trainer.checks import check_choice, check_int, check_number
 
 log = logging.getLogger("jepa")
 
@@ -38,12 +38,9 @@ def warmup_cosine_schedule(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.01
 ) -> LambdaLR:
     """A ``LambdaLR`` for per-step linear warmup then cosine decay over ``total_steps``."""
-    if total_steps <= 0:
-        raise ValueError(f"total_steps must be > 0, got {total_steps}")
-    if not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}], got {warmup_steps}")
-    if not 0.0 <= min_lr_ratio <= 1.0:
-        raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+    check_int("total_steps", total_steps, above=0)
+    check_int("warmup_steps", warmup_steps, minimum=0, maximum=total_steps, maximum_name="total_steps")
+    check_number("min_lr_ratio", min_lr_ratio, low=0.0, high=1.0)
     return LambdaLR(optimizer, _WarmupCosine(total_steps, warmup_steps, min_lr_ratio))
 
 
@@ -95,10 +92,6 @@ class _WarmupConstant:
 SCHEDULER_TYPES = ("cosine", "linear", "step", "constant", "plateau")
 
 
-def _is_int(x) -> bool:
-    return not isinstance(x, bool) and isinstance(x, int)
-
-
 def create_scheduler(
     optimizer: torch.optim.Optimizer,
     scheduler_type: str = "cosine",
@@ -146,20 +139,14 @@ def create_scheduler(
         raise ValueError(f"create_scheduler: unknown scheduler_type {scheduler_type!r}; expected one of {', '.join(SCHEDULER_TYPES)}")
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"create_scheduler: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    if not (_is_int(max_epochs) and max_epochs > 0):
-        raise ValueError(f"create_scheduler: max_epochs must be an int > 0, got {max_epochs!r}")
-    if not (_is_int(warmup_epochs) and 0 <= warmup_epochs <= max_epochs):
-        raise ValueError(f"create_scheduler: warmup_epochs must be an int in [0, max_epochs={max_epochs}], got {warmup_epochs!r}")
-    if isinstance(min_lr, bool) or not isinstance(min_lr, (int, float)) or not min_lr >= 0:
-        raise ValueError(f"create_scheduler: min_lr must be a number >= 0, got {min_lr!r}")
-    if steps_per_epoch is not None and not (_is_int(steps_per_epoch) and steps_per_epoch > 0):
-        raise ValueError(f"create_scheduler: steps_per_epoch must be None or an int > 0, got {steps_per_epoch!r}")
-    if step_size is not None and not (_is_int(step_size) and step_size > 0):
-        raise ValueError(f"create_scheduler: step_size must be None or an int > 0, got {step_size!r}")
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma <= 1:
-        raise ValueError(f"create_scheduler: gamma must be a number in (0, 1], got {gamma!r}")
-    if not (_is_int(patience) and patience >= 0):
-        raise ValueError(f"create_scheduler: patience must be an int >= 0, got {patience!r}")
+    owner = "create_scheduler"
+    check_int("max_epochs", max_epochs, above=0, owner=owner)
+    check_int("warmup_epochs", warmup_epochs, minimum=0, maximum=max_epochs, maximum_name="max_epochs", owner=owner)
+    check_number("min_lr", min_lr, low=0, owner=owner)
+    check_int("steps_per_epoch", steps_per_epoch, above=0, optional=True, owner=owner)
+    check_int("step_size", step_size, above=0, optional=True, owner=owner)
+    check_number("gamma", gamma, low=0, high=1, low_open=True, owner=owner)
+    check_int("patience", patience, minimum=0, owner=owner)
 
     if key == "plateau":
         if warmup_epochs > 0:
