@@ -49,8 +49,10 @@ __all__ = [
     "trainer_kwargs",
 ]
 
+#: Datasets a config can name in ``data.dataset``.
 DATASETS = ("digits",)
-VALIDATION_FRACTION = 0.1  # of the training split, held out (stratified) to validate on
+#: Fraction of the training split held out (stratified) to validate on.
+VALIDATION_FRACTION = 0.1
 
 
 def as_config(config: Any) -> Config:

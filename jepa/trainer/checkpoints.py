@@ -59,7 +59,9 @@ __all__ = [
 
 log = logging.getLogger("jepa")
 
+#: Version of the trainer checkpoint layout (the ``format`` entry).
 CHECKPOINT_FORMAT = 1
+#: File names that count as checkpoints in a folder.
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
 
 # Where a DataLoader keeps torch.Generator objects that decide its order (checked in this order).
@@ -387,7 +389,7 @@ def save_checkpoint(
     """Write model weights, optimizer/scheduler state, epoch and loss to ``checkpoint_path``.
 
     The file is written atomically through :func:`jepa.io.save` (parent folders are created; any
-    suffix works, ``.pt``/``.pth`` by convention). Keys match :meth:`~jepa.trainer.JEPATrainer.checkpoint_state`
+    suffix works, ``.pt``/``.pth`` by convention). Keys match :meth:`~jepa.trainer.checkpoints.TrainerCheckpoints.checkpoint_state`
     (``"model"``, ``"optimizer"``, ``"scheduler"``, ``"epoch"``, and ``"model_class"`` /
     ``"model_config"`` for a :class:`~jepa.models.BaseModel`) plus ``"loss"``, so the trainer can
     resume from it; ``optimizer``/``scheduler`` may be None, in which case their key is left out.
@@ -424,7 +426,7 @@ def load_checkpoint(
 ) -> tuple[nn.Module, torch.optim.Optimizer | None, Any | None, int]:
     """Restore ``model`` (and ``optimizer``/``scheduler`` when given) from a checkpoint.
 
-    Reads files written by :func:`save_checkpoint` and by :meth:`~jepa.trainer.JEPATrainer.save_checkpoint`
+    Reads files written by :func:`save_checkpoint` and by :meth:`~jepa.trainer.checkpoints.TrainerCheckpoints.save_checkpoint`
     (safely: ``weights_only`` loading, no unpickling). The weights must match the model exactly:
     a missing/unexpected key or a shape mismatch raises ``ValueError`` naming the key (and both
     shapes). An optimizer or scheduler passed in is restored when the checkpoint holds its state;
@@ -462,8 +464,8 @@ def load_checkpoint(
 
 
 def get_best_checkpoint(checkpoint_dir: str | os.PathLike, mode: str = "min", metric: str = "loss") -> Path | None:
-    """The checkpoint file (:func:`checkpoint_files`: any of :data:`CHECKPOINT_SUFFIXES`, no
-    temporary files) in ``checkpoint_dir`` with the best stored ``metric``.
+    """The checkpoint file (:func:`~jepa.trainer.checkpoints.checkpoint_files`: the usual suffixes,
+    no temporary files) in ``checkpoint_dir`` with the best stored ``metric``.
 
     The value is read from the checkpoint key ``metric`` or, failing that, ``"best_" + metric``
     (:func:`save_checkpoint` stores ``"loss"``, :class:`~jepa.trainer.JEPATrainer` stores ``"best_loss"``).
@@ -473,7 +475,8 @@ def get_best_checkpoint(checkpoint_dir: str | os.PathLike, mode: str = "min", me
 
     Raises:
         ValueError: ``mode`` is not ``"min"`` or ``"max"``.
-        FileNotFoundError / NotADirectoryError: ``checkpoint_dir`` is missing or not a folder.
+        FileNotFoundError: ``checkpoint_dir`` is missing.
+        NotADirectoryError: ``checkpoint_dir`` is not a folder.
     """
     if mode not in ("min", "max"):
         raise ValueError(f"get_best_checkpoint: mode must be 'min' or 'max', got {mode!r}")

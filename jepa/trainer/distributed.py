@@ -403,6 +403,7 @@ class ModelStep(torch.nn.Module):
         self.calls = 0
 
     def forward(self, batch: Any) -> dict[str, Any]:
+        """The named outputs of the model on ``batch`` (counted in ``calls``)."""
         self.calls += 1
         return model_outputs(self.model, batch)
 

@@ -29,7 +29,7 @@ def build_probe_run(config: Config, *, distributed: bool = False) -> tuple[JEPAT
 
 
 def train_and_probe(trainer: JEPATrainer, random_init: torch.nn.Module, labels_per_class: int = 10) -> dict[str, Any]:
-    """Train (closing the trainer's logger at the end), then :func:`probe_report` on the digits
+    """Train (closing the trainer's logger at the end), then :func:`~jepa.trainer.eval.probe_report` on the digits
     split of the config. Returns ``history``, ``report`` and ``train_seconds``."""
     config = trainer.config
     torch.manual_seed(config.training.seed + 1)

@@ -33,7 +33,7 @@ def create_trainer(
     **trainer_kwargs: Any,
 ) -> JEPATrainer:
     """A :class:`~jepa.trainer.JEPATrainer` with AdamW (fused where supported; no decay on biases/norms) and a
-    warmup + cosine schedule sized to the real number of steps when :meth:`~jepa.trainer.JEPATrainer.train` runs.
+    warmup + cosine schedule sized to the real number of steps when :meth:`~jepa.trainer.trainer.BaseTrainer.train` runs.
 
     Extra keyword arguments go to :class:`~jepa.trainer.JEPATrainer` (``gradient_clip_norm``,
     ``gradient_accumulation``, ``progress_bar``, ``save_dir``, ``warmup_fraction``, ``resume``, ...).

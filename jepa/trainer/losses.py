@@ -371,7 +371,7 @@ class VICRegLoss(nn.Module):
 
     ``loss = sim_weight * mse(z_a, z_b) + var_weight * (var(z_a) + var(z_b)) / 2
     + cov_weight * (cov(z_a) + cov(z_b))`` with the variance hinge and covariance terms of
-    :func:`variance_covariance` (gamma 1, eps 1e-4). ``(B, T, D)`` inputs are mean-pooled over ``T``.
+    :func:`~jepa.trainer.losses.variance_covariance` (gamma 1, eps 1e-4). ``(B, T, D)`` inputs are mean-pooled over ``T``.
 
     Args:
         sim_weight: weight of the invariance (MSE) term (>= 0).

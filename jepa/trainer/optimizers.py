@@ -183,7 +183,7 @@ def create_optimizer(
         eps: denominator term (>= 0) for AdamW, Adam and RMSprop.
         momentum: in ``[0, 1)``; SGD momentum (no Nesterov) and RMSprop momentum.
         device: where the parameters live, to decide whether fused AdamW/Adam kernels are used
-            (:func:`fused_supported`); default: the device of the first parameter.
+            (:func:`~jepa.trainer.optimizers.fused_supported`); default: the device of the first parameter.
 
     Returns:
         A ``torch.optim.Optimizer`` (``jepa.trainer.optimizers.Lion`` for ``"lion"``).

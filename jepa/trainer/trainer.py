@@ -44,13 +44,13 @@ from tqdm.auto import tqdm
 from jepa import io as jio
 from jepa.amp import GradScaler
 from jepa.trainer import distributed as dist_glue
-from jepa.trainer.batches import move_to_device, resolve_device, unpack_batch
+from jepa.trainer.batches import move_to_device, resolve_device, unpack_batch  # noqa: F401  (unpack_batch: see __all__)
 from jepa.trainer.builders import explicit_arguments, trainer_kwargs
 from jepa.trainer.callbacks import BaseCallback, CollapseMonitor
-from jepa.trainer.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_SUFFIXES, TrainerCheckpoints, find_latest_checkpoint
-from jepa.trainer.checkpoints import model_from_checkpoint_state, rng_state, set_rng_state
+from jepa.trainer.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_SUFFIXES, find_latest_checkpoint  # noqa: F401  (see __all__)
+from jepa.trainer.checkpoints import TrainerCheckpoints, model_from_checkpoint_state, rng_state, set_rng_state  # noqa: F401
 from jepa.trainer.checks import check_choice, check_int, check_number, check_type
-from jepa.trainer.distributed import PeerFailureError
+from jepa.trainer.distributed import PeerFailureError  # noqa: F401  (see __all__)
 from jepa.trainer.eval import JEPAEvaluator
 from jepa.trainer.losses import JEPALoss
 from jepa.trainer.metrics import log_metrics
@@ -59,10 +59,10 @@ from jepa.trainer.nonfinite import NonFinitePolicy
 from jepa.trainer.objective import loss_inputs, loss_terms, model_outputs, unbatched_outputs
 from jepa.trainer.schedulers import LRControl
 
-# BaseTrainer and JEPATrainer, and (for imports written before the split) names now owned by
-# jepa.trainer.batches, jepa.trainer.checkpoints and jepa.trainer.distributed.
-__all__ = ["BaseTrainer", "JEPATrainer", "CHECKPOINT_FORMAT", "CHECKPOINT_SUFFIXES", "PeerFailureError", "find_latest_checkpoint",
-           "model_from_checkpoint_state", "move_to_device", "resolve_device", "unpack_batch"]
+# Also importable from here, as before the split (documented where they live): CHECKPOINT_FORMAT,
+# CHECKPOINT_SUFFIXES, find_latest_checkpoint, model_from_checkpoint_state (checkpoints),
+# move_to_device, resolve_device, unpack_batch (batches), PeerFailureError (distributed).
+__all__ = ["BaseTrainer", "JEPATrainer"]
 
 log = logging.getLogger("jepa")
 
@@ -94,7 +94,7 @@ class BaseTrainer(TrainerCheckpoints):
         gradient_clip_norm: clip the global gradient norm to this value (None: no clipping).
         gradient_accumulation: batches per optimizer step.
         progress_bar: show a tqdm bar with loss and lr.
-        save_dir: where :meth:`save_checkpoint` writes (``best_model.pt`` and ``last.pt`` too).
+        save_dir: where ``save_checkpoint`` writes (``best_model.pt`` and ``last.pt`` too).
         scheduler_interval: ``"step"`` or ``"epoch"``; default ``"step"`` for schedulers built by
             the trainer, ``"epoch"`` for a scheduler instance you pass.
         log_every_n_steps: how often the loss is read back to the host for the bar/logger.
@@ -545,7 +545,7 @@ class BaseTrainer(TrainerCheckpoints):
 
     @property
     def scheduler_interval(self) -> str:
-        """When the scheduler steps: ``"step"`` or ``"epoch"``."""
+        """``"step"`` (the scheduler steps after every optimizer step) or ``"epoch"``."""
         return self.schedule.interval
 
     def _progress(self, total_steps: int) -> Any:
