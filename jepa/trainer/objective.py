@@ -154,6 +154,8 @@ def _plan(loss_fn: Any, outputs: Mapping[str, Any]) -> _Plan:
     key = (owner, bool(getattr(loss_fn, "uses_context", False)), names)
     plan = _PLANS.get(key)
     if plan is None:
+        if len(_PLANS) >= 256:  # losses made afresh in a loop (lambdas) must not grow the cache forever
+            _PLANS.clear()
         plan = _PLANS[key] = _make_plan(loss_fn, names)
     return plan
 

@@ -216,10 +216,10 @@ class LRControl:
         """Before a run of ``total_steps`` optimizer steps: find an lr-owning callback among
         ``callbacks``, else build the scheduler from its spec (once)."""
         owner = next((cb for cb in callbacks if getattr(cb, "owns_lr", False)), None)
+        if owner is not None and self.owner is None and (self.scheduler is not None or self.spec is not None):
+            log.warning("%s sets the learning rate; the trainer's scheduler is not used", type(owner).__name__)
+        self.owner = owner
         if owner is not None:
-            if self.owner is None and (self.scheduler is not None or self.spec is not None):
-                log.warning("%s sets the learning rate; the trainer's scheduler is not used", type(owner).__name__)
-            self.owner = owner
             return
         if self.scheduler is not None or self.spec is None:
             return
