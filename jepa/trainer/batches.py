@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["move_to_device", "resolve_device", "unpack_batch"]
+__all__ = ["INPUT_KEYS", "first_input", "move_to_device", "resolve_device", "unpack_batch"]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -37,6 +37,26 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         moved = (move_to_device(v, device) for v in batch)
         return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
+    return batch
+
+
+#: Keys of a dict batch that hold what an encoder embeds, in the order they are looked for.
+INPUT_KEYS = ("state_t", "x", "images", "obs")
+
+
+def first_input(batch: Any) -> Any:
+    """What an encoder embeds in a batch or sample (probes, the collapse monitor): the tensor
+    itself, item 0 of a tuple/list (``state_t`` of a pair, the observations of a trajectory
+    window), or the first of :data:`INPUT_KEYS` in a dict."""
+    if isinstance(batch, Mapping):
+        for key in INPUT_KEYS:
+            if key in batch:
+                return batch[key]
+        raise ValueError(f"a dict batch needs one of the keys {', '.join(repr(k) for k in INPUT_KEYS)} for the encoder's input, got keys {sorted(batch)}")
+    if isinstance(batch, (list, tuple)):
+        if not batch:
+            raise ValueError("got an empty tuple/list batch: no input to embed")
+        return batch[0]
     return batch
 
 

@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from jepa.trainer.batches import move_to_device, unpack_batch
+from jepa.trainer.batches import first_input, move_to_device
 from jepa.trainer.checks import check_choice, check_int, check_number
 from jepa.trainer.eval import effective_rank
 from jepa.trainer.modes import evaluating
@@ -283,9 +283,9 @@ class CollapseMonitor(BaseCallback):
 
     def measure(self, trainer: Any, model: Any) -> dict[str, float]:
         """Effective rank and embedding std of the held-out batch now."""
-        state_t = unpack_batch(move_to_device(self.batch, trainer.device))[0]
+        x = first_input(move_to_device(self.batch, trainer.device))
         with evaluating(model):
-            z = model.embed(state_t).float()
+            z = model.embed(x).float()
         rank = effective_rank(z) if len(z) > 1 else float("nan")
         std = float(z.std(dim=0).mean()) if len(z) > 1 else float("nan")
         return {"effective_rank": rank, "embedding_std": std, "embedding_dim": float(z.shape[1])}

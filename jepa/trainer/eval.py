@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from jepa import io as jio
-from jepa.trainer.batches import move_to_device, resolve_device
+from jepa.trainer.batches import first_input, move_to_device, resolve_device
 from jepa.trainer.checkpoints import model_from_checkpoint_state
 from jepa.trainer.checks import check_choice, check_number, check_type
 from jepa.trainer.losses import JEPALoss
@@ -80,21 +80,6 @@ _METHODS = ("linear", "knn", "both")
 
 def _to_numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def _first_item(batch: Any) -> Any:
-    """The input part of a batch/sample: the tensor itself, item 0 of a tuple/list, or the
-    ``state_t``/``x`` entry of a dict."""
-    if isinstance(batch, Mapping):
-        for key in ("state_t", "x"):
-            if key in batch:
-                return batch[key]
-        raise ValueError(f"encode: a dict batch needs a 'state_t' or 'x' key, got keys {sorted(batch)}")
-    if isinstance(batch, (list, tuple)):
-        if not batch:
-            raise ValueError("encode: got an empty tuple/list batch")
-        return batch[0]
-    return batch
 
 
 def _pair(batch: Any, name: str) -> tuple[Any, Any]:
@@ -248,7 +233,7 @@ class JEPAEvaluator:
                     z = context.mean(dim=1) if context.dim() == 3 else context
                     embeddings.append(z.reshape(z.shape[0], -1).detach().float().cpu())
                 else:
-                    embeddings.append(self._embed(_first_item(batch)))
+                    embeddings.append(self._embed(first_input(batch)))
         if n == 0:
             raise ValueError("JEPAEvaluator.evaluate: the loader yielded no batches")
         metrics: dict[str, Any] = {"loss": loss_sum / n}
@@ -275,9 +260,9 @@ class JEPAEvaluator:
                 raise ValueError(f"encode: data must hold at least one sample, got shape {tuple(data.shape)}")
             chunks: Iterable = (data[i : i + batch_size] for i in range(0, len(data), batch_size))
         elif isinstance(data, Dataset):
-            chunks = (_first_item(b) for b in DataLoader(data, batch_size=batch_size, shuffle=False))
+            chunks = (first_input(b) for b in DataLoader(data, batch_size=batch_size, shuffle=False))
         elif isinstance(data, DataLoader) or (hasattr(data, "__iter__") and not isinstance(data, (str, bytes, Mapping))):
-            chunks = (_first_item(b) for b in data)
+            chunks = (first_input(b) for b in data)
         else:
             raise TypeError(
                 f"encode: data must be a tensor/array, a Dataset, a DataLoader or an iterable of batches, got {type(data).__name__}"

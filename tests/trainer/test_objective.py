@@ -136,3 +136,15 @@ def test_model_outputs_rules():
 
     with pytest.raises(TypeError, match="mapping of named outputs"):
         model_outputs(Bad(), (a, b))
+
+
+def test_first_input_is_what_probes_embed_for_any_batch_layout():
+    from jepa.trainer.batches import first_input
+
+    obs, actions = torch.randn(2, 4, 3), torch.randn(2, 3, 5)  # a world model's trajectory window
+    assert first_input((obs, actions)) is obs
+    images = torch.randn(2, 6, 8)
+    assert first_input({"target_idx": torch.zeros(2, 3), "images": images}) is images
+    assert first_input({"state_t": obs, "x": images}) is obs  # the documented order of INPUT_KEYS
+    with pytest.raises(ValueError, match="'images'"):
+        first_input({"pixels": images})
