@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import environment  # noqa: E402
 
 from jepa.config import load_config  # noqa: E402
+from jepa.trainer.modes import evaluating  # noqa: E402
 
 GAP_TARGET = 10.0  # points: pretrained - random init, linear probe, 10 labels/class, mean over seeds
 LABELS_PER_CLASS = 10
@@ -126,13 +127,10 @@ def run_seed(args: argparse.Namespace, seed: int, workdir: Path) -> dict[str, An
     te = load_digits_split("test", patch=config.data.patch_size, seed=config.data.split_seed)
 
     feats: dict[str, tuple[Any, Any]] = {}
-    with torch.no_grad():
-        for name, m in (("pretrained", model), ("random_init", random_init)):
-            was_training = m.training
-            m.eval()
-            device = next(m.parameters()).device
+    for name, m in (("pretrained", model), ("random_init", random_init)):
+        device = next(m.parameters()).device
+        with evaluating(m):
             feats[name] = (m.embed(tr.tokens.to(device)).cpu(), m.embed(te.tokens.to(device)).cpu())
-            m.train(was_training)
     feats["raw_input"] = (tr.images.reshape(len(tr.images), -1), te.images.reshape(len(te.images), -1))
     key = f"{LABELS_PER_CLASS}_per_class"
     knn = {
@@ -180,12 +178,13 @@ def _pm(d: dict[str, float]) -> str:
     return f"{d['mean']:.1f} ± {d['std']:.1f}"
 
 
-def markdown(summary: dict[str, Any], runs: list[dict[str, Any]], title: str) -> str:
+def markdown(summary: dict[str, Any], runs: list[dict[str, Any]], title: str, command: str | None = None) -> str:
     key = f"{LABELS_PER_CLASS}_per_class"
     seeds = ", ".join(str(r["seed"]) for r in runs)
     lines = [
         f"### {title}",
         "",
+        *([f"Made by `{command}`.", ""] if command else []),
         f"Accuracy (%) on the digits test split, mean ± std over seeds {seeds} ({runs[0]['epochs']} epochs).",
         "",
         f"| features | probe {LABELS_PER_CLASS}/class | probe all | kNN {LABELS_PER_CLASS}/class | kNN all |",
@@ -280,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(r)
     summary = summarize(runs)
     title = f"JEPA representation quality: config {args.config}" + (f", overrides {' '.join(args.set)}" if args.set else "")
-    md = markdown(summary, runs, title)
+    command = " ".join(["python benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])
+    md = markdown(summary, runs, title, command)
     targets = verdicts(summary)
     print()
     print(md)

@@ -1,28 +1,101 @@
-"""Build data, model, loss and trainer from a :class:`~jepa.config.Config`."""
+"""Config -> objects: data, model, loss, optimizer, schedule, logger, callbacks, and the keyword
+arguments of a trainer built from a :class:`~jepa.config.Config` (:func:`trainer_kwargs`).
+
+``JEPATrainer(config)`` asks :func:`trainer_kwargs` for everything it needs and is then built
+exactly as ``JEPATrainer(model, optimizer, ...)`` would be: construction points one way
+(config -> objects -> trainer) and this module never imports the trainer.
+"""
 
 from __future__ import annotations
 
+import copy
+import inspect
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from jepa.config import Config
-from jepa.data import DigitsPairs
+from jepa.config import Config, config_from_dict, load_config
+from jepa.data import DigitsPairs, DigitsSplit
+from jepa.loggers import create_logger
 from jepa.models import JEPA, Encoder, Predictor, Projector, TransformerPredictor
+from jepa.trainer.batches import resolve_device
+from jepa.trainer.callbacks import EarlyStopping
+from jepa.trainer.checks import check_choice, check_int, check_number
+from jepa.trainer.distributed import DistributedContext, init_distributed
+from jepa.trainer.environment import setup_reproducibility
+from jepa.trainer.fixed_views import FixedViews
 from jepa.trainer.losses import JEPALoss
+from jepa.trainer.optimizers import create_optimizer
+from jepa.trainer.schedulers import create_scheduler
+from jepa.trainer.splits import stratified_holdout
 
+__all__ = [
+    "DATASETS",
+    "VALIDATION_FRACTION",
+    "as_config",
+    "build_datasets",
+    "build_loaders",
+    "build_loss",
+    "check_training",
+    "explicit_arguments",
+    "model_from_config",
+    "scheduler_spec",
+    "setup_training",
+    "trainer_kwargs",
+]
+
+#: Datasets a config can name in ``data.dataset``.
 DATASETS = ("digits",)
+#: Fraction of the training split held out (stratified) to validate on.
+VALIDATION_FRACTION = 0.1
+
+
+def as_config(config: Any) -> Config:
+    """A :class:`Config` from a Config, a YAML path / shipped config name, or a nested dict."""
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, (str, os.PathLike)):
+        return load_config(config)
+    if isinstance(config, Mapping):
+        return config_from_dict(dict(config))
+    raise TypeError(f"expected a Config, a YAML path, a shipped config name or a dict; got {type(config).__name__}")
+
+
+def check_training(config: Config) -> None:
+    """Refuse training settings that cannot run, before anything is built."""
+    t = config.training
+    check_choice("training.optimizer.type", t.optimizer.type.lower(), ("adamw", "adam", "sgd", "rmsprop", "lion"))
+    check_choice("training.scheduler.type", t.scheduler.type.lower(), ("cosine", "linear", "step", "constant", "plateau"))
+    check_number("training.learning_rate", t.learning_rate, low=0, low_open=True, noun="")
+    check_int("training.epochs", t.epochs, minimum=1, noun="")
+    check_int("training.batch_size", t.batch_size, minimum=1, noun="")
+
+
+def _digits_subset(pairs: DigitsPairs, index: np.ndarray) -> DigitsPairs:
+    """``pairs`` restricted to the samples at ``index`` (same views, same settings)."""
+    part = copy.copy(pairs)
+    d = pairs.data
+    part.data = DigitsSplit(images=d.images[index], tokens=d.tokens[index], labels=d.labels[index])
+    return part
 
 
 def build_datasets(config: Config) -> tuple[Dataset, Dataset]:
-    """Train and validation pair datasets named by ``config.data.dataset``."""
+    """Train and validation datasets named by ``config.data.dataset``.
+
+    The validation set is :data:`VALIDATION_FRACTION` of the training split, held out (stratified,
+    chosen by ``data.split_seed``), with fixed views (:class:`~jepa.trainer.fixed_views.FixedViews`):
+    it selects checkpoints and stops early, so it is neither the split the probes report on (the
+    test split) nor random from one call to the next.
+    """
     data = config.data
-    if data.dataset != "digits":
-        raise ValueError(f"data.dataset: unknown dataset {data.dataset!r}; available: {', '.join(DATASETS)}")
-    common = dict(
+    check_choice("data.dataset", data.dataset, DATASETS)
+    pairs = DigitsPairs(
+        "train",
         patch=data.patch_size,
         max_shift=data.max_shift,
         noise=data.noise,
@@ -33,10 +106,11 @@ def build_datasets(config: Config) -> tuple[Dataset, Dataset]:
         clean_target=data.clean_target,
         seed=data.split_seed,
     )
-    return DigitsPairs("train", **common), DigitsPairs("test", **common)
+    kept, held = stratified_holdout(pairs.labels.numpy(), VALIDATION_FRACTION, data.split_seed)
+    return _digits_subset(pairs, kept), FixedViews(_digits_subset(pairs, held), seed=data.split_seed)
 
 
-def build_model(config: Config, input_dim: int, num_tokens: int) -> JEPA:
+def model_from_config(config: Config, input_dim: int, num_tokens: int) -> JEPA:
     """The JEPA described by ``config.model`` for tokens of size ``input_dim``."""
     m = config.model
     encoder = Encoder(
@@ -48,16 +122,15 @@ def build_model(config: Config, input_dim: int, num_tokens: int) -> JEPA:
         dropout=m.dropout,
         max_seq_len=num_tokens,
     )
+    check_choice("model.predictor", m.predictor, ("mlp", "transformer"))
     if m.predictor == "mlp":
         predictor: torch.nn.Module = Predictor(hidden_dim=m.hidden_dim, num_layers=m.predictor_layers, mlp_dim=m.predictor_dim)
-    elif m.predictor == "transformer":
+    else:
         predictor = TransformerPredictor(
             hidden_dim=m.hidden_dim, predictor_dim=m.predictor_dim, depth=m.predictor_layers, num_heads=m.num_heads, max_seq_len=num_tokens
         )
-    else:
-        raise ValueError(f"model.predictor: unknown predictor {m.predictor!r}; expected 'mlp' or 'transformer'")
-    if m.projector_hidden_dim < 0 or m.projector_dim < 0:
-        raise ValueError(f"model.projector_hidden_dim / projector_dim must be >= 0, got {m.projector_hidden_dim}, {m.projector_dim}")
+    check_int("model.projector_hidden_dim", m.projector_hidden_dim, minimum=0)
+    check_int("model.projector_dim", m.projector_dim, minimum=0)
     projector = Projector(m.hidden_dim, m.projector_hidden_dim, m.projector_dim) if m.projector_hidden_dim and m.projector_dim else None
     return JEPA(
         encoder=encoder,
@@ -70,6 +143,7 @@ def build_model(config: Config, input_dim: int, num_tokens: int) -> JEPA:
 
 
 def build_loss(config: Config) -> JEPALoss:
+    """The :class:`~jepa.trainer.losses.JEPALoss` of ``config.loss``."""
     lc = config.loss
     return JEPALoss(
         loss=lc.type,
@@ -85,9 +159,9 @@ def build_loss(config: Config) -> JEPALoss:
 
 
 def build_loaders(config: Config, train_set: Dataset, val_set: Dataset | None) -> tuple[DataLoader, DataLoader | None]:
+    """Shuffled training loader (incomplete last batch dropped) and in-order validation loader."""
     t = config.training
-    if t.batch_size < 1:
-        raise ValueError(f"training.batch_size must be >= 1, got {t.batch_size}")
+    check_int("training.batch_size", t.batch_size, minimum=1, noun="")
     if len(train_set) < t.batch_size:
         raise ValueError(f"training.batch_size={t.batch_size} is larger than the training set ({len(train_set)} samples)")
     train = DataLoader(train_set, batch_size=t.batch_size, shuffle=True, drop_last=True, num_workers=config.data.num_workers)
@@ -95,86 +169,13 @@ def build_loaders(config: Config, train_set: Dataset, val_set: Dataset | None) -
     return train, val
 
 
-def as_config(config: Any) -> Config:
-    """A :class:`Config` from a Config, a YAML path / shipped config name, or a nested dict."""
-    from jepa.config import config_from_dict, load_config  # noqa: PLC0415
-
-    if isinstance(config, Config):
-        return config
-    if isinstance(config, (str, os.PathLike)):
-        return load_config(config)
-    if isinstance(config, dict):
-        return config_from_dict(config)
-    raise TypeError(f"expected a Config, a YAML path, a shipped config name or a dict; got {type(config).__name__}")
-
-
-def from_config(config: Any, save_dir: str | None = None, device: torch.device | None = None) -> dict[str, Any]:
-    """Everything a trainer needs, built from ``config``: data loaders, model, optimizer, schedule
-    spec, loss, logger and callbacks (early stopping when ``training.validation.patience`` is set).
-
-    ``device`` overrides ``training.device`` (the distributed trainer passes ``cuda:LOCAL_RANK``)."""
-    from jepa.trainer.callbacks import EarlyStopping  # noqa: PLC0415
-    from jepa.trainer.optimizers import create_optimizer  # noqa: PLC0415
-    from jepa.trainer.trainer import resolve_device  # noqa: PLC0415
-
-    config = as_config(config)
-    t = config.training
-    _check_training(config)
-    train_set, val_set = build_datasets(config)
-    torch.manual_seed(t.seed)
-    model = build_model(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens)
-    train_loader, val_loader = build_loaders(config, train_set, val_set)
-    device = resolve_device(t.device) if device is None else torch.device(device)
-    model = model.to(device)
-    optimizer = create_optimizer(
-        model, optimizer_type=t.optimizer.type, learning_rate=t.learning_rate, weight_decay=t.weight_decay,
-        betas=tuple(t.optimizer.betas), eps=t.optimizer.eps, device=device,
-    )
-    callbacks = []
-    if t.validation.patience is not None:
-        callbacks.append(EarlyStopping(monitor="val_loss", patience=t.validation.patience))
-    logger = None
-    if config.logging.loggers:
-        try:
-            from jepa.loggers import create_logger  # noqa: PLC0415
-        except ImportError:
-            create_logger = None
-        if create_logger is not None:
-            logger = create_logger(config)
-    return {
-        "config": config,
-        "train_loader": train_loader,
-        "val_loader": val_loader,
-        "num_epochs": t.epochs,
-        "model": model,
-        "optimizer": optimizer,
-        "scheduler": _scheduler_spec(config, len(train_loader)),
-        "device": device,
-        "loss_fn": build_loss(config),
-        "gradient_clip_norm": t.gradient_clip,
-        "gradient_accumulation": t.gradient_accumulation,
-        "progress_bar": config.logging.progress_bar,
-        "save_dir": save_dir or str(Path(config.logging.output_dir) / "checkpoints"),
-        "log_every_n_steps": config.logging.log_every_n_steps,
-        "warmup_fraction": _warmup_fraction(config),
-        "min_lr_ratio": min(1.0, t.scheduler.min_lr / t.learning_rate),
-        "mixed_precision": "bf16" if t.mixed_precision else None,
-        "val_every_n_epochs": t.validation.frequency,
-        "collapse_check_every_n_steps": config.logging.collapse_check_every_n_steps or None,
-        "logger": logger,
-        "callbacks": callbacks,
-    }
-
-
 class _ConfigScheduler:
     """Builds ``create_scheduler`` from the config once the trainer knows the number of steps."""
 
-    def __init__(self, config: Config, steps_per_epoch: int) -> None:
-        self.config, self.steps_per_epoch = config, steps_per_epoch
+    def __init__(self, config: Config) -> None:
+        self.config = config
 
-    def __call__(self, optimizer, total_steps: int):
-        from jepa.trainer.schedulers import create_scheduler  # noqa: PLC0415
-
+    def __call__(self, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
         t = self.config.training
         per_step = t.scheduler.type.lower() != "plateau"
         return create_scheduler(
@@ -187,11 +188,11 @@ class _ConfigScheduler:
         )
 
 
-def _scheduler_spec(config: Config, steps_per_epoch: int):
+def scheduler_spec(config: Config) -> Any:
     """``"cosine"`` (the trainer's own warmup+cosine sized to the run) or a factory for the others."""
     if config.training.scheduler.type.lower() == "cosine":
         return "cosine"
-    return _ConfigScheduler(config, steps_per_epoch)
+    return _ConfigScheduler(config)
 
 
 def _warmup_fraction(config: Config) -> float:
@@ -199,17 +200,96 @@ def _warmup_fraction(config: Config) -> float:
     return min(0.5, t.scheduler.warmup_epochs / t.epochs) if t.scheduler.warmup_epochs else 0.05
 
 
-def _check_training(config: Config) -> None:
+def _logger(config: Config) -> Any:
+    return create_logger(config) if config.logging.loggers else None
+
+
+def explicit_arguments(fn: Any, args: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``args`` (arguments of ``fn``) that differ from ``fn``'s defaults: what a
+    caller passing a config chose explicitly (those replace the config's values)."""
+    params = inspect.signature(fn).parameters
+    plain = (str, int, float, bool, type(None))
+
+    def is_default(name: str, value: Any) -> bool:
+        default = params[name].default
+        return value is default or (isinstance(value, plain) and type(value) is type(default) and value == default)
+
+    return {k: v for k, v in args.items() if not is_default(k, v)}
+
+
+def trainer_kwargs(config: Any, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The keyword arguments of :class:`~jepa.trainer.trainer.BaseTrainer` for ``config``.
+
+    ``given``: the arguments the caller passed explicitly (those that differ from their defaults);
+    each replaces the config's value, except ``callbacks``, which come before the config's own
+    (early stopping when ``training.validation.patience`` is set). A ``distributed=True`` request
+    joins the process group first (its device is ``cuda:LOCAL_RANK``), so the model is built
+    where it trains. ``torch.manual_seed(training.seed)`` is set before the model is built.
+    """
+    given = dict(given or {})
+    config = as_config(config)
+    check_training(config)
     t = config.training
-    optimizers = ("adamw", "adam", "sgd", "rmsprop", "lion")
-    if t.optimizer.type.lower() not in optimizers:
-        raise ValueError(f"training.optimizer.type: unknown optimizer {t.optimizer.type!r}; expected one of {', '.join(optimizers)}")
-    schedulers = ("cosine", "linear", "step", "constant", "plateau")
-    if t.scheduler.type.lower() not in schedulers:
-        raise ValueError(f"training.scheduler.type: unknown scheduler {t.scheduler.type!r}; expected one of {', '.join(schedulers)}")
-    if not t.learning_rate > 0:
-        raise ValueError(f"training.learning_rate must be > 0, got {t.learning_rate}")
-    if t.epochs < 1:
-        raise ValueError(f"training.epochs must be >= 1, got {t.epochs}")
-    if t.batch_size < 1:
-        raise ValueError(f"training.batch_size must be >= 1, got {t.batch_size}")
+    ctx = given.get("distributed")
+    if ctx and not isinstance(ctx, DistributedContext):
+        ctx = init_distributed(given.get("world_size"), given.get("local_rank"), given.get("device", t.device), rank=given.get("distributed_rank"))
+        given["distributed"] = ctx
+    device = ctx.device if ctx else resolve_device(given.get("device", t.device))
+    train_set, val_set = build_datasets(config)
+    torch.manual_seed(t.seed)
+    model = model_from_config(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens).to(device)
+    train_loader, val_loader = build_loaders(config, train_set, val_set)
+    optimizer = create_optimizer(
+        model, optimizer_type=t.optimizer.type, learning_rate=t.learning_rate, weight_decay=t.weight_decay,
+        betas=tuple(t.optimizer.betas), eps=t.optimizer.eps, device=device,
+    )
+    own_callbacks = [EarlyStopping(monitor="val_loss", patience=t.validation.patience)] if t.validation.patience is not None else []
+    kwargs: dict[str, Any] = {
+        "config": config,
+        "model": model,
+        "optimizer": optimizer,
+        "scheduler": scheduler_spec(config),
+        "train_loader": train_loader,
+        "val_loader": val_loader,
+        "num_epochs": t.epochs,
+        "loss_fn": build_loss(config),
+        "gradient_clip_norm": t.gradient_clip,
+        "gradient_accumulation": t.gradient_accumulation,
+        "progress_bar": config.logging.progress_bar,
+        "save_dir": str(Path(config.logging.output_dir) / "checkpoints"),
+        "log_every_n_steps": config.logging.log_every_n_steps,
+        "warmup_fraction": _warmup_fraction(config),
+        "min_lr_ratio": min(1.0, t.scheduler.min_lr / t.learning_rate),
+        "mixed_precision": "bf16" if t.mixed_precision else None,
+        "val_every_n_epochs": t.validation.frequency,
+        "collapse_check_every_n_steps": config.logging.collapse_check_every_n_steps or None,
+    }
+    callbacks = list(given.pop("callbacks", None) or []) + own_callbacks
+    kwargs.update(given)
+    kwargs["device"] = device
+    kwargs["callbacks"] = callbacks
+    if "logger" not in given:
+        kwargs["logger"] = _logger(config)
+    return kwargs
+
+
+def setup_training(config: Any) -> tuple[torch.device, torch.nn.Module, DataLoader]:
+    """Device, model and training DataLoader described by a :class:`~jepa.config.Config`.
+
+    ``config`` is a ``Config``, a plain dict in the YAML layout, or a path/shipped name accepted by
+    :func:`jepa.config.load_config`. Seeds python/numpy/torch from ``config.training.seed`` (via
+    :func:`~jepa.trainer.environment.setup_reproducibility`), resolves ``config.training.device``
+    (``"auto"`` picks CUDA when available), builds the training data of ``config.data`` and the
+    model of ``config.model`` (input size taken from the data unless ``model.input_dim`` is set),
+    moves the model to the device and returns ``(device, model, train_loader)``.
+    """
+    try:
+        config = as_config(config)
+    except TypeError:
+        raise TypeError(f"setup_training: config must be a jepa.config.Config, a dict or a config path, got {type(config).__name__}") from None
+    device = resolve_device(config.training.device)
+    setup_reproducibility(config.training.seed)
+    train_set, _ = build_datasets(config)
+    model = model_from_config(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens).to(device)
+    train_loader, _ = build_loaders(config, train_set, None)
+    return device, model, train_loader

@@ -20,20 +20,20 @@ import logging
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable
+
+from jepa.trainer.batches import first_input, move_to_device
+from jepa.trainer.checks import check_choice, check_int, check_number
+from jepa.trainer.eval import effective_rank
+from jepa.trainer.modes import evaluating
 
 __all__ = ["BaseCallback", "CollapseMonitor", "CustomLogging", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint"]
 
 log = logging.getLogger("jepa")
 
 _MODES = ("min", "max")
-
-
-def _check_mode(mode: str, owner: str) -> str:
-    if mode not in _MODES:
-        raise ValueError(f"{owner}: mode must be 'min' or 'max', got {mode!r}")
-    return mode
 
 
 def _improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -83,14 +83,10 @@ class EarlyStopping(BaseCallback):
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs."""
 
     def __init__(self, monitor: str = "val_loss", patience: int = 10, mode: str = "min", min_delta: float = 0.0) -> None:
-        if not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"EarlyStopping: patience must be an int >= 1, got {patience!r}")
-        if min_delta < 0:
-            raise ValueError(f"EarlyStopping: min_delta must be >= 0, got {min_delta!r}")
         self.monitor = monitor
-        self.patience = patience
-        self.mode = _check_mode(mode, "EarlyStopping")
-        self.min_delta = min_delta
+        self.patience = check_int("patience", patience, minimum=1, owner="EarlyStopping")
+        self.mode = check_choice("mode", mode, _MODES, owner="EarlyStopping")
+        self.min_delta = check_number("min_delta", min_delta, low=0, owner="EarlyStopping")
         self.best: float | None = None
         self.wait = 0
         self.stopped_epoch: int | None = None
@@ -125,13 +121,12 @@ class ModelCheckpoint(BaseCallback):
         mode: str = "min",
         save_last: bool = False,
     ) -> None:
-        if not isinstance(save_top_k, int) or save_top_k < -1:
-            raise ValueError(f"ModelCheckpoint: save_top_k must be an int >= -1, got {save_top_k!r}")
+        check_int("save_top_k", save_top_k, minimum=-1, owner="ModelCheckpoint")
         self.dirpath = Path(dirpath) if dirpath is not None else None
         self.filename = filename
         self.monitor = monitor
         self.save_top_k = save_top_k
-        self.mode = _check_mode(mode, "ModelCheckpoint")
+        self.mode = check_choice("mode", mode, _MODES, owner="ModelCheckpoint")
         self.save_last = save_last
         self.best_k: list[tuple[float, Path]] = []  # best first
         self.best_model_path: Path | None = None
@@ -170,15 +165,22 @@ class ModelCheckpoint(BaseCallback):
 
 
 class LearningRateScheduler(BaseCallback):
-    """Set the learning rate at the start of every epoch from a schedule.
+    """Own the learning rate: set it at the start of every epoch from a schedule.
 
-    ``schedule`` is ``"cosine"`` (from the optimizer's initial lr to ``min_lr`` over the run),
-    ``"linear"``, ``"step"`` (multiply by ``gamma`` every ``step_size`` epochs), ``"exponential"``
-    (``gamma`` per epoch), or a callable ``(epoch, lr) -> new_lr``. Use it for per-epoch schedules
-    when the trainer has no scheduler of its own (a trainer scheduler would overwrite it per step).
+    ``schedule`` is ``"cosine"`` (from the configured lr to ``min_lr`` over the run), ``"linear"``,
+    ``"step"`` (multiply by ``gamma`` every ``step_size`` epochs), ``"exponential"`` (``gamma`` per
+    epoch), or a callable ``(epoch, lr) -> new_lr`` (``lr``: the current one).
+
+    A trainer given this callback leaves the learning rate to it: its own scheduler (the per-step
+    warmup + cosine, or one you passed) is neither built nor stepped, and it says so once. The
+    schedule starts from the configured learning rate of each parameter group
+    (``trainer.base_lrs``: the optimizer's lr when the trainer was built), so every batch of epoch
+    ``e`` trains with ``schedule(e)``, also after a resume. ``history`` records, per epoch, the lr
+    set on the first parameter group.
     """
 
     SCHEDULES = ("cosine", "linear", "step", "exponential")
+    owns_lr = True  # the trainer's scheduler steps aside
 
     def __init__(
         self,
@@ -188,21 +190,24 @@ class LearningRateScheduler(BaseCallback):
         step_size: int = 10,
         verbose: bool = False,
     ) -> None:
-        if isinstance(schedule, str) and schedule not in self.SCHEDULES:
-            raise ValueError(f"LearningRateScheduler: schedule must be one of {self.SCHEDULES} or a callable, got {schedule!r}")
-        if not isinstance(schedule, str) and not callable(schedule):
-            raise TypeError(f"LearningRateScheduler: schedule must be a name or a callable, got {type(schedule).__name__}")
+        owner = "LearningRateScheduler"
+        if isinstance(schedule, str):
+            check_choice("schedule", schedule, self.SCHEDULES, owner=owner)
+        elif not callable(schedule):
+            raise TypeError(f"{owner}: schedule must be a name or a callable, got {type(schedule).__name__}")
         self.schedule = schedule
-        self.min_lr = min_lr
-        self.gamma = gamma
-        self.step_size = step_size
+        self.min_lr = check_number("min_lr", min_lr, low=0.0, owner=owner)
+        self.gamma = check_number("gamma", gamma, low=0.0, low_open=True, owner=owner)
+        self.step_size = check_int("step_size", step_size, minimum=1, owner=owner)
         self.verbose = verbose
         self.initial_lrs: list[float] | None = None
         self.history: list[float] = []
 
-    def _lr(self, epoch: int, total: int, base: float, current: float) -> float:
+    def lr_at(self, epoch: int, total: int, base: float, current: float | None = None) -> float:
+        """The learning rate of ``epoch`` (0-based) of ``total`` for a group whose configured lr is
+        ``base`` (``current``: its lr now, for callable schedules)."""
         if callable(self.schedule):
-            return float(self.schedule(epoch, current))
+            return float(self.schedule(epoch, base if current is None else current))
         progress = epoch / max(1, total - 1)
         if self.schedule == "cosine":
             return self.min_lr + (base - self.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -215,10 +220,11 @@ class LearningRateScheduler(BaseCallback):
     def on_epoch_start(self, trainer: Any, model: Any) -> None:
         groups = trainer.optimizer.param_groups
         if self.initial_lrs is None:
-            self.initial_lrs = [g["lr"] for g in groups]
+            base = getattr(trainer, "base_lrs", None)
+            self.initial_lrs = list(base) if base is not None else [g.get("initial_lr", g["lr"]) for g in groups]
         total = int(getattr(trainer, "max_epochs", 0) or 1)
         for g, base in zip(groups, self.initial_lrs):
-            g["lr"] = self._lr(trainer.current_epoch, total, base, g["lr"])
+            g["lr"] = self.lr_at(trainer.current_epoch, total, base, g["lr"])
         self.history.append(groups[0]["lr"])
         if self.verbose:
             log.info("epoch %d: lr = %.3e", trainer.current_epoch, groups[0]["lr"])
@@ -229,9 +235,7 @@ class CustomLogging(BaseCallback):
     logger when it has ``log_metrics``, else to the ``jepa`` Python logger)."""
 
     def __init__(self, log_frequency: int = 100) -> None:
-        if not isinstance(log_frequency, int) or log_frequency < 1:
-            raise ValueError(f"CustomLogging: log_frequency must be an int >= 1, got {log_frequency!r}")
-        self.log_frequency = log_frequency
+        self.log_frequency = check_int("log_frequency", log_frequency, minimum=1, owner="CustomLogging")
         self.records: list[tuple[int, dict[str, float]]] = []
 
     def on_batch_end(self, trainer: Any, model: Any, outputs: dict[str, Any], batch: Any, batch_idx: int) -> None:
@@ -264,12 +268,8 @@ class CollapseMonitor(BaseCallback):
     """
 
     def __init__(self, every_n_steps: int = 100, rank_fraction: float = 0.1, batch: Any = None) -> None:
-        if not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(f"CollapseMonitor: every_n_steps must be an int >= 1, got {every_n_steps!r}")
-        if not 0.0 < rank_fraction < 1.0:
-            raise ValueError(f"CollapseMonitor: rank_fraction must be in (0, 1), got {rank_fraction!r}")
-        self.every_n_steps = every_n_steps
-        self.rank_fraction = rank_fraction
+        self.every_n_steps = check_int("every_n_steps", every_n_steps, minimum=1, owner="CollapseMonitor")
+        self.rank_fraction = check_number("rank_fraction", rank_fraction, low=0.0, high=1.0, low_open=True, high_open=True, owner="CollapseMonitor")
         self.batch = batch
         self.records: list[dict[str, float]] = []
         self.warned = False
@@ -283,19 +283,9 @@ class CollapseMonitor(BaseCallback):
 
     def measure(self, trainer: Any, model: Any) -> dict[str, float]:
         """Effective rank and embedding std of the held-out batch now."""
-        import torch  # noqa: PLC0415
-
-        from jepa.trainer.eval import effective_rank  # noqa: PLC0415
-        from jepa.trainer.trainer import move_to_device, unpack_batch  # noqa: PLC0415
-
-        state_t = unpack_batch(move_to_device(self.batch, trainer.device))[0]
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                z = model.embed(state_t).float()
-        finally:
-            model.train(was_training)
+        x = first_input(move_to_device(self.batch, trainer.device))
+        with evaluating(model):
+            z = model.embed(x).float()
         rank = effective_rank(z) if len(z) > 1 else float("nan")
         std = float(z.std(dim=0).mean()) if len(z) > 1 else float("nan")
         return {"effective_rank": rank, "embedding_std": std, "embedding_dim": float(z.shape[1])}
@@ -311,8 +301,6 @@ class CollapseMonitor(BaseCallback):
         limit = self.rank_fraction * m["embedding_dim"]
         if not self.warned and (m["effective_rank"] < limit or m["embedding_std"] < 1e-3):
             self.warned = True
-            import warnings  # noqa: PLC0415
-
             msg = (
                 f"representation collapse suspected at step {step}: effective rank {m['effective_rank']:.1f} < "
                 f"{limit:.1f} ({self.rank_fraction:.0%} of {int(m['embedding_dim'])} dims), embedding std {m['embedding_std']:.3g}. "

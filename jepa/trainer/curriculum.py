@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from jepa.trainer.callbacks import BaseCallback
+from jepa.trainer.checks import check_choice, check_int
 from jepa.trainer.trainer import JEPATrainer
 
 __all__ = ["CurriculumTrainer", "difficulty_at"]
@@ -18,10 +19,8 @@ def difficulty_at(epoch: int, num_epochs: int, schedule: str, levels: int) -> fl
 
     linear: rises evenly; step: ``levels`` equal-length stages; exponential: slow start, fast end.
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"curriculum_schedule must be one of {SCHEDULES}, got {schedule!r}")
-    if levels < 1:
-        raise ValueError(f"difficulty_levels must be >= 1, got {levels!r}")
+    check_choice("curriculum_schedule", schedule, SCHEDULES)
+    check_int("difficulty_levels", levels, minimum=1)
     if levels == 1:
         return 1.0
     progress = epoch / max(1, num_epochs - 1)
@@ -61,10 +60,8 @@ class CurriculumTrainer(JEPATrainer):
         max_mask_ratio: float = 0.6,
         **kwargs: Any,
     ) -> None:
-        if curriculum_schedule not in SCHEDULES:
-            raise ValueError(f"CurriculumTrainer: curriculum_schedule must be one of {SCHEDULES}, got {curriculum_schedule!r}")
-        if not isinstance(difficulty_levels, int) or difficulty_levels < 1:
-            raise ValueError(f"CurriculumTrainer: difficulty_levels must be an int >= 1, got {difficulty_levels!r}")
+        check_choice("curriculum_schedule", curriculum_schedule, SCHEDULES, owner="CurriculumTrainer")
+        check_int("difficulty_levels", difficulty_levels, minimum=1, owner="CurriculumTrainer")
         if not 0.0 <= min_mask_ratio <= max_mask_ratio < 1.0:
             raise ValueError(f"CurriculumTrainer: need 0 <= min_mask_ratio <= max_mask_ratio < 1, got {min_mask_ratio!r}, {max_mask_ratio!r}")
         self.curriculum_schedule = curriculum_schedule

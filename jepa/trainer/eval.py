@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from jepa import io as jio
-from jepa.trainer.trainer import model_from_checkpoint_state, move_to_device, resolve_device, unpack_batch
+from jepa.trainer.batches import first_input, move_to_device, resolve_device
+from jepa.trainer.checkpoints import model_from_checkpoint_state
+from jepa.trainer.checks import check_choice, check_number, check_type
+from jepa.trainer.losses import JEPALoss
+from jepa.trainer.modes import evaluating
+from jepa.trainer.objective import loss_terms, model_outputs
 
 
 def effective_rank(embeddings: torch.Tensor, eps: float = 1e-12) -> float:
@@ -76,21 +82,6 @@ def _to_numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def _first_item(batch: Any) -> Any:
-    """The input part of a batch/sample: the tensor itself, item 0 of a tuple/list, or the
-    ``state_t``/``x`` entry of a dict."""
-    if isinstance(batch, Mapping):
-        for key in ("state_t", "x"):
-            if key in batch:
-                return batch[key]
-        raise ValueError(f"encode: a dict batch needs a 'state_t' or 'x' key, got keys {sorted(batch)}")
-    if isinstance(batch, (list, tuple)):
-        if not batch:
-            raise ValueError("encode: got an empty tuple/list batch")
-        return batch[0]
-    return batch
-
-
 def _pair(batch: Any, name: str) -> tuple[Any, Any]:
     """``(x, y)`` of one batch/sample of downstream data."""
     if isinstance(batch, Mapping):
@@ -131,6 +122,8 @@ class JEPAEvaluator:
         collapse_rank_fraction: embeddings count as ``collapsed`` when their effective rank is
             below this fraction of the embedding dimension ...
         collapse_std_threshold: ... or when their mean per-dimension std is below this value.
+        mixed_precision: None, ``"bf16"`` or ``"fp16"``: run the forward passes of :meth:`evaluate`
+            under autocast with that dtype (as a trainer with that setting validates).
     """
 
     def __init__(
@@ -141,15 +134,14 @@ class JEPAEvaluator:
         *,
         collapse_rank_fraction: float = 0.1,
         collapse_std_threshold: float = 1e-3,
+        mixed_precision: str | None = None,
     ) -> None:
-        from jepa.trainer.losses import JEPALoss  # noqa: PLC0415
-
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"JEPAEvaluator: model must be an nn.Module, got {type(model).__name__}")
-        if isinstance(collapse_rank_fraction, bool) or not isinstance(collapse_rank_fraction, (int, float)) or not 0.0 <= collapse_rank_fraction <= 1.0:
-            raise ValueError(f"JEPAEvaluator: collapse_rank_fraction must be a number in [0, 1], got {collapse_rank_fraction!r}")
-        if isinstance(collapse_std_threshold, bool) or not isinstance(collapse_std_threshold, (int, float)) or not collapse_std_threshold >= 0.0:
-            raise ValueError(f"JEPAEvaluator: collapse_std_threshold must be a number >= 0, got {collapse_std_threshold!r}")
+        owner = "JEPAEvaluator"
+        check_type("model", model, nn.Module, owner=owner, what="an nn.Module")
+        check_number("collapse_rank_fraction", collapse_rank_fraction, low=0.0, high=1.0, owner=owner)
+        check_number("collapse_std_threshold", collapse_std_threshold, low=0.0, owner=owner)
+        check_choice("mixed_precision", mixed_precision, (None, "bf16", "fp16"), owner=owner)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.loss_fn = loss_fn if loss_fn is not None else JEPALoss()
@@ -164,15 +156,13 @@ class JEPAEvaluator:
         return cls(model_from_checkpoint_state(state, source=str(path)), device=device, **kwargs)
 
     # ------------------------------------------------------------------ helpers
-    @contextmanager
-    def _eval_mode(self) -> Iterator[None]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            self.model.train(was_training)
+    def _eval_mode(self) -> Any:
+        return evaluating(self.model)
+
+    def _autocast(self) -> Any:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def _input_dtype(self) -> torch.dtype | None:
         for p in self.model.parameters():
@@ -213,37 +203,42 @@ class JEPAEvaluator:
     def evaluate(self, loader: Iterable) -> dict[str, Any]:
         """Prediction and representation metrics over every batch of ``loader``.
 
-        Returns ``loss`` (the loss function), ``mse`` and ``cosine_similarity`` between the
-        prediction and the layer-normed target (means over batches), and, from the context
-        embeddings of ``state_t`` pooled over tokens (one row per sample, all batches):
+        Returns ``loss`` (the mean over batches of the loss function, computed exactly as the
+        trainer's training and validation steps do: :mod:`jepa.trainer.objective`), ``mse`` and
+        ``cosine_similarity`` between the prediction and the layer-normed target (means over
+        batches; for models whose outputs have a ``prediction`` and a ``target`` of one shape), and,
+        from the context embeddings pooled over tokens (one row per sample, all batches; the
+        encoder's embedding of the first batch item when the model returns no ``context``):
         ``embedding_std_mean``/``embedding_std_min`` (per-dimension std over samples),
         ``effective_rank`` (RankMe), ``embedding_dim`` and ``collapsed`` (see the constructor).
         """
-        import torch.nn.functional as F  # noqa: PLC0415
-
-        sums = {"loss": 0.0, "mse": 0.0, "cosine_similarity": 0.0}
-        n = 0
+        loss_sum, mse_sum, cos_sum, n, pairs = 0.0, 0.0, 0.0, 0, 0
         embeddings = []
         with self._eval_mode():
             for batch in loader:
-                items = unpack_batch(move_to_device(batch, self.device))
-                out = self.model.forward_features(*items)
-                pred, target = out["prediction"], out["target"]
-                tnorm = F.layer_norm(target, target.shape[-1:])
-                terms = self.loss_fn.terms(pred, target, out.get("context")) if hasattr(self.loss_fn, "terms") else {"loss": self.loss_fn(pred, target)}
-                sums["loss"] += float(terms["loss"])
-                sums["mse"] += float(F.mse_loss(pred, tnorm))
-                sums["cosine_similarity"] += float(F.cosine_similarity(pred, tnorm, dim=-1).mean())
+                batch = move_to_device(batch, self.device)
+                with self._autocast():
+                    out = model_outputs(self.model, batch)
+                    loss_sum += float(loss_terms(self.loss_fn, out)["loss"])
                 n += 1
+                pred, target = out.get("prediction"), out.get("target")
+                if isinstance(pred, torch.Tensor) and isinstance(target, torch.Tensor) and pred.shape == target.shape:
+                    pred, target = pred.float(), target.float()
+                    tnorm = F.layer_norm(target, target.shape[-1:])
+                    mse_sum += float(F.mse_loss(pred, tnorm))
+                    cos_sum += float(F.cosine_similarity(pred, tnorm, dim=-1).mean())
+                    pairs += 1
                 context = out.get("context")
-                if context is None:
-                    embeddings.append(self._embed(items[0]))
-                else:
+                if isinstance(context, torch.Tensor):
                     z = context.mean(dim=1) if context.dim() == 3 else context
                     embeddings.append(z.reshape(z.shape[0], -1).detach().float().cpu())
+                else:
+                    embeddings.append(self._embed(first_input(batch)))
         if n == 0:
             raise ValueError("JEPAEvaluator.evaluate: the loader yielded no batches")
-        metrics: dict[str, Any] = {k: v / n for k, v in sums.items()}
+        metrics: dict[str, Any] = {"loss": loss_sum / n}
+        if pairs == n:  # every batch had a prediction and a target of one shape
+            metrics.update(mse=mse_sum / n, cosine_similarity=cos_sum / n)
         metrics.update(self._rep_metrics(torch.cat(embeddings)))
         return metrics
 
@@ -265,9 +260,9 @@ class JEPAEvaluator:
                 raise ValueError(f"encode: data must hold at least one sample, got shape {tuple(data.shape)}")
             chunks: Iterable = (data[i : i + batch_size] for i in range(0, len(data), batch_size))
         elif isinstance(data, Dataset):
-            chunks = (_first_item(b) for b in DataLoader(data, batch_size=batch_size, shuffle=False))
+            chunks = (first_input(b) for b in DataLoader(data, batch_size=batch_size, shuffle=False))
         elif isinstance(data, DataLoader) or (hasattr(data, "__iter__") and not isinstance(data, (str, bytes, Mapping))):
-            chunks = (_first_item(b) for b in data)
+            chunks = (first_input(b) for b in data)
         else:
             raise TypeError(
                 f"encode: data must be a tensor/array, a Dataset, a DataLoader or an iterable of batches, got {type(data).__name__}"
@@ -498,11 +493,9 @@ def probe_report(
     probe: dict[str, dict[str, float]] = {}
     test_embeddings = None
     for name, model in (("pretrained", pretrained), ("random_init", random_init)):
-        was_training = model.training
-        model.eval()
         device = next(model.parameters()).device
-        ztr, zte = model.embed(train_tokens.to(device)).cpu(), model.embed(test_tokens.to(device)).cpu()
-        model.train(was_training)
+        with evaluating(model):
+            ztr, zte = model.embed(train_tokens.to(device)).cpu(), model.embed(test_tokens.to(device)).cpu()
         if name == "pretrained":
             test_embeddings = zte
         probe[name] = {

@@ -11,7 +11,7 @@ import torch
 
 from jepa.config import Config
 from jepa.data import load_digits_split
-from jepa.trainer.builders import build_model
+from jepa.trainer.builders import model_from_config
 from jepa.trainer.eval import probe_report
 from jepa.trainer.trainer import JEPATrainer
 
@@ -24,12 +24,12 @@ def build_probe_run(config: Config, *, distributed: bool = False) -> tuple[JEPAT
     trainer = JEPATrainer(config, distributed=distributed)
     train_set = trainer.train_loader.dataset
     torch.manual_seed(config.training.seed)  # JEPATrainer(config) seeds alike before building its model
-    random_init = build_model(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens).to(trainer.device)
+    random_init = model_from_config(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens).to(trainer.device)
     return trainer, random_init
 
 
 def train_and_probe(trainer: JEPATrainer, random_init: torch.nn.Module, labels_per_class: int = 10) -> dict[str, Any]:
-    """Train (closing the trainer's logger at the end), then :func:`probe_report` on the digits
+    """Train (closing the trainer's logger at the end), then :func:`~jepa.trainer.eval.probe_report` on the digits
     split of the config. Returns ``history``, ``report`` and ``train_seconds``."""
     config = trainer.config
     torch.manual_seed(config.training.seed + 1)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jepa.ops import info_nce, jepa_loss, sigreg, sigreg_ecf, sigreg_from_ecf
+from jepa.trainer.checks import check_choice, check_int, check_number
 from jepa.trainer.collectives import all_reduce_sum_autograd, multi_process
 
 PREDICTION_LOSSES = ("smooth_l1", "mse", "l1")
@@ -43,26 +44,36 @@ def jepa_prediction_loss(
     return jepa_loss(prediction, target, loss=loss, normalize_target=normalize_target, beta=beta, mask=mask)
 
 
+def _variance_covariance(
+    z: torch.Tensor, gamma: float, eps: float, variance: bool, covariance: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The VICReg terms of ``z`` that are asked for (None for the others)."""
+    if z.dim() != 2:
+        raise ValueError(f"variance_covariance expects (N, D) embeddings, got {tuple(z.shape)}")
+    n, d = z.shape
+    if n < 2:
+        zero = z.sum() * 0.0
+        return (zero if variance else None), (zero if covariance else None)
+    z = z.float()
+    z = z - z.mean(dim=0)
+    var_loss = cov_loss = None
+    if variance:
+        std = torch.sqrt(z.var(dim=0) + eps)
+        var_loss = F.relu(gamma - std).mean()
+    if covariance:
+        cov = (z.T @ z) / (n - 1)
+        off = cov - torch.diag(torch.diagonal(cov))
+        cov_loss = off.pow(2).sum() / d
+    return var_loss, cov_loss
+
+
 def variance_covariance(z: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
     """VICReg variance and covariance terms of embeddings ``z`` of shape ``(N, D)``.
 
     variance: mean over dimensions of ``relu(gamma - std)``; covariance: sum of squared
     off-diagonal covariances divided by ``D``.
     """
-    if z.dim() != 2:
-        raise ValueError(f"variance_covariance expects (N, D) embeddings, got {tuple(z.shape)}")
-    n, d = z.shape
-    if n < 2:
-        zero = z.sum() * 0.0
-        return zero, zero
-    z = z.float()
-    z = z - z.mean(dim=0)
-    std = torch.sqrt(z.var(dim=0) + eps)
-    var_loss = F.relu(gamma - std).mean()
-    cov = (z.T @ z) / (n - 1)
-    off = cov - torch.diag(torch.diagonal(cov))
-    cov_loss = off.pow(2).sum() / d
-    return var_loss, cov_loss
+    return _variance_covariance(z, gamma, eps, True, True)  # type: ignore[return-value]
 
 
 REGULARIZED_EMBEDDINGS = ("pooled", "tokens", "prediction")
@@ -126,17 +137,13 @@ class JEPALoss(nn.Module):
         token_weight: float = 1.0,
     ) -> None:
         super().__init__()
-        if loss not in PREDICTION_LOSSES:
-            raise ValueError(f"JEPALoss: loss must be one of {PREDICTION_LOSSES}, got {loss!r}")
+        owner = "JEPALoss"
+        check_choice("loss", loss, PREDICTION_LOSSES, owner=owner)
         for name, value in (("var_weight", var_weight), ("cov_weight", cov_weight), ("global_weight", global_weight), ("token_weight", token_weight)):
-            if value < 0:
-                raise ValueError(f"JEPALoss: {name} must be >= 0, got {value!r}")
-        if var_gamma <= 0:
-            raise ValueError(f"JEPALoss: var_gamma must be > 0, got {var_gamma!r}")
-        if regularize not in REGULARIZED_EMBEDDINGS:
-            raise ValueError(f"JEPALoss: regularize must be one of {REGULARIZED_EMBEDDINGS}, got {regularize!r}")
-        if target_norm not in TARGET_NORMS:
-            raise ValueError(f"JEPALoss: target_norm must be one of {TARGET_NORMS}, got {target_norm!r}")
+            check_number(name, value, low=0, owner=owner)
+        check_number("var_gamma", var_gamma, low=0, low_open=True, owner=owner)
+        check_choice("regularize", regularize, REGULARIZED_EMBEDDINGS, owner=owner)
+        check_choice("target_norm", target_norm, TARGET_NORMS, owner=owner)
         self.loss = loss
         self.normalize_target = normalize_target
         self.beta = beta
@@ -149,8 +156,11 @@ class JEPALoss(nn.Module):
         self.token_weight = token_weight
 
     def _distance(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The configured distance to an already-normalized target."""
-        return jepa_prediction_loss(prediction, target, loss=self.loss, normalize_target=False, beta=self.beta)
+        """The configured distance to ``target`` normalized per ``target_norm``: layer norm is fused
+        into :func:`jepa.ops.jepa_loss`; batch norm needs statistics over the batch, computed here."""
+        if self.target_norm == "layer":
+            return jepa_prediction_loss(prediction, target, loss=self.loss, normalize_target=True, beta=self.beta)
+        return jepa_prediction_loss(prediction, _normalize(target, self.target_norm), loss=self.loss, normalize_target=False, beta=self.beta)
 
     def terms(
         self,
@@ -161,26 +171,33 @@ class JEPALoss(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """All loss terms; ``loss`` is the weighted total.
 
-        ``projection`` (the output of the model's projector, when it has one) replaces the pooled
-        context embeddings as what the variance/covariance terms act on.
+        A term whose weight is 0 is not computed (and not returned). ``projection`` (the output of
+        the model's projector, when it has one) replaces the pooled context embeddings as what the
+        variance/covariance terms act on.
         """
         if prediction.shape != target.shape:
             raise ValueError(f"JEPALoss: prediction shape {tuple(prediction.shape)} != target shape {tuple(target.shape)}")
         target = target.detach()  # no gradient through the target (stop-gradient), whatever the encoder mode
-        pred_loss = self._distance(prediction, _normalize(target, self.target_norm))
-        out = {"pred_loss": pred_loss}
-        total = self.token_weight * pred_loss
+        out: dict[str, torch.Tensor] = {}
+        weighted: list[torch.Tensor] = []
+        if self.token_weight > 0:
+            out["pred_loss"] = self._distance(prediction, target)
+            weighted.append(self.token_weight * out["pred_loss"])
         if self.global_weight > 0 and prediction.dim() == 3:
-            global_loss = self._distance(prediction.mean(dim=1), _normalize(target.mean(dim=1), self.target_norm))
-            total = total + self.global_weight * global_loss
-            out["global_loss"] = global_loss
+            out["global_loss"] = self._distance(prediction.mean(dim=1), target.mean(dim=1))
+            weighted.append(self.global_weight * out["global_loss"])
         if self.var_weight > 0 or self.cov_weight > 0:
             z = projection if (projection is not None and self.regularize == "pooled") else self._regularized(prediction, context)
             if z is not None:
-                var_loss, cov_loss = variance_covariance(z, gamma=self.var_gamma)
-                total = total + self.var_weight * var_loss + self.cov_weight * cov_loss
-                out["var_loss"], out["cov_loss"] = var_loss, cov_loss
-        out["loss"] = total
+                var_loss, cov_loss = _variance_covariance(z, self.var_gamma, 1e-4, self.var_weight > 0, self.cov_weight > 0)
+                if var_loss is not None:
+                    out["var_loss"] = var_loss
+                    weighted.append(self.var_weight * var_loss)
+                if cov_loss is not None:
+                    out["cov_loss"] = cov_loss
+                    weighted.append(self.cov_weight * cov_loss)
+        # every weight 0 (or no term applies to these shapes): a zero that still has a graph
+        out["loss"] = sum(weighted[1:], weighted[0]) if weighted else prediction.sum() * 0.0
         return out
 
     def _regularized(self, prediction: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor | None:
@@ -260,15 +277,10 @@ class ContrastiveLoss(nn.Module):
         symmetric: bool = False,
     ) -> None:
         super().__init__()
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise ValueError(f"ContrastiveLoss: temperature must be a number > 0, got {temperature!r}")
-        if negative_sampling not in NEGATIVE_SAMPLING:
-            raise ValueError(
-                f"ContrastiveLoss: negative_sampling must be one of {NEGATIVE_SAMPLING}, got {negative_sampling!r}"
-            )
+        check_number("temperature", temperature, low=0, low_open=True, owner="ContrastiveLoss")
+        check_choice("negative_sampling", negative_sampling, NEGATIVE_SAMPLING, owner="ContrastiveLoss")
         if num_negatives is not None:
-            if isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 1:
-                raise ValueError(f"ContrastiveLoss: num_negatives must be None or an int >= 1, got {num_negatives!r}")
+            check_int("num_negatives", num_negatives, minimum=1, optional=True, owner="ContrastiveLoss")
             if negative_sampling == "in_batch":
                 raise ValueError(
                     f"ContrastiveLoss: num_negatives={num_negatives!r} has no effect with negative_sampling='in_batch' "
@@ -336,10 +348,8 @@ class ReconstructionLoss(nn.Module):
 
     def __init__(self, loss_type: str = "mse", reduction: str = "mean") -> None:
         super().__init__()
-        if loss_type not in RECONSTRUCTION_LOSSES:
-            raise ValueError(f"ReconstructionLoss: loss_type must be one of {RECONSTRUCTION_LOSSES}, got {loss_type!r}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"ReconstructionLoss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        check_choice("loss_type", loss_type, RECONSTRUCTION_LOSSES, owner="ReconstructionLoss")
+        check_choice("reduction", reduction, REDUCTIONS, owner="ReconstructionLoss")
         self.loss_type = loss_type
         self.reduction = reduction
 
@@ -365,7 +375,7 @@ class VICRegLoss(nn.Module):
 
     ``loss = sim_weight * mse(z_a, z_b) + var_weight * (var(z_a) + var(z_b)) / 2
     + cov_weight * (cov(z_a) + cov(z_b))`` with the variance hinge and covariance terms of
-    :func:`variance_covariance` (gamma 1, eps 1e-4). ``(B, T, D)`` inputs are mean-pooled over ``T``.
+    :func:`~jepa.trainer.losses.variance_covariance` (gamma 1, eps 1e-4). ``(B, T, D)`` inputs are mean-pooled over ``T``.
 
     Args:
         sim_weight: weight of the invariance (MSE) term (>= 0).
@@ -378,8 +388,7 @@ class VICRegLoss(nn.Module):
     def __init__(self, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 1.0) -> None:
         super().__init__()
         for name, value in (("sim_weight", sim_weight), ("var_weight", var_weight), ("cov_weight", cov_weight)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"VICRegLoss: {name} must be a number >= 0, got {value!r}")
+            check_number(name, value, low=0, owner="VICRegLoss")
         self.sim_weight = float(sim_weight)
         self.var_weight = float(var_weight)
         self.cov_weight = float(cov_weight)

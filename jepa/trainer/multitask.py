@@ -6,7 +6,8 @@ from typing import Any, Callable
 
 import torch
 
-from jepa.trainer.trainer import JEPATrainer, unpack_batch
+from jepa.trainer.objective import loss_terms, model_outputs
+from jepa.trainer.trainer import JEPATrainer
 
 __all__ = ["MultiTaskTrainer"]
 
@@ -35,14 +36,11 @@ class MultiTaskTrainer(JEPATrainer):
             self.task_weights[name] = float(weight)
 
     def _jepa_task_loss(self, outputs: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        if hasattr(self.loss_fn, "terms"):
-            extra = {"projection": outputs["projection"]} if outputs.get("projection") is not None else {}
-            return self.loss_fn.terms(outputs["prediction"], target, outputs.get("context"), **extra)["loss"]
-        return self.loss_fn(outputs["prediction"], target)
+        return loss_terms(self.loss_fn, {**outputs, "target": target})["loss"]
 
     def forward_tasks(self, batch: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """Model outputs and targets per task for one batch (default: the JEPA task)."""
-        out = self.model.forward_features(*unpack_batch(batch))
+        out = model_outputs(self.model, batch)
         return {"jepa": out}, {"jepa": out["target"]}
 
     def compute_loss(self, outputs: dict[str, Any], targets: dict[str, Any]) -> dict[str, torch.Tensor]:

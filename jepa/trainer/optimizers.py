@@ -7,6 +7,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from jepa.trainer.checks import check_number
+
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: decayed weights (matrices) and undecayed biases, norms and 1-d parameters."""
@@ -42,10 +44,8 @@ def build_adamw(
     device: torch.device | str = "cpu",
 ) -> torch.optim.AdamW:
     """AdamW, fused where the device supports it (about 4x faster per step than the default on CPU)."""
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    check_number("learning_rate", learning_rate, low=0, low_open=True, noun="")
+    check_number("weight_decay", weight_decay, low=0, noun="")
     groups = param_groups(params, weight_decay) if isinstance(params, nn.Module) else params
     kwargs = {"fused": True} if fused_supported(device) else {}
     return torch.optim.AdamW(groups, lr=learning_rate, weight_decay=weight_decay, betas=betas, eps=eps, **kwargs)
@@ -102,24 +102,21 @@ class Lion(torch.optim.Optimizer):
 OPTIMIZER_TYPES = ("adamw", "adam", "sgd", "rmsprop", "lion")
 
 
-def _is_number(x) -> bool:
-    return not isinstance(x, bool) and isinstance(x, (int, float))
-
-
 def _check_hyper(owner: str, *, learning_rate=None, weight_decay=None, betas=None, eps=None, momentum=None) -> None:
-    """Refuse out-of-range hyperparameters with a message naming the argument."""
-    if learning_rate is not None and not (_is_number(learning_rate) and learning_rate > 0):
-        raise ValueError(f"{owner}: learning_rate must be a number > 0, got {learning_rate!r}")
-    if weight_decay is not None and not (_is_number(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"{owner}: weight_decay must be a number >= 0, got {weight_decay!r}")
+    """Refuse out-of-range hyperparameters with a message naming the argument (None: not checked)."""
+    bounds = {"learning_rate": {"low": 0, "low_open": True}, "weight_decay": {"low": 0}, "eps": {"low": 0},
+              "momentum": {"low": 0.0, "high": 1.0, "high_open": True}}
+    values = {"learning_rate": learning_rate, "weight_decay": weight_decay, "eps": eps, "momentum": momentum}
+    for name, value in values.items():
+        if value is not None:
+            check_number(name, value, owner=owner, **bounds[name])
     if betas is not None:
-        ok = isinstance(betas, (tuple, list)) and len(betas) == 2 and all(_is_number(b) and 0.0 <= b < 1.0 for b in betas)
+        try:
+            ok = isinstance(betas, (tuple, list)) and len(betas) == 2 and all(check_number("betas", b, low=0.0, high=1.0, high_open=True) is b for b in betas)
+        except ValueError:
+            ok = False
         if not ok:
             raise ValueError(f"{owner}: betas must be two numbers in [0, 1), got {betas!r}")
-    if eps is not None and not (_is_number(eps) and eps >= 0):
-        raise ValueError(f"{owner}: eps must be a number >= 0, got {eps!r}")
-    if momentum is not None and not (_is_number(momentum) and 0.0 <= momentum < 1.0):
-        raise ValueError(f"{owner}: momentum must be a number in [0, 1), got {momentum!r}")
 
 
 def _as_groups(params, weight_decay: float) -> list:
@@ -186,7 +183,7 @@ def create_optimizer(
         eps: denominator term (>= 0) for AdamW, Adam and RMSprop.
         momentum: in ``[0, 1)``; SGD momentum (no Nesterov) and RMSprop momentum.
         device: where the parameters live, to decide whether fused AdamW/Adam kernels are used
-            (:func:`fused_supported`); default: the device of the first parameter.
+            (:func:`~jepa.trainer.optimizers.fused_supported`); default: the device of the first parameter.
 
     Returns:
         A ``torch.optim.Optimizer`` (``jepa.trainer.optimizers.Lion`` for ``"lion"``).

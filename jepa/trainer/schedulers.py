@@ -1,11 +1,18 @@
-"""Learning-rate schedules: warmup then cosine, linear, step or constant decay, and plateau (`create_scheduler`)."""
+"""Learning-rate schedules: warmup then cosine, linear, step or constant decay, and plateau
+(:func:`create_scheduler`); who sets a run's learning rate and when its scheduler steps
+(:class:`LRControl`)."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
+
+from jepa.trainer.checks import check_choice, check_int, check_number
+
+log = logging.getLogger("jepa")
 
 
 def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
@@ -31,12 +38,9 @@ def warmup_cosine_schedule(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.01
 ) -> LambdaLR:
     """A ``LambdaLR`` for per-step linear warmup then cosine decay over ``total_steps``."""
-    if total_steps <= 0:
-        raise ValueError(f"total_steps must be > 0, got {total_steps}")
-    if not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}], got {warmup_steps}")
-    if not 0.0 <= min_lr_ratio <= 1.0:
-        raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+    check_int("total_steps", total_steps, above=0)
+    check_int("warmup_steps", warmup_steps, minimum=0, maximum=total_steps, maximum_name="total_steps")
+    check_number("min_lr_ratio", min_lr_ratio, low=0.0, high=1.0)
     return LambdaLR(optimizer, _WarmupCosine(total_steps, warmup_steps, min_lr_ratio))
 
 
@@ -88,10 +92,6 @@ class _WarmupConstant:
 SCHEDULER_TYPES = ("cosine", "linear", "step", "constant", "plateau")
 
 
-def _is_int(x) -> bool:
-    return not isinstance(x, bool) and isinstance(x, int)
-
-
 def create_scheduler(
     optimizer: torch.optim.Optimizer,
     scheduler_type: str = "cosine",
@@ -139,20 +139,14 @@ def create_scheduler(
         raise ValueError(f"create_scheduler: unknown scheduler_type {scheduler_type!r}; expected one of {', '.join(SCHEDULER_TYPES)}")
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"create_scheduler: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    if not (_is_int(max_epochs) and max_epochs > 0):
-        raise ValueError(f"create_scheduler: max_epochs must be an int > 0, got {max_epochs!r}")
-    if not (_is_int(warmup_epochs) and 0 <= warmup_epochs <= max_epochs):
-        raise ValueError(f"create_scheduler: warmup_epochs must be an int in [0, max_epochs={max_epochs}], got {warmup_epochs!r}")
-    if isinstance(min_lr, bool) or not isinstance(min_lr, (int, float)) or not min_lr >= 0:
-        raise ValueError(f"create_scheduler: min_lr must be a number >= 0, got {min_lr!r}")
-    if steps_per_epoch is not None and not (_is_int(steps_per_epoch) and steps_per_epoch > 0):
-        raise ValueError(f"create_scheduler: steps_per_epoch must be None or an int > 0, got {steps_per_epoch!r}")
-    if step_size is not None and not (_is_int(step_size) and step_size > 0):
-        raise ValueError(f"create_scheduler: step_size must be None or an int > 0, got {step_size!r}")
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma <= 1:
-        raise ValueError(f"create_scheduler: gamma must be a number in (0, 1], got {gamma!r}")
-    if not (_is_int(patience) and patience >= 0):
-        raise ValueError(f"create_scheduler: patience must be an int >= 0, got {patience!r}")
+    owner = "create_scheduler"
+    check_int("max_epochs", max_epochs, above=0, owner=owner)
+    check_int("warmup_epochs", warmup_epochs, minimum=0, maximum=max_epochs, maximum_name="max_epochs", owner=owner)
+    check_number("min_lr", min_lr, low=0, owner=owner)
+    check_int("steps_per_epoch", steps_per_epoch, above=0, optional=True, owner=owner)
+    check_int("step_size", step_size, above=0, optional=True, owner=owner)
+    check_number("gamma", gamma, low=0, high=1, low_open=True, owner=owner)
+    check_int("patience", patience, minimum=0, owner=owner)
 
     if key == "plateau":
         if warmup_epochs > 0:
@@ -185,3 +179,82 @@ def create_scheduler(
     sched = LambdaLR(optimizer, lambdas)
     sched.jepa_interval = "step" if steps_per_epoch is not None else "epoch"
     return sched
+
+
+class LRControl:
+    """Who sets a training run's learning rate, and when its scheduler steps.
+
+    ``scheduler`` is a scheduler instance (stepped every ``interval``: ``"epoch"`` by default), or a
+    spec built by :meth:`setup` once the run's length is known: ``"cosine"`` (linear warmup over
+    ``warmup_fraction`` of the steps, then cosine to ``min_lr_ratio`` times the base lr, per step) or
+    a callable ``(optimizer, total_steps) -> scheduler`` (stepped as its ``jepa_interval`` says, else
+    per step). A callback with ``owns_lr = True`` (e.g.
+    :class:`~jepa.trainer.callbacks.LearningRateScheduler`) takes the learning rate over: the
+    scheduler is then neither built nor stepped (a warning says so once).
+
+    A scheduler state restored before the scheduler exists (:meth:`load_state_dict`) is applied
+    when :meth:`setup` builds it.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scheduler=None, interval: str | None = None,
+                 warmup_fraction: float = 0.05, min_lr_ratio: float = 0.01) -> None:
+        check_choice("scheduler_interval", interval, (None, "step", "epoch"))
+        self.optimizer = optimizer
+        self.warmup_fraction = check_number("warmup_fraction", warmup_fraction, low=0.0, high=1.0, high_open=True)
+        self.min_lr_ratio = min_lr_ratio
+        self.spec = scheduler
+        self.owner = None  # the callback that owns the lr, once setup() found one
+        self._pending: dict | None = None
+        if hasattr(scheduler, "step") and hasattr(scheduler, "state_dict"):
+            self.scheduler, self.interval = scheduler, interval or "epoch"
+        else:
+            if scheduler is not None and not (scheduler == "cosine" or callable(scheduler)):
+                raise ValueError(f"scheduler must be a scheduler instance, 'cosine', a callable or None; got {scheduler!r}")
+            self.scheduler, self.interval = None, interval or "step"
+
+    def setup(self, total_steps: int, callbacks) -> None:
+        """Before a run of ``total_steps`` optimizer steps: find an lr-owning callback among
+        ``callbacks``, else build the scheduler from its spec (once)."""
+        owner = next((cb for cb in callbacks if getattr(cb, "owns_lr", False)), None)
+        if owner is not None and self.owner is None and (self.scheduler is not None or self.spec is not None):
+            log.warning("%s sets the learning rate; the trainer's scheduler is not used", type(owner).__name__)
+        self.owner = owner
+        if owner is not None:
+            return
+        if self.scheduler is not None or self.spec is None:
+            return
+        if self.spec == "cosine":
+            warmup = int(round(self.warmup_fraction * total_steps))
+            self.scheduler = warmup_cosine_schedule(self.optimizer, total_steps, warmup, self.min_lr_ratio)
+        else:
+            self.scheduler = self.spec(self.optimizer, total_steps)
+            # schedulers from create_scheduler say how they step
+            self.interval = getattr(self.scheduler, "jepa_interval", self.interval)
+        if self._pending is not None:
+            self.scheduler.load_state_dict(self._pending)
+            self._pending = None
+            # Building a scheduler resets the optimizer's lr to the step-0 value; put back the lr of
+            # the step the checkpoint was taken at.
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+                group["lr"] = lr
+
+    def step(self, interval: str, monitored: float | None = None) -> None:
+        """Step the scheduler at the end of a ``"step"`` or an ``"epoch"`` when it steps then
+        (``monitored``: the metric a ``ReduceLROnPlateau`` watches)."""
+        if self.scheduler is None or self.owner is not None or self.interval != interval:
+            return
+        if isinstance(self.scheduler, ReduceLROnPlateau):
+            self.scheduler.step(monitored)
+        else:
+            self.scheduler.step()
+
+    def state_dict(self) -> dict | None:
+        """The scheduler's state (None while there is no scheduler)."""
+        return None if self.scheduler is None else self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the scheduler, now or (spec not built yet) when :meth:`setup` builds it."""
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state)
+        else:
+            self._pending = state

@@ -61,3 +61,45 @@ def test_projection_replaces_pooled_context_in_regularizer():
 def test_bad_loss_arguments_are_named(kwargs, name):
     with pytest.raises(ValueError, match=name):
         JEPALoss(**kwargs)
+
+
+class _RecordingOp:
+    """Stands in for jepa.ops.jepa_loss inside jepa.trainer.losses: records each call's arguments."""
+
+    def __init__(self, monkeypatch):
+        import jepa.trainer.losses as losses_module
+
+        self.calls = []
+        real = losses_module.jepa_loss
+
+        def record(pred, target, **kwargs):
+            self.calls.append({"shape": tuple(pred.shape), **kwargs})
+            return real(pred, target, **kwargs)
+
+        monkeypatch.setattr(losses_module, "jepa_loss", record)
+
+
+def test_layer_norm_of_the_target_is_fused_into_the_op(monkeypatch):
+    op = _RecordingOp(monkeypatch)
+    loss = JEPALoss(target_norm="layer", var_weight=0, cov_weight=0)
+    pred, target = torch.randn(4, 3, 8), torch.randn(4, 3, 8) * 3 + 1
+    value = loss(pred, target)
+    assert [c["normalize_target"] for c in op.calls] == [True]  # the raw target goes in; the op normalizes
+    assert value.item() == pytest.approx(F.smooth_l1_loss(pred, F.layer_norm(target, (8,))).item(), rel=1e-6)
+
+
+def test_terms_with_weight_zero_are_not_computed(monkeypatch):
+    op = _RecordingOp(monkeypatch)
+    loss = JEPALoss(token_weight=0.0, global_weight=1.0, var_weight=1.0, cov_weight=0.0, target_norm="layer")
+    pred, target, ctx = torch.randn(8, 3, 4), torch.randn(8, 3, 4), torch.randn(8, 3, 4)
+    terms = loss.terms(pred, target, ctx)
+    assert [c["shape"] for c in op.calls] == [(8, 4)]  # only the pooled (global) distance, no per-token one
+    assert set(terms) == {"loss", "global_loss", "var_loss"}
+    var, _ = variance_covariance(ctx.mean(1))
+    expected = F.smooth_l1_loss(pred.mean(1), F.layer_norm(target.mean(1), (4,))) + var
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    # every weight 0: a zero loss that backward() accepts
+    pred.requires_grad_(True)
+    nothing = JEPALoss(token_weight=0.0, global_weight=0.0, var_weight=0.0, cov_weight=0.0)(pred, target)
+    nothing.backward()
+    assert nothing.item() == 0.0 and torch.equal(pred.grad, torch.zeros_like(pred))
