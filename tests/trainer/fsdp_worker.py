@@ -7,7 +7,7 @@ modes:
            EPOCHS epochs, then trainer.save_checkpoint("final.pt") on every rank; then the ordinary
            (1-process) checkpoint <plain.pt> is loaded into the sharded trainer and each rank compares
            its shards with the rows of that file; then a tiny I-JEPA (ViT blocks) with activation
-           checkpointing for VIT_STEPS steps (saved as vit.pt), and the same ViT under bf16 for one step.
+           checkpointing for VIT_STEPS steps (saved as vit.pt), and the same ViT under bf16 and fp16.
            Each rank writes result_rank<r>.json.
   restart <out>  the sequence JEPA with checkpoint_every_n_steps=EVERY, resume="auto", for
            RESTART_EPOCHS epochs. On the first attempt (TORCHELASTIC_RESTART_COUNT=0) rank 1 SIGKILLs
@@ -172,6 +172,19 @@ def train(out: Path, plain_path: Path) -> None:
         "param_dtypes": sorted({str(p.dtype) for p in bf16.model.parameters()}),
         "target_local_dtypes": sorted({str(p.to_local().dtype) for p in bf16.model.target_encoder.parameters() if isinstance(p, DTensor)}),
     }
+    # fp16: fp16 compute with a loss scaler whose inf/NaN check is agreed over the ranks
+    fp16, fp16_loader = vit_trainer(VIT_PER_RANK, distributed=True, save_dir=out / "fp16", strategy="fsdp", mixed_precision="fp16")
+    fp16_history = fp16.train(fp16_loader, num_epochs=1)
+    with torch.no_grad():  # an inf in rank 1's shard only: both ranks must see it
+        for p in fp16.model.parameters():
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)
+        first = next(p for p in fp16.model.parameters() if p.requires_grad)
+        if rank == 1:
+            first.grad.to_local().view(-1)[0] = float("inf")
+        found = fp16.scaler._unscale_grads_(fp16.optimizer, torch.ones(()), torch.zeros(()), False)
+    result["fp16"] = {"loss": fp16_history["train_loss"][-1], "scaler": type(fp16.scaler).__name__,
+                      "found_inf": [float(v) for v in found.values()]}
     (out / f"result_rank{rank}.json").write_text(json.dumps(result))
     trainer.close()
 

@@ -120,12 +120,17 @@ def test_vit_blocks_with_activation_checkpointing_match_one_process(fsdp_run, tm
     assert _max_diff(state["model"], ref.model.state_dict()) < TOL
 
 
-def test_bf16_policy_computes_in_bf16_and_keeps_fp32_shards(fsdp_run):
-    for r in fsdp_run["results"]:
+def test_mixed_precision_policies(fsdp_run):
+    r0, r1 = fsdp_run["results"]
+    for r in (r0, r1):
         b = r["bf16"]
         assert b["loss"] == b["loss"] and abs(b["loss"]) < 1e3  # finite
-        assert b["prediction_dtype"] == "torch.bfloat16"
-        assert b["param_dtypes"] == ["torch.float32"] and b["target_local_dtypes"] == ["torch.float32"]
+        assert b["prediction_dtype"] == "torch.bfloat16"  # computed in bf16 ...
+        assert b["param_dtypes"] == ["torch.float32"] and b["target_local_dtypes"] == ["torch.float32"]  # ... kept in fp32
+        f = r["fp16"]
+        assert f["scaler"] == "ShardedGradScaler" and f["loss"] == f["loss"] and abs(f["loss"]) < 1e3
+        assert f["found_inf"] == [1.0]  # an inf in rank 1's shard alone: both ranks skip the step
+    assert r0["fp16"]["loss"] == r1["fp16"]["loss"]
 
 
 def test_damaged_or_missing_shard_is_refused_and_skipped(fsdp_run, tmp_path):
