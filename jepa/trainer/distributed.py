@@ -17,7 +17,10 @@ v0 :class:`DistributedTrainer`) uses this module to:
   :func:`gather_rows`), so terms that use batch statistics (the variance/covariance regularizer,
   batch-normalized targets, InfoNCE negatives, SIGReg) see the global batch and a 2-process run
   optimizes the same objective as a 1-process run with twice the batch;
-* tell a failure of another rank from one of this rank (:func:`is_peer_failure`).
+* tell a failure of another rank from one of this rank (:func:`is_peer_failure`);
+* hold all of this for the trainer (:class:`ParallelStrategy`): :class:`DataParallel` replicates the
+  model under DDP; its sibling :class:`~jepa.trainer.fsdp.ShardedDataParallel` (``strategy="fsdp"``)
+  shards it with FSDP2.
 
 This module does not import the trainer (the trainer imports it). The v0 class
 :class:`DistributedTrainer` is a :class:`~jepa.trainer.JEPATrainer`, so it is defined in
