@@ -161,13 +161,20 @@ def train(out: Path, plain_path: Path) -> None:
     class KeepOutputs(BaseCallback):  # (with a callback the trainer keeps step_outputs)
         pass
 
-    bf16, bf16_loader = vit_trainer(VIT_PER_RANK, distributed=True, save_dir=out / "bf16", strategy="fsdp",
-                                    mixed_precision="bf16", callbacks=[KeepOutputs()])
+    from jepa.trainer import JEPATrainer
+
+    # (JEPATrainer with the user's own optimizer, built over the unsharded parameters)
+    model = vit_model()
+    bf16 = JEPATrainer(model, torch.optim.AdamW(model.parameters(), lr=1e-3), device="cpu", loss_fn=ijepa_loss, distributed=True,
+                       strategy="fsdp", mixed_precision="bf16", callbacks=[KeepOutputs()], save_dir=out / "bf16", progress_bar=False,
+                       save_best=False, save_last=False)
+    bf16_loader = DataLoader(FixedMaskImages(), batch_size=VIT_PER_RANK, shuffle=False)
     bf16_history = bf16.train(bf16_loader, num_epochs=1)
     from torch.distributed.tensor import DTensor
 
     result["bf16"] = {
         "loss": bf16_history["train_loss"][-1],
+        "optimizer_params_sharded": all(isinstance(p, DTensor) for g in bf16.optimizer.param_groups for p in g["params"]),
         "prediction_dtype": str(bf16.step_outputs["prediction"].dtype),
         "param_dtypes": sorted({str(p.dtype) for p in bf16.model.parameters()}),
         "target_local_dtypes": sorted({str(p.to_local().dtype) for p in bf16.model.target_encoder.parameters() if isinstance(p, DTensor)}),

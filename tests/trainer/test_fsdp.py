@@ -66,6 +66,7 @@ def test_two_fsdp_ranks_match_one_process_with_twice_the_batch(fsdp_run, tmp_pat
     assert r0["final"] == r1["final"]
     state = jio.load(r0["final"])
     assert state["global_step"] == ref.global_step and len(state["rng_per_rank"]) == 2
+    assert state["model_class"] == "JEPA"  # not FSDP's wrapper class: the checkpoint rebuilds the model without code
     assert any(k.startswith("target_encoder.") for k in state["model"])
     assert _max_diff(state["model"], ref.model.state_dict()) < TOL
     ref_opt = ref.optimizer.state_dict()["state"]
@@ -125,6 +126,7 @@ def test_mixed_precision_policies(fsdp_run):
     for r in (r0, r1):
         b = r["bf16"]
         assert b["loss"] == b["loss"] and abs(b["loss"]) < 1e3  # finite
+        assert b["optimizer_params_sharded"]  # the user's optimizer now steps the sharded parameters
         assert b["prediction_dtype"] == "torch.bfloat16"  # computed in bf16 ...
         assert b["param_dtypes"] == ["torch.float32"] and b["target_local_dtypes"] == ["torch.float32"]  # ... kept in fp32
         f = r["fp16"]
