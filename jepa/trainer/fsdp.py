@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import logging
-import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +52,6 @@ from jepa.trainer.activation_checkpointing import apply_activation_checkpointing
 from jepa.trainer.distributed import DistributedContext, ParallelStrategy
 from jepa.trainer.objective import model_outputs
 from jepa.io.sharded import ShardedCheckpoint, is_shard_ref, leaf_part, leaf_shape, save_sharded, shard_layout
-
-log = logging.getLogger("jepa")
 
 __all__ = ["FSDP_MIN_TORCH", "ShardedDataParallel", "ShardedGradScaler", "check_fsdp_support", "fsdp_units", "shard_model"]
 
@@ -152,7 +148,7 @@ def _placement_fn(world_size: int) -> Any:
 def shard_model(model: nn.Module, mesh: Any, *, mixed_precision: str | None = None) -> list[str]:
     """Apply ``fully_shard`` to ``model`` in place, per block and per component, the root last (see
     the module docstring); returns the names of the units. The model's methods that the trainer
-    calls for a step (``forward_batch``, ``forward_features``) run FSDP's forward hooks like ``forward``."""
+    calls for a step (``forward_batch`` or ``forward_features``) and ``embed`` run FSDP's forward hooks like ``forward``."""
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method  # noqa: PLC0415
 
     unit_policy, root_policy = _mp_policies(mixed_precision)
@@ -163,10 +159,14 @@ def shard_model(model: nn.Module, mesh: Any, *, mixed_precision: str | None = No
     for _, unit in units[:-1]:
         fully_shard(unit, mesh=mesh, mp_policy=unit_policy, **extra)
     fully_shard(model, mesh=mesh, mp_policy=root_policy, **extra)
-    for name in _MODEL_STEP_METHODS:
-        if callable(getattr(model, name, None)):
+    # The model step's method, and ``embed`` (probes, the collapse monitor), enter through the root's
+    # hooks like ``forward``: the root's pre-forward orders the all-gathers after the last optimizer
+    # step on GPUs. Only methods that do not call each other: a nested one would end the root's
+    # forward early.
+    step = next((name for name in _MODEL_STEP_METHODS if callable(getattr(model, name, None))), None)
+    for name in (step, "embed"):
+        if name is not None and callable(getattr(model, name, None)):
             register_fsdp_forward_method(model, name)
-            break  # only the method the model step calls first (a nested one would end the root's forward early)
     # Settle which module is the root now, so its submodules (model.encoder, model.embed(...)) can be
     # called on their own before the first training step (FSDP otherwise takes the first module
     # that runs forward as the root).
@@ -210,7 +210,8 @@ class ShardedDataParallel(ParallelStrategy):
     :func:`shard_model`, the optimizer pointed at the sharded parameters, sharded checkpoints.
 
     Args:
-        model: the model (on the CPU or already on ``ctx.device``; FSDP moves each shard to the device).
+        model: the model (on the CPU or already on ``ctx.device``; FSDP moves it to the device one unit
+            at a time, sharding each).
         ctx: the process group context.
         optimizer: the optimizer built over ``model``'s (unsharded) parameters; it must hold no state yet.
         mixed_precision: None, ``"bf16"`` or ``"fp16"`` (the trainer's setting; see the module docstring).
@@ -244,15 +245,10 @@ class ShardedDataParallel(ParallelStrategy):
         self.activation_checkpointing = bool(activation_checkpointing)
         if self.activation_checkpointing:
             apply_activation_checkpointing(model)
-        with warnings.catch_warnings():
-            # fully_shard warns about parameters it finds on the CPU when the mesh is on a GPU: moving
-            # them shard by shard is the point (the full model never has to fit on one device)
-            warnings.simplefilter("ignore", UserWarning)
-            self.units = shard_model(model, self.mesh, mixed_precision=mixed_precision)
+        self.units = shard_model(model, self.mesh, mixed_precision=mixed_precision)
         sharded = dict(model.named_parameters(remove_duplicate=False))
         for group in optimizer.param_groups:
             group["params"] = [sharded[names[id(p)]] for p in group["params"]]
-        self._param_names = {id(p): n for n, p in sharded.items()}
 
     def forward(self, batch: Any) -> dict[str, Any]:
         """The model step (FSDP's hooks all-gather each unit's parameters around its forward)."""
@@ -267,12 +263,6 @@ class ShardedDataParallel(ParallelStrategy):
     def grad_scaler(self, device_type: str) -> ShardedGradScaler:
         """The loss scaler for ``mixed_precision="fp16"`` under FSDP."""
         return ShardedGradScaler(device_type)
-
-    # ------------------------------------------------------------------ memory
-    def local_numel(self, tensors: Iterable[torch.Tensor]) -> int:
-        """Elements of ``tensors`` held by this rank (the local shard of a DTensor)."""
-        dtensor = _dtensor_type()
-        return sum((t.to_local() if isinstance(t, dtensor) else t).numel() for t in tensors)
 
     # ------------------------------------------------------------------ checkpoints
     def save_state(self, state: Mapping[str, Any], path: str | Path) -> Path:
