@@ -7,7 +7,8 @@ modes:
            EPOCHS epochs, then trainer.save_checkpoint("final.pt") on every rank; then the ordinary
            (1-process) checkpoint <plain.pt> is loaded into the sharded trainer and each rank compares
            its shards with the rows of that file; then a tiny I-JEPA (ViT blocks) with activation
-           checkpointing for VIT_STEPS steps (saved as vit.pt), and the same ViT under bf16 and fp16.
+           checkpointing, gradient accumulation and active clipping for VIT_STEPS steps (saved as vit.pt),
+           and the same ViT under bf16 and fp16.
            Each rank writes result_rank<r>.json.
   restart <out>  the sequence JEPA with checkpoint_every_n_steps=EVERY, resume="auto", for
            RESTART_EPOCHS epochs. On the first attempt (TORCHELASTIC_RESTART_COUNT=0) rank 1 SIGKILLs
@@ -33,7 +34,9 @@ import ddp_worker  # noqa: E402
 
 EPOCHS = 2
 RESTART_EPOCHS, EVERY, KILL_STEP = 3, 4, 12  # 6 steps per epoch: saves at 4, 6, 8, 12, 16, 18; 8 is mid-epoch 2
-VIT_SAMPLES, VIT_PER_RANK, VIT_STEPS = 8, 2, 2
+# ViT runs: micro-batches of 1 image per rank, 2 per optimizer step, gradients clipped to a norm their
+# norm (~0.47) exceeds, so accumulation and clipping of sharded gradients are both exercised
+VIT_SAMPLES, VIT_PER_RANK, VIT_ACCUMULATION, VIT_CLIP, VIT_STEPS = 8, 1, 2, 0.2, 2
 GRID, LC, K, LT = 4, 6, 2, 3  # 4x4 patches, 6 context patches, 2 target blocks of 3 patches
 
 
@@ -78,12 +81,16 @@ def vit_model():
 
 
 def vit_trainer(batch_size: int, *, distributed: bool, save_dir: Path, **kwargs):
-    from jepa.trainer import create_trainer
+    """The tiny I-JEPA with plain SGD (its update scales with the gradient, so clipping shows in the
+    weights; AdamW would mostly normalise it away), built over the unsharded parameters."""
+    from jepa.trainer import JEPATrainer
 
     loader = DataLoader(FixedMaskImages(), batch_size=batch_size, shuffle=False)
-    trainer = create_trainer(
-        vit_model(), learning_rate=1e-3, device="cpu", loss_fn=ijepa_loss, distributed=distributed, save_dir=save_dir,
-        progress_bar=False, gradient_clip_norm=1.0, save_best=False, save_last=False, **kwargs,
+    model = vit_model()
+    trainer = JEPATrainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9), device="cpu", loss_fn=ijepa_loss, distributed=distributed,
+        save_dir=save_dir, progress_bar=False, gradient_clip_norm=VIT_CLIP, gradient_accumulation=VIT_ACCUMULATION, save_best=False,
+        save_last=False, **kwargs,
     )
     return trainer, loader
 

@@ -112,10 +112,22 @@ def test_an_ordinary_checkpoint_loads_into_fsdp_shards(fsdp_run):
         assert r["plain_diff"] == [0.0, 0.0]  # every rank's shards are exactly the rows of the file
 
 
-def test_vit_blocks_with_activation_checkpointing_match_one_process(fsdp_run, tmp_path):
+def test_vit_blocks_with_activation_checkpointing_accumulation_and_clipping_match_one_process(fsdp_run, tmp_path):
     r0 = fsdp_run["results"][0]
+    norms = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(params, max_norm, *args, **kwargs):
+        norms.append(float(clip(params, max_norm, *args, **kwargs)))
+        return norms[-1]
+
     ref, loader = fsdp_worker.vit_trainer(2 * fsdp_worker.VIT_PER_RANK, distributed=False, save_dir=tmp_path / "vit")
-    ref.train(loader, num_epochs=1)
+    torch.nn.utils.clip_grad_norm_ = recording_clip
+    try:
+        ref.train(loader, num_epochs=1)
+    finally:
+        torch.nn.utils.clip_grad_norm_ = clip
+    assert min(norms) > fsdp_worker.VIT_CLIP  # clipping was active at every step
     assert r0["vit_steps"] == ref.global_step == fsdp_worker.VIT_STEPS
     state = jio.load(r0["vit"])
     assert _max_diff(state["model"], ref.model.state_dict()) < TOL
