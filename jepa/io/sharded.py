@@ -252,6 +252,11 @@ class ShardedCheckpoint:
         self._open: dict[int, dict[str, torch.Tensor]] = {}
         if int(info.get("format", 0)) != SHARDED_FORMAT or len(self.files) != self.world_size:
             raise CheckpointError(f"{str(self.path)!r}: unknown sharded checkpoint layout {info.get('format')!r}")
+        # the shards live next to the metadata file, in its own "<name>.shards/<id>" folder: refuse
+        # anything that points elsewhere
+        inside = self.directory.resolve().is_relative_to(self.path.parent.resolve())
+        if not inside or any(Path(f).name != f for f in self.files):
+            raise CheckpointError(f"{str(self.path)!r}: shard files {info['shards']!r}/{self.files} lie outside the checkpoint's folder")
 
     def shard(self, rank: int) -> dict[str, torch.Tensor]:
         """The tensors of rank ``rank``'s shard file (opened and verified once)."""

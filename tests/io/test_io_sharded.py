@@ -87,3 +87,12 @@ def test_save_sharded_commits_last_and_a_failed_commit_keeps_the_previous_checkp
     monkeypatch.setattr(jio, "save", real_save)
     state = jio.load(path)  # still the step-2 checkpoint, whole
     assert state["step"] == 2 and torch.equal(state["model"]["w"], torch.full((3,), 2.0))
+
+
+def test_shard_paths_outside_the_checkpoint_folder_are_refused(tmp_path):
+    path = _write(tmp_path / "run", "a.pt", {"model.w": (torch.randn(4, 2), 0)}, 2)
+    meta = jio.load(path, shards=False)
+    meta["sharded"]["shards"] = "../elsewhere"
+    jio.save(meta, path)
+    with pytest.raises(jio.CheckpointError, match="outside the checkpoint's folder"):
+        jio.load(path)
