@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", help="checkpoint to continue from ('auto': the newest in <output-dir>/checkpoints)")
     train.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     train.add_argument("--distributed", type=_bool, default=False, help="true|false (torchrun)")
+    train.add_argument("--strategy", choices=("ddp", "fsdp"), help="with --distributed true: ddp (replicated model, default) or fsdp (sharded)")
     train.add_argument("--seed", type=int)
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -103,6 +104,9 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.strategy == "fsdp" and not args.distributed:
+        raise CLIError("--strategy fsdp shards the model over the processes of a distributed run: add --distributed true and "
+                       "launch with torchrun --nproc_per_node=N -m jepa.cli train ...")
     if args.distributed:
         if "WORLD_SIZE" not in os.environ:
             raise CLIError(
@@ -141,6 +145,8 @@ def _train(args: argparse.Namespace) -> int:
         config.logging.output_dir = args.output_dir
     if args.no_progress:
         config.logging.progress_bar = False
+    if args.strategy is not None:
+        t.strategy = args.strategy
     out_dir = Path(config.logging.output_dir)
 
     if args.resume and args.resume != "auto" and not Path(args.resume).is_file():

@@ -105,6 +105,8 @@ class TrainingConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     device: str = "auto"
     seed: int = 0
+    strategy: str = "ddp"  # ddp | fsdp (with distributed training: replicated or sharded model)
+    activation_checkpointing: bool = False  # recompute each transformer block's activations in backward
 
 
 @dataclass

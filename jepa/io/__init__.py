@@ -14,8 +14,14 @@ and one over the header are verified by :func:`load` (``verify=False`` skips the
 Files are recognised by their content, not their name: ``.pt``/``.pth`` names hold this format,
 and upstream ``torch.save`` files are still read, with ``torch.load(weights_only=True)``.
 
+Sharded checkpoints (one file per rank and a metadata file that commits the save, for models
+sharded over ranks): :func:`save_sharded` writes them, :func:`open_checkpoint` reads the metadata and
+the shards on demand, and :func:`load` of the metadata file returns the whole state; see
+:mod:`jepa.io.sharded`.
+
 Public API: :func:`save`, :func:`load`, :class:`AsyncCheckpointer`, :func:`wait`,
-:func:`atomic_write`, :class:`CheckpointError`.
+:func:`atomic_write`, :class:`CheckpointError`, :func:`save_sharded`, :func:`open_checkpoint`,
+:class:`ShardedCheckpoint`.
 """
 
 from __future__ import annotations
@@ -29,8 +35,19 @@ import torch
 from jepa.io._async import AsyncCheckpointer, default_checkpointer
 from jepa.io._file import FORMAT, CheckpointError, read_file, write_file
 from jepa.io._codec import encode
+from jepa.io.sharded import ShardedCheckpoint, is_sharded_state, open_checkpoint, save_sharded
 
-__all__ = ["AsyncCheckpointer", "CheckpointError", "atomic_write", "load", "save", "wait"]
+__all__ = [
+    "AsyncCheckpointer",
+    "CheckpointError",
+    "ShardedCheckpoint",
+    "atomic_write",
+    "load",
+    "open_checkpoint",
+    "save",
+    "save_sharded",
+    "wait",
+]
 
 _SNIFF_BYTES = 16
 
@@ -132,8 +149,8 @@ def _sniff(path: Path) -> str:
 
 
 def load(path: str | os.PathLike, *, map_location: str | torch.device | None = "cpu", verify: bool = True,
-         num_threads: int = 0) -> Any:
-    """Read a checkpoint written by :func:`save`, any safetensors file, or an upstream ``torch.save`` file.
+         num_threads: int = 0, shards: bool = True) -> Any:
+    """Read a checkpoint written by :func:`save` or :func:`save_sharded`, any safetensors file, or an upstream ``torch.save`` file.
 
     The format is detected from the content. Our files give back the saved state with the same
     types; other safetensors files a flat ``{name: tensor}`` dict; torch files are read with
@@ -144,6 +161,10 @@ def load(path: str | os.PathLike, *, map_location: str | torch.device | None = "
     replaced by a rename (as :func:`save` does); truncating the file in place while they are
     alive is not supported (as with ``torch.load(mmap=True)``).
     ``map_location`` moves tensors to that device.
+
+    The metadata file of a sharded checkpoint (:func:`save_sharded`) gives the whole state, every
+    tensor assembled from the shard files (each verified); ``shards=False`` gives the metadata as
+    stored, with references in place of the sharded tensors (see :func:`open_checkpoint`).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -162,4 +183,7 @@ def load(path: str | os.PathLike, *, map_location: str | torch.device | None = "
             return torch.load(path, map_location=map_location, weights_only=True)
         except Exception as exc:  # torch raises many types for damaged files
             raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from exc
-    return read_file(path, map_location=map_location, verify=verify, num_threads=num_threads)
+    state = read_file(path, map_location=map_location, verify=verify, num_threads=num_threads)
+    if shards and is_sharded_state(state):
+        return ShardedCheckpoint(path, state, map_location).consolidate(state)
+    return state

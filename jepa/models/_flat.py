@@ -11,6 +11,7 @@ autograd see no difference.
 
 from __future__ import annotations
 
+import sys
 from typing import Sequence
 
 import torch
@@ -66,3 +67,25 @@ def still_flat(tensors: Sequence[torch.Tensor], flats: Sequence[torch.Tensor]) -
         if not any(lo <= ptr < hi or (t.numel() == 0 and lo <= ptr <= hi) for lo, hi in ranges):
             return False
     return True
+
+
+def _dtensor_class() -> type | None:
+    # DTensors exist only once torch.distributed.tensor is imported (FSDP imports it); importing it
+    # here would cost every `import jepa` most of a second.
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None) if module is not None else None
+
+
+def has_sharded(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether any of ``tensors`` is a ``DTensor`` (e.g. a parameter sharded by FSDP)."""
+    dtensor = _dtensor_class()
+    return dtensor is not None and any(isinstance(t, dtensor) for t in tensors)
+
+
+def local_tensors(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor's local part: this rank's shard of a ``DTensor`` (the very tensor it stores, so an
+    in-place update of it updates the DTensor), the tensor itself otherwise. Call without grad."""
+    dtensor = _dtensor_class()
+    if dtensor is None:
+        return list(tensors)
+    return [t.to_local() if isinstance(t, dtensor) else t for t in tensors]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from jepa import ops
-from jepa.models._flat import flatten_pairs, still_flat
+from jepa.models._flat import flatten_pairs, has_sharded, local_tensors, still_flat
 from jepa.models.base import BaseModel
 
 TARGET_MODES = ("ema", "shared")
@@ -163,6 +163,10 @@ class JEPA(BaseModel):
         encoder has. ``model.to(...)``/``.half()`` and ``load_state_dict`` rebuild the layout; if you
         assign ``param.data`` of the encoder yourself, call :meth:`reset_ema_layout` afterwards (a
         check every ``EMA_LAYOUT_CHECK_EVERY`` updates raises if the layout was broken).
+
+        Sharded parameters (``DTensor`` objects, e.g. under ``strategy="fsdp"``, where the target encoder
+        is sharded like the encoder): the update runs on each rank's local shards, one
+        :func:`jepa.ops.ema_update` call over them, with no communication and no full copy.
         """
         if self.target_encoder is None:
             return 0.0
@@ -176,8 +180,8 @@ class JEPA(BaseModel):
         flat_t, flat_o, params_t, params_o, buffers = layout
         if flat_t is not None:
             ops.ema_update(flat_t, flat_o, m)
-        else:
-            ops.ema_update(params_t, params_o, m)
+        else:  # (sharded parameters: their local shards, fetched each time as FSDP may re-home them)
+            ops.ema_update(local_tensors(params_t), local_tensors(params_o), m)
         for bt, bo in buffers:
             bt.copy_(bo)
         self.ema_step += 1
@@ -200,7 +204,8 @@ class JEPA(BaseModel):
                 f"JEPA: the target encoder has {len(params_t)} parameters but the encoder has {len(params_o)}; "
                 "they must have the same structure"
             )
-        flats = flatten_pairs(params_t, params_o)
+        # sharded parameters stay where FSDP keeps them (views of its shard storage): never flattened
+        flats = None if has_sharded(params_t) or has_sharded(params_o) else flatten_pairs(params_t, params_o)
         buffers = list(zip(self.target_encoder.buffers(), self.encoder.buffers()))
         if flats is None:
             return None, None, params_t, params_o, buffers

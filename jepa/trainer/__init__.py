@@ -5,7 +5,8 @@ Modules, one job each (imports point down this list, never back up):
 - ``trainer``: the loop (:class:`BaseTrainer`, :class:`JEPATrainer`) and the model-step protocol
   other models and losses plug into (its module docstring); ``factory``: :func:`create_trainer`;
 - ``builders``: config -> objects (:func:`jepa.trainer.builders.trainer_kwargs`);
-- ``checkpoints`` (state, RNGs, discovery), ``distributed`` (DDP glue), ``nonfinite`` (the NaN
+- ``checkpoints`` (state, RNGs, discovery), ``distributed`` (DDP glue), ``fsdp`` (sharded training;
+  ``strategies`` picks it, ``activation_checkpointing``), ``nonfinite`` (the NaN
   policy), ``objective`` (batch -> outputs -> loss terms), ``callbacks``, ``eval`` (evaluator and
   probes), ``losses``, ``optimizers``, ``schedulers``, ``fixed_views`` (deterministic validation
   data), ``batches``, ``modes``, ``checks``;

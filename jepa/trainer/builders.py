@@ -74,6 +74,7 @@ def check_training(config: Config) -> None:
     check_number("training.learning_rate", t.learning_rate, low=0, low_open=True, noun="")
     check_int("training.epochs", t.epochs, minimum=1, noun="")
     check_int("training.batch_size", t.batch_size, minimum=1, noun="")
+    check_choice("training.strategy", t.strategy, ("ddp", "fsdp"))
 
 
 def _digits_subset(pairs: DigitsPairs, index: np.ndarray) -> DigitsPairs:
@@ -237,7 +238,9 @@ def trainer_kwargs(config: Any, given: Mapping[str, Any] | None = None) -> dict[
     device = ctx.device if ctx else resolve_device(given.get("device", t.device))
     train_set, val_set = build_datasets(config)
     torch.manual_seed(t.seed)
-    model = model_from_config(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens).to(device)
+    model = model_from_config(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens)
+    if given.get("strategy", t.strategy) != "fsdp":  # (FSDP moves each shard to the device itself)
+        model = model.to(device)
     train_loader, val_loader = build_loaders(config, train_set, val_set)
     optimizer = create_optimizer(
         model, optimizer_type=t.optimizer.type, learning_rate=t.learning_rate, weight_decay=t.weight_decay,
@@ -263,6 +266,8 @@ def trainer_kwargs(config: Any, given: Mapping[str, Any] | None = None) -> dict[
         "mixed_precision": "bf16" if t.mixed_precision else None,
         "val_every_n_epochs": t.validation.frequency,
         "collapse_check_every_n_steps": config.logging.collapse_check_every_n_steps or None,
+        "strategy": t.strategy,
+        "activation_checkpointing": t.activation_checkpointing,
     }
     callbacks = list(given.pop("callbacks", None) or []) + own_callbacks
     kwargs.update(given)

@@ -12,6 +12,9 @@ of apart from the trainer's own counters:
   alone rebuilds the model (:func:`model_from_checkpoint_state`).
 * :func:`checkpoint_files` / :func:`find_latest_checkpoint`: what counts as a checkpoint in a folder
   (one suffix set, temporary files of interrupted saves excluded) and the newest one that loads.
+* Sharded checkpoints (``strategy="fsdp"``: one file per rank and a metadata file that commits the
+  save, :mod:`jepa.io.sharded`) are found, verified and loaded by the same functions:
+  the metadata file is the checkpoint's path; it loads into any number of ranks or into one process.
 
 A leaf of :mod:`jepa.trainer`: it imports nothing else from it. :class:`TrainerCheckpoints` holds
 the trainer's checkpoint methods (``checkpoint_state``, ``save_checkpoint``, ``load_checkpoint``,
@@ -153,10 +156,20 @@ def stamp_model(state: dict[str, Any], model: Any) -> dict[str, Any]:
     """Add what rebuilds ``model`` without code (``model_class``, ``model_config``, for a
     :class:`~jepa.models.BaseModel`) and the ``jepa_version`` that wrote ``state``; returns it."""
     if isinstance(model, BaseModel):
-        state["model_class"] = type(model).__name__
+        state["model_class"] = _class_name(model)
         state["model_config"] = json.dumps(model.config)
     state["jepa_version"] = __version__
     return state
+
+
+def _class_name(model: nn.Module) -> str:
+    """The class name of ``model``, without the wrapper class FSDP puts in front (``FSDPJEPA`` -> ``JEPA``)."""
+    for cls in type(model).__mro__:
+        if not cls.__module__.startswith("torch.distributed"):
+            if cls.__name__.startswith("FSDP") and any(b.__module__.startswith("torch.distributed") for b in cls.__bases__):
+                continue
+            return cls.__name__
+    return type(model).__name__
 
 
 def model_from_checkpoint_state(state: Mapping[str, Any], source: str = "checkpoint") -> BaseModel:
@@ -181,28 +194,40 @@ def checkpoint_files(directory: str | os.PathLike) -> list[Path]:
     return files
 
 
-def load_latest_checkpoint(
-    directory: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> tuple[Path, dict[str, Any]] | None:
-    """:func:`find_latest_checkpoint` with the state it loaded (so the winner is read only once)."""
+def _latest(directory: str | os.PathLike, map_location: Any = "cpu") -> tuple[Path, Any, jio.ShardedCheckpoint | None] | None:
+    """The newest checkpoint of ``directory`` that loads and verifies: ``(path, state, sharded)``
+    (``sharded``: the reader of a sharded checkpoint, whose every shard file was verified)."""
     for path in checkpoint_files(directory):
         try:
-            state = jio.load(path, map_location=map_location)
+            state, sharded = jio.open_checkpoint(path, map_location, verify_shards=True)
         except (jio.CheckpointError, OSError, ValueError) as exc:
             log.warning("skipping unreadable checkpoint %s: %s", path, exc)
             continue
         if isinstance(state, Mapping) and "model" in state:
-            return path, state
+            return path, state, sharded
     return None
+
+
+def load_latest_checkpoint(
+    directory: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[Path, dict[str, Any]] | None:
+    """:func:`find_latest_checkpoint` with the state it loaded (so the winner is read only once; a
+    sharded checkpoint's state is consolidated: every tensor whole)."""
+    found = _latest(directory, map_location)
+    if found is None:
+        return None
+    path, state, sharded = found
+    return path, (state if sharded is None else sharded.consolidate(state))
 
 
 def find_latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     """The newest checkpoint in ``directory`` that loads and verifies (None when there is none).
 
     Temporary files of an interrupted save (``*.tmp-<pid>``) are never candidates; a damaged or
-    truncated file is skipped with a warning and the next newest one is tried.
+    truncated file is skipped with a warning and the next newest one is tried. A sharded
+    checkpoint counts when its metadata file and every shard file it names verify.
     """
-    found = load_latest_checkpoint(directory)
+    found = _latest(directory)
     return None if found is None else found[0]
 
 
@@ -268,16 +293,45 @@ class TrainerCheckpoints:
 
         Distributed: only rank 0 writes (the call is a no-op returning the path on other ranks, so
         ``if rank == 0: trainer.save_checkpoint(...)`` and calling it on every rank both work).
+
+        ``strategy="fsdp"``: a sharded checkpoint, written by every rank (so every rank must call
+        this): each rank's shards in ``<name>.shards/``, then the metadata file ``save_dir/name``,
+        which is the returned path and what :meth:`load_checkpoint` (in any number of processes),
+        :func:`load_checkpoint` and ``resume`` accept.
         """
+        if self._sharded_strategy():
+            return self._save_sharded(name)
         if not self.is_global_zero:
             return self._resolve_path(name)
         path = jio.save(self.checkpoint_state(), self._resolve_path(name))
         self._callback("on_save_checkpoint", path)
         return path
 
+    def _sharded_strategy(self) -> bool:
+        parallel = getattr(self, "parallel", None)
+        return parallel is not None and parallel.sharded
+
+    def _save_sharded(self, name: str | os.PathLike) -> Path:
+        """A sharded save (collective): every rank's RNG states gathered into rank 0's metadata, every
+        rank writing its shards (:meth:`~jepa.trainer.fsdp.ShardedDataParallel.save_state`)."""
+        state = self.checkpoint_state()
+        mine = {"rng": state["rng"]}
+        if self._epoch_progress is not None:
+            mine["epoch_rng"] = self._epoch_progress["epoch_rng"]
+        gathered = self.parallel.gather_rng(mine)
+        state["rng_per_rank"] = [g["rng"] for g in gathered]
+        if self._epoch_progress is not None:
+            state["epoch_rng_per_rank"] = [g["epoch_rng"] for g in gathered]
+        path = self.parallel.save_state(state, self._resolve_path(name))
+        if self.is_global_zero:
+            self._callback("on_save_checkpoint", path)
+        return path
+
     def _save_in_loop(self, name: str) -> Path:
         """Save from inside ``train()``: every rank's RNG state is gathered, rank 0 writes, and all
         ranks wait for the file (no rank reads a checkpoint that is still being written)."""
+        if self._sharded_strategy():
+            return self._save_sharded(name)
         if self.parallel is None or not self.parallel.multi_process:
             path = jio.save(self.checkpoint_state(), self._resolve_path(name), async_=self.async_checkpoint)
             self._callback("on_save_checkpoint", path)
@@ -297,24 +351,51 @@ class TrainerCheckpoints:
         self.parallel.barrier()
         return path
 
+    def _save_interrupted(self) -> None:
+        """After Ctrl-C: rank 0 writes ``interrupted.pt``; no collectives (other ranks may be
+        interrupted elsewhere), so a sharded run (FSDP) cannot save and says so."""
+        if not self.is_global_zero:
+            return
+        if self._sharded_strategy():
+            log.warning("training interrupted at step %d; not saved (a sharded save needs every rank): resume from the "
+                        "last checkpoint written during training", self.global_step)
+            return
+        path = self.save_checkpoint("interrupted.pt")
+        log.warning("training interrupted at step %d; state saved to %s", self.global_step, path)
+
     def load_checkpoint(self, name: str | os.PathLike, *, restore_rng: bool = True) -> dict[str, Any]:
         """Restore model, target encoder, optimizer, scheduler, counters and RNG from a checkpoint.
 
         ``name`` is a path or a file name inside ``save_dir``. A following ``train()`` continues
         the same run (the loaders' generators are restored when it starts).
+
+        Sharded checkpoints (``strategy="fsdp"``) load into any number of ranks: under FSDP each rank
+        reads only the rows of its own shards; otherwise (one process, or DDP) the whole state is
+        assembled from the shard files. An ordinary checkpoint loads under FSDP too (each rank takes
+        its rows). A checkpoint of another model (other parameter names or shapes) raises
+        ``ValueError`` naming the first mismatch.
         """
         path = self._resolve_path(name)
         if not path.is_file() and Path(name).is_file():
             path = Path(name)
-        return self._restore(jio.load(path, map_location=self.device), path, restore_rng=restore_rng)
+        state, sharded = jio.open_checkpoint(path, map_location=self.device)
+        return self._restore(state, path, restore_rng=restore_rng, sharded=sharded)
 
-    def _restore(self, state: dict[str, Any], path: Path, *, restore_rng: bool = True) -> dict[str, Any]:
-        """Apply a loaded checkpoint ``state`` (read from ``path``) to this trainer."""
-        if "model" not in state:
+    def _restore(self, state: dict[str, Any], path: Path, *, restore_rng: bool = True, sharded: jio.ShardedCheckpoint | None = None) -> dict[str, Any]:
+        """Apply a loaded checkpoint ``state`` (read from ``path``; ``sharded``: the reader of a sharded
+        checkpoint, whose ``state`` holds references to its tensors) to this trainer."""
+        if not isinstance(state, Mapping) or "model" not in state:
             raise jio.CheckpointError(f"{str(path)!r} is not a jepa trainer checkpoint (no 'model' entry)")
-        load_state_dict_strict(self.model, state["model"], source=str(path))
-        if "optimizer" in state:
-            self.optimizer.load_state_dict(state["optimizer"])
+        if self._sharded_strategy():
+            self.parallel.load_model_state(self.model, state["model"], sharded, str(path))
+            if "optimizer" in state:
+                self.parallel.load_optimizer_state(self.optimizer, state["optimizer"], sharded)
+        else:
+            if sharded is not None:  # one process (or DDP) reads every shard
+                state = sharded.consolidate(state)
+            load_state_dict_strict(self.model, state["model"], source=str(path))
+            if "optimizer" in state:
+                self.optimizer.load_state_dict(state["optimizer"])
         if "scheduler" in state:
             self.schedule.load_state_dict(state["scheduler"])
         if "grad_scaler" in state and self.scaler is not None:
@@ -361,7 +442,7 @@ class TrainerCheckpoints:
             path = Path(resume)
             self.load_checkpoint(path)
             return path
-        found = load_latest_checkpoint(self.save_dir, self.device) if self.is_global_zero else None
+        found = _latest(self.save_dir, self.device) if self.is_global_zero else None
         path = None if found is None else found[0]
         if self.parallel is not None:
             chosen = self.parallel.broadcast(None if path is None else str(path))
@@ -371,7 +452,7 @@ class TrainerCheckpoints:
                 log.info("resume='auto': no checkpoint in %s, starting from scratch", self.save_dir)
             return None
         if found is not None:  # rank 0 already holds the verified state
-            self._restore(found[1], path)
+            self._restore(found[1], path, sharded=found[2])
         else:
             self.load_checkpoint(path)
         return path
@@ -427,7 +508,8 @@ def load_checkpoint(
     """Restore ``model`` (and ``optimizer``/``scheduler`` when given) from a checkpoint.
 
     Reads files written by :func:`save_checkpoint` and by :meth:`~jepa.trainer.checkpoints.TrainerCheckpoints.save_checkpoint`
-    (safely: ``weights_only`` loading, no unpickling). The weights must match the model exactly:
+    (safely: ``weights_only`` loading, no unpickling), sharded ones (``strategy="fsdp"``, any number
+    of ranks) included: their shards are assembled into whole tensors. The weights must match the model exactly:
     a missing/unexpected key or a shape mismatch raises ``ValueError`` naming the key (and both
     shapes). An optimizer or scheduler passed in is restored when the checkpoint holds its state;
     when it does not, a warning says so and it is left unchanged. Returns
@@ -495,7 +577,7 @@ def get_best_checkpoint(checkpoint_dir: str | os.PathLike, mode: str = "min", me
     sign = 1.0 if mode == "min" else -1.0
     for path in files:
         try:
-            state = jio.load(path, map_location="cpu")
+            state = jio.load(path, map_location="cpu", shards=False)  # (a sharded checkpoint: its metadata is enough)
         except (jio.CheckpointError, OSError) as exc:
             warnings.warn(f"get_best_checkpoint: skipping unreadable {str(path)!r}: {exc}", stacklevel=2)
             continue

@@ -17,7 +17,10 @@ v0 :class:`DistributedTrainer`) uses this module to:
   :func:`gather_rows`), so terms that use batch statistics (the variance/covariance regularizer,
   batch-normalized targets, InfoNCE negatives, SIGReg) see the global batch and a 2-process run
   optimizes the same objective as a 1-process run with twice the batch;
-* tell a failure of another rank from one of this rank (:func:`is_peer_failure`).
+* tell a failure of another rank from one of this rank (:func:`is_peer_failure`);
+* hold all of this for the trainer (:class:`ParallelStrategy`): :class:`DataParallel` replicates the
+  model under DDP; its sibling :class:`~jepa.trainer.fsdp.ShardedDataParallel` (``strategy="fsdp"``)
+  shards it with FSDP2.
 
 This module does not import the trainer (the trainer imports it). The v0 class
 :class:`DistributedTrainer` is a :class:`~jepa.trainer.JEPATrainer`, so it is defined in
@@ -57,6 +60,7 @@ __all__ = [
     "DistributedContext",
     "DistributedTrainer",
     "ModelStep",
+    "ParallelStrategy",
     "PeerFailureError",
     "abort_run",
     "all_reduce",
@@ -480,20 +484,23 @@ def _close_at_exit(ref: Any) -> None:
             parallel.close()
 
 
-class DataParallel:
-    """The DDP side of one trainer: the process-group context, the DDP wrapper of the model step,
-    the sharded copies of the trainer's loaders and the collectives the loop needs.
+class ParallelStrategy:
+    """What the training loop needs from a multi-process strategy, whatever it does with the model:
+    the process-group context, sharded copies of the trainer's loaders and the collectives.
 
-    The trainer holds one (``trainer.parallel``) when ``distributed`` is on; every method is
-    correct with one process too (no collectives then). A sharded-model strategy (FSDP) is meant
-    to provide the same methods.
+    :class:`DataParallel` (DDP, replicated model) and
+    :class:`~jepa.trainer.fsdp.ShardedDataParallel` (FSDP2, sharded model) are its two kinds; the
+    trainer holds one (``trainer.parallel``) when ``distributed`` is on. Every method is correct with
+    one process too (no collectives then).
     """
 
-    def __init__(self, model: torch.nn.Module, ctx: DistributedContext, *, find_unused_parameters: bool = True) -> None:
+    #: True when the model's parameters are sharded over the ranks (no rank holds them all).
+    sharded = False
+
+    def __init__(self, ctx: DistributedContext) -> None:
         self.ctx = ctx
-        self.ddp: Any = wrap_ddp(model, ctx, find_unused_parameters=find_unused_parameters)
-        self._sharded: dict[int, tuple[Any, Any]] = {}
-        self._calls_seen = 0
+        self._sharded_loaders: dict[int, tuple[Any, Any]] = {}
+        self._closed = False
         if ctx.owns_group:  # released at interpreter exit at the latest (a weak reference: no leak)
             atexit.register(_close_at_exit, weakref.ref(self))
 
@@ -502,25 +509,24 @@ class DataParallel:
         """True with more than one process."""
         return self.ctx.world_size > 1
 
-    def forward(self, batch: Any) -> dict[str, Any]:
-        """The model step through DDP (gradients are synchronised at the next backward)."""
-        if self.ddp is None:
-            raise RuntimeError("this distributed trainer was closed (trainer.close()); build a new one to train again")
-        return self.ddp(batch)
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
 
-    def no_sync(self, skip: bool) -> Any:
-        """``ddp.no_sync()`` when ``skip`` (accumulating micro-batches), else a no-op context."""
-        return self.ddp.no_sync() if skip else contextlib.nullcontext()
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this distributed trainer was closed (trainer.close()); build a new one to train again")
 
     def shard(self, loader: Any, *, shuffle: bool | None = None, seed: int = 0) -> Any:
         """``loader`` with a DistributedSampler (built once per loader; None stays None)."""
         if loader is None or not self.multi_process:
             return loader
-        cached = self._sharded.get(id(loader))
+        cached = self._sharded_loaders.get(id(loader))
         if cached is not None and cached[0] is loader:
             return cached[1]
         sharded = distributed_loader(loader, self.ctx, shuffle=shuffle, seed=seed)
-        self._sharded[id(loader)] = (loader, sharded)
+        self._sharded_loaders[id(loader)] = (loader, sharded)
         return sharded
 
     def reduce(self, values: torch.Tensor, op: str = "mean") -> torch.Tensor:
@@ -528,21 +534,9 @@ class DataParallel:
         return all_reduce(values, op) if self.multi_process else values
 
     def barrier(self) -> None:
+        """Wait until every rank gets here."""
         if self.multi_process:
             dist.barrier()
-
-    def start_run(self) -> None:
-        """Forget forwards counted before this run (see :meth:`sync_bypassed`)."""
-        self._calls_seen = self.ddp.module.calls
-
-    def sync_bypassed(self, model: torch.nn.Module) -> None:
-        """At an optimizer step: average the gradients over ranks when no forward of this
-        accumulation window went through DDP (a custom ``training_step`` that calls the model
-        directly), so the ranks never silently diverge."""
-        calls = self.ddp.module.calls
-        bypassed, self._calls_seen = calls == self._calls_seen, calls
-        if bypassed and self.multi_process:
-            average_gradients(model, self.ctx.world_size)
 
     def gather_rng(self, mine: Any) -> list[Any]:
         """``mine`` from every rank, in rank order (pickled objects; for per-rank RNG states)."""
@@ -560,17 +554,62 @@ class DataParallel:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def close(self) -> None:
-        """Release the DDP wrapper, then destroy the process group when jepa created it.
+    def start_run(self) -> None:
+        """Called when :meth:`~jepa.trainer.trainer.BaseTrainer.train` starts."""
 
-        The DDP wrapper goes first: it holds the process group, and a group whose last reference
-        goes away only at interpreter teardown can abort the process there."""
+    def sync_bypassed(self, model: torch.nn.Module) -> None:
+        """Called at every optimizer step, before clipping (see :meth:`DataParallel.sync_bypassed`)."""
+
+    def _release(self) -> None:
+        """Drop what holds the process group (the strategy's wrappers)."""
+
+    def close(self) -> None:
+        """Release the strategy's wrappers, then destroy the process group when jepa created it.
+
+        The wrappers go first: they hold the process group, and a group whose last reference goes
+        away only at interpreter teardown can abort the process there."""
         if not dist.is_initialized():
             return
-        if self.ddp is not None:
+        if not self._closed:
             self.barrier()  # no rank tears down while another is still in a collective
-            self.ddp = None
-            self._sharded.clear()
+            self._closed = True
+            self._release()
+            self._sharded_loaders.clear()
             gc.collect()
         if self.ctx.owns_group:
             dist.destroy_process_group()
+
+
+class DataParallel(ParallelStrategy):
+    """The DDP side of one trainer: the DDP wrapper of the model step (:class:`ModelStep`) on top
+    of :class:`ParallelStrategy`'s loaders and collectives. The model is replicated on every rank."""
+
+    def __init__(self, model: torch.nn.Module, ctx: DistributedContext, *, find_unused_parameters: bool = True) -> None:
+        self.ddp: Any = wrap_ddp(model, ctx, find_unused_parameters=find_unused_parameters)
+        self._calls_seen = 0
+        super().__init__(ctx)
+
+    def forward(self, batch: Any) -> dict[str, Any]:
+        """The model step through DDP (gradients are synchronised at the next backward)."""
+        self._check_open()
+        return self.ddp(batch)
+
+    def no_sync(self, skip: bool) -> Any:
+        """``ddp.no_sync()`` when ``skip`` (accumulating micro-batches), else a no-op context."""
+        return self.ddp.no_sync() if skip else contextlib.nullcontext()
+
+    def start_run(self) -> None:
+        """Forget forwards counted before this run (see :meth:`sync_bypassed`)."""
+        self._calls_seen = self.ddp.module.calls
+
+    def sync_bypassed(self, model: torch.nn.Module) -> None:
+        """At an optimizer step: average the gradients over ranks when no forward of this
+        accumulation window went through DDP (a custom ``training_step`` that calls the model
+        directly), so the ranks never silently diverge."""
+        calls = self.ddp.module.calls
+        bypassed, self._calls_seen = calls == self._calls_seen, calls
+        if bypassed and self.multi_process:
+            average_gradients(model, self.ctx.world_size)
+
+    def _release(self) -> None:
+        self.ddp = None

@@ -5,13 +5,16 @@ architecture at random init and against the raw input (what ``jepa train`` and
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from jepa import io as jio
 from jepa.config import Config
 from jepa.data import load_digits_split
 from jepa.trainer.builders import model_from_config
+from jepa.trainer.checkpoints import model_from_checkpoint_state
 from jepa.trainer.eval import probe_report
 from jepa.trainer.trainer import JEPATrainer
 
@@ -26,6 +29,18 @@ def build_probe_run(config: Config, *, distributed: bool = False) -> tuple[JEPAT
     torch.manual_seed(config.training.seed)  # JEPATrainer(config) seeds alike before building its model
     random_init = model_from_config(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens).to(trainer.device)
     return trainer, random_init
+
+
+def _probed_model(trainer: JEPATrainer) -> torch.nn.Module:
+    """The trained model to probe on this rank: the trainer's own, or under FSDP (no rank holds it
+    whole, and only rank 0 probes) the model of ``last.pt``, which every rank wrote at the end of
+    ``train()``, assembled from its shards."""
+    if trainer.parallel is None or not trainer.parallel.sharded:
+        return trainer.model
+    path = Path(trainer.save_dir) / "last.pt"
+    if not trainer.save_last or not path.is_file():
+        raise RuntimeError(f"probing a model trained with strategy='fsdp' needs its last.pt (save_last=True); {str(path)!r} is missing")
+    return model_from_checkpoint_state(jio.load(path, map_location="cpu"), source=str(path)).to(trainer.device).eval()
 
 
 def train_and_probe(trainer: JEPATrainer, random_init: torch.nn.Module, labels_per_class: int = 10) -> dict[str, Any]:
@@ -43,7 +58,7 @@ def train_and_probe(trainer: JEPATrainer, random_init: torch.nn.Module, labels_p
     tr = load_digits_split("train", patch=config.data.patch_size, seed=config.data.split_seed)
     te = load_digits_split("test", patch=config.data.patch_size, seed=config.data.split_seed)
     report = probe_report(
-        trainer.model, random_init, tr.tokens, tr.labels, te.tokens, te.labels, tr.images, te.images,
+        _probed_model(trainer), random_init, tr.tokens, tr.labels, te.tokens, te.labels, tr.images, te.images,
         labels_per_class=labels_per_class, seed=config.training.seed,
     )
     return {"history": history, "report": report, "train_seconds": train_seconds}

@@ -39,11 +39,15 @@ def create_trainer(
     ``gradient_accumulation``, ``progress_bar``, ``save_dir``, ``warmup_fraction``, ``resume``, ...).
 
     ``distributed=True`` (under ``torchrun``): joins the process group (NCCL on CUDA, gloo on CPU),
-    moves the model to ``cuda:LOCAL_RANK`` and trains it under DistributedDataParallel; see
-    :class:`~jepa.trainer.trainer.BaseTrainer`. ``world_size``/``local_rank`` are checked against the environment.
+    moves the model to ``cuda:LOCAL_RANK`` and trains it under DistributedDataParallel, or, with
+    ``strategy="fsdp"``, shards it over the ranks with FSDP2 (each rank's shards move to its device;
+    the optimizer built here is pointed at them); see :class:`~jepa.trainer.trainer.BaseTrainer`.
+    ``world_size``/``local_rank`` are checked against the environment.
     """
+    sharded = trainer_kwargs.get("strategy") == "fsdp"
     ctx: Any = dist_glue.init_distributed(world_size, local_rank, device) if distributed else False
     dev = ctx.device if distributed else resolve_device(device)
-    model = model.to(dev)
+    if not sharded:  # (FSDP moves each shard to the device: the whole model never has to fit there)
+        model = model.to(dev)
     optimizer = build_adamw(model, learning_rate=learning_rate, weight_decay=weight_decay, betas=tuple(betas), eps=eps, device=dev)
     return JEPATrainer(model, optimizer, scheduler="cosine", device=dev, logger=logger, loss_fn=loss_fn, distributed=ctx, **trainer_kwargs)

@@ -17,7 +17,8 @@ One training step, for any model and loss that follow the model-step protocol
 * **Loss**: a callable, or an object with ``terms(...) -> dict``, called with the outputs its
   parameters name (``def sigreg(projection)``, ``def loss(prediction, target, valid)``;
   ``**kwargs`` takes them all).
-* **Distributed**: DDP wraps the model step (:class:`~jepa.trainer.distributed.ModelStep`); every
+* **Distributed**: DDP wraps the model step (:class:`~jepa.trainer.distributed.ModelStep`), or
+  with ``strategy="fsdp"`` FSDP2 shards the model in place (:mod:`jepa.trainer.fsdp`); every
   batch-first tensor output the loss takes is gathered across ranks with gradients (ranks may hold
   different numbers of rows).
 * **Callbacks** get the detached loss terms in ``on_batch_end``; ``trainer.step_outputs`` holds the
@@ -58,6 +59,7 @@ from jepa.trainer.modes import evaluating
 from jepa.trainer.nonfinite import NonFinitePolicy
 from jepa.trainer.objective import loss_inputs, loss_terms, model_outputs, unbatched_outputs
 from jepa.trainer.schedulers import LRControl
+from jepa.trainer.strategies import build_strategy, check_strategy
 
 # Also importable from here, as before the split (documented where they live): CHECKPOINT_FORMAT,
 # CHECKPOINT_SUFFIXES, find_latest_checkpoint, model_from_checkpoint_state (checkpoints),
@@ -109,16 +111,19 @@ class BaseTrainer(TrainerCheckpoints):
         val_every_n_epochs: validate every n epochs (when a validation loader is given).
         collapse_check_every_n_steps: add a :class:`~jepa.trainer.callbacks.CollapseMonitor` (effective
             rank of a held-out batch every n steps, a warning on collapse; None: off).
-        distributed: train under ``torchrun`` with DDP (:mod:`jepa.trainer.distributed`): device
-            ``cuda:LOCAL_RANK``, loaders sharded, the loss on the outputs gathered from all ranks,
-            logged losses averaged over ranks, only rank 0 shows progress, logs and writes checkpoints.
+        distributed: train under ``torchrun`` with DDP (:mod:`jepa.trainer.distributed`; FSDP with
+            ``strategy="fsdp"``): device ``cuda:LOCAL_RANK``, loaders sharded, the loss on the outputs
+            gathered from all ranks, logged losses averaged over ranks, only rank 0 shows progress,
+            logs and writes checkpoints (under FSDP every rank writes its shards).
         world_size, local_rank, distributed_rank: checked against the process group when given.
         resume: ``"auto"``: continue from the newest valid checkpoint in ``save_dir`` when
             :meth:`train` starts (a torchrun restart picks up where it stopped); a path; None: fresh.
         ddp_find_unused_parameters: passed to DDP (True tolerates parameters a loss leaves unused,
             e.g. a projector with the regularizer switched off).
-        strategy: ``"ddp"`` (replicated model). ``"fsdp"`` (sharded model) raises
-            ``NotImplementedError`` for now.
+        strategy: with ``distributed``: ``"ddp"`` (replicated model) or ``"fsdp"`` (FSDP2: weights,
+            gradients, optimizer state and EMA target sharded per block, sharded checkpoints; torch
+            >= 2.6; see :mod:`jepa.trainer.fsdp`).
+        activation_checkpointing: recompute each transformer block's activations in backward.
         on_nan, max_nan_skips, nan_check_every_n_steps: what a non-finite loss does
             (:class:`~jepa.trainer.nonfinite.NonFinitePolicy`): ``"raise"`` (default) names the step,
             epoch, batch and terms, the weights being those before it; ``"skip"`` drops the step
@@ -172,6 +177,7 @@ class BaseTrainer(TrainerCheckpoints):
         resume: str | os.PathLike | None = None,
         ddp_find_unused_parameters: bool = True,
         strategy: str = "ddp",
+        activation_checkpointing: bool = False,
         on_nan: str = "raise",
         max_nan_skips: int = 10,
         nan_check_every_n_steps: int | None = None,
@@ -188,12 +194,7 @@ class BaseTrainer(TrainerCheckpoints):
             args = {k: v for k, v in locals().items() if k not in ("self", "model", "__class__")}
             BaseTrainer.__init__(self, **trainer_kwargs(model, explicit_arguments(BaseTrainer.__init__, args)))
             return
-        if strategy == "fsdp":
-            raise NotImplementedError(
-                "strategy='fsdp' (FSDP2 fully_shard with a sharded EMA target) is not implemented yet; "
-                "use strategy='ddp' (the model must fit on one device)"
-            )
-        check_choice("strategy", strategy, ("ddp", "fsdp"))
+        self.strategy = check_strategy(strategy, distributed, activation_checkpointing)
         if optimizer is None:
             raise ValueError("JEPATrainer: optimizer is required (or use jepa.trainer.create_trainer)")
         self.config, self.train_loader, self.val_loader = config, train_loader, val_loader
@@ -205,7 +206,8 @@ class BaseTrainer(TrainerCheckpoints):
             )
             device = self.dist.device
         self.device = resolve_device(device)
-        self.model = model.to(self.device)
+        # FSDP moves each shard to the device itself: the whole model never has to fit there
+        self.model = model if strategy == "fsdp" else model.to(self.device)
         self.optimizer = optimizer
         self.base_lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
         self.loss_fn = loss_fn if loss_fn is not None else JEPALoss()
@@ -228,9 +230,15 @@ class BaseTrainer(TrainerCheckpoints):
         self.should_stop = False
         self.max_epochs: int | None = self.num_epochs
         self.step_outputs: dict[str, Any] | None = None
-        self.parallel: dist_glue.DataParallel | None = None
-        if self.dist is not None:
-            self.parallel = dist_glue.DataParallel(self.model, self.dist, find_unused_parameters=ddp_find_unused_parameters)
+        self.parallel: dist_glue.ParallelStrategy | None = build_strategy(
+            self.model, optimizer, self.dist, strategy=strategy, mixed_precision=self.mixed_precision,
+            activation_checkpointing=activation_checkpointing, find_unused_parameters=ddp_find_unused_parameters,
+        )
+        if self._sharded_strategy():
+            if self.scaler is not None:  # the inf/NaN check of sharded gradients is agreed over the ranks
+                self.scaler = self.parallel.grad_scaler(self.device.type)
+            if self.async_checkpoint:
+                log.warning("async_checkpoint: sharded checkpoints (strategy='fsdp') are written synchronously by every rank")
 
     def _init_precision(self, clip: float | None, accumulation: int, mixed_precision: str | bool | None) -> None:
         """Accumulation, clipping, autocast dtype and loss scaling."""
@@ -268,7 +276,8 @@ class BaseTrainer(TrainerCheckpoints):
         total = torch.zeros((), device=self.device)
         for p in self.model.parameters():
             if p.requires_grad and p.ndim > 1:
-                total = total + 0.5 * p.pow(2).sum()
+                square = p.pow(2).sum()  # of a sharded (FSDP) parameter: summed over every rank's shard
+                total = total + 0.5 * (square.full_tensor() if hasattr(square, "full_tensor") else square)
         return total
 
     def _autocast(self) -> Any:
@@ -300,7 +309,7 @@ class BaseTrainer(TrainerCheckpoints):
             raise TypeError("train() needs num_epochs (only a trainer built from a config has a default)")
         num_epochs = check_int("num_epochs", self.num_epochs if num_epochs is None else num_epochs, minimum=1)
         if self.parallel is not None:
-            if self.parallel.ddp is None:
+            if self.parallel.closed:
                 raise RuntimeError("this distributed trainer was closed (trainer.close()); build a new one to train again")
             seed = int(getattr(getattr(self.config, "training", None), "seed", 0) or 0)
             train_loader, val_loader = self.parallel.shard(train_loader, seed=seed), self.parallel.shard(val_loader, shuffle=False, seed=seed)
@@ -326,10 +335,7 @@ class BaseTrainer(TrainerCheckpoints):
                 self._save_in_loop("last.pt")
             self._callback("on_train_end", self.model)
         except KeyboardInterrupt:
-            # No collectives here: other ranks may be interrupted at a different point.
-            if self.is_global_zero:
-                path = self.save_checkpoint("interrupted.pt")
-                log.warning("training interrupted at step %d; state saved to %s", self.global_step, path)
+            self._save_interrupted()
             raise
         except BaseException as exc:
             if self.multi_process:
@@ -578,12 +584,12 @@ class BaseTrainer(TrainerCheckpoints):
 
     @property
     def _ddp(self) -> Any:
-        """The DistributedDataParallel wrapper of the model step (None when not distributed)."""
-        return self.parallel.ddp if self.parallel is not None else None
+        """The DistributedDataParallel wrapper of the model step (None when not distributed or under FSDP)."""
+        return getattr(self.parallel, "ddp", None)
 
     def close(self) -> None:
-        """Release the DDP wrapper and destroy the process group when this trainer created it (also
-        done at interpreter exit; a group you created yourself is left for you to destroy)."""
+        """Release the DDP wrapper (FSDP: the strategy) and destroy the process group when this trainer
+        created it (also done at interpreter exit; a group you created yourself is left for you to destroy)."""
         if self.parallel is not None:
             self.parallel.close()
 

@@ -203,7 +203,7 @@ def test_documented_jepa_commands_use_existing_flags():
     pages = ("training-api/v1.md", "training-api/v0.md", "guides/distributed.md", "guides/quickstart.md")
     lines = [line for page in pages for line in _command_lines(page)]
     torchrun = [line for line in lines if line.startswith("torchrun")]
-    assert len(torchrun) == 4 and all(" -m jepa.cli " in line and " python " not in line for line in torchrun)
+    assert len(torchrun) == 5 and all(" -m jepa.cli " in line and " python " not in line for line in torchrun)
     helps: dict[str, str] = {}
     checked = 0
     for line in lines:
