@@ -228,6 +228,7 @@ class BaseTrainer(TrainerCheckpoints):
         self.should_stop = False
         self.max_epochs: int | None = self.num_epochs
         self.step_outputs: dict[str, Any] | None = None
+        self.total_steps: int | None = None  # optimizer steps of the current train() run, once it started
         self.parallel: dist_glue.DataParallel | None = None
         if self.dist is not None:
             self.parallel = dist_glue.DataParallel(self.model, self.dist, find_unused_parameters=ddp_find_unused_parameters)
@@ -306,7 +307,7 @@ class BaseTrainer(TrainerCheckpoints):
             train_loader, val_loader = self.parallel.shard(train_loader, seed=seed), self.parallel.shard(val_loader, shuffle=False, seed=seed)
         self.max_epochs, self.should_stop = num_epochs, False
         self._active_train_loader, self._active_val_loader = train_loader, val_loader
-        total_steps = self._steps_per_epoch(train_loader) * num_epochs
+        total_steps = self.total_steps = self._steps_per_epoch(train_loader) * num_epochs
         self._maybe_resume()
         self.schedule.setup(total_steps, self.callbacks)
         if hasattr(self.model, "set_total_steps"):
