@@ -55,7 +55,9 @@ def test_sizes_left_open_are_resolved_from_the_folder_and_device(folder, tmp_pat
     assert resolve_image_config(_config(big), CPU).data.image_size == 224
     assert [auto_patch_size(s) for s in (8, 16, 32, 64, 96, 224, 448, 28)] == [1, 2, 4, 8, 12, 16, 16, 4]
     assert auto_patch_size(210) == 14
-    assert auto_arch(32, 4, CPU) == ("vit_tiny", {"depth": 6, "predictor_embed_dim": 96, "predictor_depth": 3})
+    assert auto_arch(32, 4, CPU) == ("vit_tiny", {"embed_dim": 128, "depth": 6, "num_heads": 4, "predictor_embed_dim": 64,
+                                                  "predictor_depth": 3})
+    assert auto_arch(64, 4, CPU) == ("vit_tiny", {"depth": 4, "predictor_embed_dim": 96, "predictor_depth": 2})
     assert auto_arch(8, 1, CPU)[1]["embed_dim"] == 64
     digits = resolve_image_config(config_from_dict({"model": {"arch": "auto"}}), CPU)
     assert (digits.data.dataset, digits.data.image_size, digits.data.num_workers) == ("digits", 8, 0)
