@@ -1,4 +1,4 @@
-"""Command-line interface: ``jepa train | evaluate | config``.
+"""Command-line interface: ``jepa train | evaluate | config`` (image flags: :mod:`jepa.cli.images`).
 
 Bad flags, paths or config values print one line ``jepa: error: ...`` and exit with code 2.
 """
@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Sequence
+
+from jepa.cli import images
 
 USAGE_ERROR = 2
 
@@ -69,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--strategy", choices=("ddp", "fsdp"), help="with --distributed true: ddp (replicated model, default) or fsdp (sharded)")
     train.add_argument("--seed", type=int)
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    images.add_train_flags(train, _positive_int)
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint")
     ev.add_argument("--checkpoint", required=True, help="trainer checkpoint (.pt)")
@@ -77,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", choices=("classification", "regression"), help="also run downstream probes on the digits labels")
     ev.add_argument("--labels-per-class", type=_positive_int, help="train the probes on this many labels per class")
     ev.add_argument("--plots", help="folder for embeddings.png (PCA by label) and history.png")
+    images.add_evaluate_flags(ev)
 
     cfg = sub.add_parser("config", help="write the default config as YAML")
     cfg.add_argument("--output", required=True, help="path of the YAML file to write")
@@ -124,12 +128,14 @@ def _train(args: argparse.Namespace) -> int:
     import torch  # noqa: PLC0415
 
     from jepa.config import ConfigError, load_config, save_config  # noqa: PLC0415
+    from jepa.data import ImageDecodeError  # noqa: PLC0415
     from jepa.trainer.experiment import build_probe_run, train_and_probe  # noqa: PLC0415
 
     try:
-        config = load_config(args.config or "default")
+        config = load_config(args.config or (images.IMAGE_CONFIG if args.data is not None else "default"))
     except (FileNotFoundError, ConfigError) as exc:
         raise CLIError(str(exc)) from None
+    images.apply_train_flags(config, args)
     t = config.training
     if args.epochs is not None:
         t.epochs = args.epochs
@@ -153,8 +159,9 @@ def _train(args: argparse.Namespace) -> int:
         raise CLIError(f"--resume: checkpoint not found: {args.resume!r}")
     try:
         trainer, random_init = build_probe_run(config, distributed=bool(args.distributed))
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
         raise CLIError(str(exc)) from None
+    config = trainer.config  # an image run's sizes and model are resolved there
     model = trainer.model
     train_set, val_set = trainer.train_loader.dataset, trainer.val_loader.dataset
     ckpt_dir = Path(trainer.save_dir)
@@ -171,18 +178,26 @@ def _train(args: argparse.Namespace) -> int:
         torch.manual_seed(config.training.seed + 1)  # as train_and_probe does on rank 0
         try:
             trainer.train()
+        except ImageDecodeError as exc:
+            raise CLIError(images.decode_error_line(exc)) from None
         finally:
             trainer.close()
         return 0
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.yaml")
     world = f" x {trainer.dist.world_size} processes" if trainer.dist is not None else ""
-    print(
-        f"jepa: training a JEPA on '{config.data.dataset}' ({len(train_set)} train / {len(val_set)} val pairs, "
-        f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters) on {trainer.device}{world}"
-    )
+    params = f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters"
+    if hasattr(model, "forward_batch"):
+        print(f"{images.describe(trainer)}, {params}, on {trainer.device}{world}")
+    else:
+        print(
+            f"jepa: training a JEPA on '{config.data.dataset}' ({len(train_set)} train / {len(val_set)} val pairs, "
+            f"{params}) on {trainer.device}{world}"
+        )
     try:
         result = train_and_probe(trainer, random_init, labels_per_class=10)
+    except ImageDecodeError as exc:  # raised in a loader worker, re-raised here with the worker's traceback
+        raise CLIError(images.decode_error_line(exc)) from None
     finally:
         trainer.close()
     history, report, train_seconds = result["history"], result["report"], result["train_seconds"]
@@ -199,11 +214,14 @@ def _train(args: argparse.Namespace) -> int:
         print("jepa: matplotlib not installed, skipping history.png (pip install 'jepa[plot]')")
 
     probe = report["probe"]
-    rows = [["linear probe accuracy", "10 labels/class", "all labels"]]
-    for name, label in (("pretrained", "pretrained encoder"), ("random_init", "same arch, random init"), ("raw_input", "raw input pixels")):
-        rows.append([label, f"{100 * probe[name]['10_per_class']:.1f}%", f"{100 * probe[name]['all']:.1f}%"])
     print()
-    print(_table(rows))
+    if probe is not None:
+        rows = [["linear probe accuracy", "10 labels/class", "all labels"]]
+        for name, label in (("pretrained", "pretrained encoder"), ("random_init", "same arch, random init"), ("raw_input", "raw input pixels")):
+            rows.append([label, *(f"{100 * v:.1f}%" if v is not None else "n/a" for v in (probe[name]["10_per_class"], probe[name]["all"]))])
+        print(_table(rows))
+    for note in report.get("notes", []):
+        print(f"note: {note}")
     print(f"\neffective rank of the embeddings: {report['effective_rank']:.1f} of {report['embedding_dim']}")
     print(f"trained {t.epochs} epochs in {train_seconds:.1f}s; metrics: {out_dir / 'metrics.json'}; checkpoints: {ckpt_dir}")
     return 0
@@ -220,13 +238,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     path = Path(args.checkpoint)
     if not path.is_file():
         raise CLIError(f"--checkpoint: file not found: {str(path)!r}")
-    if args.labels_per_class is not None and args.task != "classification":
+    if args.labels_per_class is not None and args.task != "classification" and args.data is None:
         raise CLIError("--labels-per-class needs --task classification")
     try:
         state = load_checkpoint_file(path)
         evaluator = JEPAEvaluator.from_checkpoint(path, device=args.device)
     except (CheckpointError, ValueError) as exc:
         raise CLIError(f"--checkpoint: {exc}") from None
+    if args.data is not None:
+        return _evaluate_images(args, path, evaluator, state)
     encoder = evaluator.model.encoder
     test = DigitsPairs("test", augment=False)
     if getattr(encoder, "input_dim", None) != test.token_dim:
@@ -263,6 +283,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 results["plots"].append(str(plots / "history.png"))
         except ImportError as exc:
             raise CLIError(str(exc)) from None
+    print(_table(rows))
+    out = Path(args.output) if args.output else path.parent / "evaluation.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"wrote {out}")
+    return 0
+
+
+def _evaluate_images(args: argparse.Namespace, path: Path, evaluator, state: dict) -> int:
+    """``jepa evaluate --checkpoint PATH --data DIR``: prediction metrics and probes on a folder."""
+    if args.task == "regression":
+        raise CLIError("--data probes class labels: use --task classification (or leave --task out)")
+    try:
+        results, rows = images.evaluate_folder(evaluator, args.data, args.labels_per_class)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
+        raise CLIError(str(exc)) from None
+    results = {"checkpoint": str(path), **results}
     print(_table(rows))
     out = Path(args.output) if args.output else path.parent / "evaluation.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,28 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class VitConfig:
+    """``model.vit``: sizes that replace those of the ``model.arch`` preset (null: the preset's, or
+    I-JEPA's predictor defaults: width ``min(384, embed_dim)``, the encoder's heads, depth 6/12)."""
+
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    predictor_embed_dim: int | None = None
+    predictor_depth: int | None = None
+    predictor_num_heads: int | None = None
+
+
+@dataclass
 class ModelConfig:
-    """Architecture of the encoder, predictor and target encoder."""
+    """Architecture of the encoder, predictor and target encoder.
+
+    ``arch`` null: the token JEPA below (``hidden_dim``, ``encoder_layers``, ...) on the digits
+    tokens. ``arch`` ``vit_tiny`` ... ``vit_huge`` or ``auto``: I-JEPA on images
+    (:class:`~jepa.models.IJEPA`, a ViT of that preset with ``patch_size`` and the ``vit`` overrides;
+    ``auto`` sizes it for the image size and the device). An image dataset with ``arch`` null means
+    ``auto``.
+    """
 
     hidden_dim: int = 64
     input_dim: int | None = None  # None: taken from the data
@@ -44,6 +64,9 @@ class ModelConfig:
     ema_momentum_end: float = 1.0
     projector_hidden_dim: int = 256  # VICReg-style expander the regularizer acts on; 0 disables it
     projector_dim: int = 256
+    arch: str | None = None  # None: token JEPA | "auto" | "vit_tiny" | "vit_small" | "vit_base" | "vit_large" | "vit_huge"
+    patch_size: int | None = None  # ViT patch side in pixels (None: chosen for the image size)
+    vit: VitConfig = field(default_factory=VitConfig)
 
 
 @dataclass
@@ -97,6 +120,7 @@ class TrainingConfig:
     batch_size: int = 64
     learning_rate: float = 1e-3
     weight_decay: float = 0.05
+    weight_decay_end: float | None = None  # cosine schedule of the weight decay up to this value (I-JEPA: 0.04 -> 0.4)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     mixed_precision: bool = False
@@ -110,8 +134,24 @@ class TrainingConfig:
 
 
 @dataclass
+class MaskConfig:
+    """``data.masks``: I-JEPA's multi-block masks (:class:`~jepa.data.MultiBlockMaskCollator`) for
+    image runs: ``num_targets`` target blocks of ``target_scale`` of the patch grid each (aspect
+    ratio in ``target_aspect``), one context block of ``context_scale`` minus the targets, at least
+    ``min_keep`` context patches per image (null: 10, or fewer on grids too small for that)."""
+
+    num_targets: int = 4
+    target_scale: list[float] = field(default_factory=lambda: [0.15, 0.2])
+    target_aspect: list[float] = field(default_factory=lambda: [0.75, 1.5])
+    context_scale: list[float] = field(default_factory=lambda: [0.85, 1.0])
+    min_keep: int | None = None
+
+
+@dataclass
 class DataConfig:
-    """Where the (state_t, state_t1) pairs come from; ``digits`` is the embedded default."""
+    """Where the training data come from: ``digits`` (embedded; (state_t, state_t1) pairs, or 8x8
+    images when ``model.arch`` is set) or ``image_folder`` (``path``: a folder of images, see
+    :class:`~jepa.data.ImageFolderDataset`). The keys after ``split_seed`` apply to image runs."""
 
     dataset: str = "digits"
     patch_size: int = 2
@@ -122,8 +162,17 @@ class DataConfig:
     max_rotation: float = 8.0
     max_scale: float = 0.0
     clean_target: bool = True
-    num_workers: int = 0
+    num_workers: int | None = 0  # DataLoader workers; None: chosen for the machine (image runs)
     split_seed: int = 0
+    path: str | None = None  # image_folder: the folder (ImageNet layout, class folders, or flat)
+    image_size: int | None = None  # None: from the images (median shorter side, at most 224)
+    val_fraction: float = 0.2  # a folder without val/: seeded stratified split (split_seed)
+    crop_scale: list[float] = field(default_factory=lambda: [0.3, 1.0])  # random resized crop (I-JEPA)
+    flip: bool = False  # random horizontal flip (I-JEPA: off)
+    color_jitter: float = 0.0  # colour jitter strength (I-JEPA: off)
+    normalize: str = "dataset"  # "dataset" (train statistics) | "imagenet" | "none": the model standardises its input
+    on_error: str = "raise"  # an unreadable image file: "raise" (an error naming it) | "skip" (checked up front, left out, counted)
+    masks: MaskConfig = field(default_factory=MaskConfig)
 
 
 @dataclass

@@ -30,6 +30,8 @@ from torch.utils.data import default_collate, get_worker_info
 
 __all__ = ["MultiBlockMaskCollator", "MultiBlockMasks"]
 
+_MASK_STREAM = 0x6D61736B  # "mask": offsets the worker seed of the masks' generator
+
 
 class MultiBlockMasks(NamedTuple):
     """Patch indices of one batch of multi-block masks (padded rows are marked False in ``*_valid``).
@@ -86,14 +88,22 @@ class MultiBlockMaskCollator:
         min_keep: fewest context patches an image may keep once the targets are removed.
         max_tries: position redraws per image before giving up (see the module's retry policy).
         allow_overlap: keep the target patches in the context (I-JEPA's ``allow_overlap``; off).
-        generator: the generator ``__call__`` draws from (``None``: torch's global RNG, which
-            DataLoader seeds per worker and per epoch). A generator is copied into every worker
-            process and would repeat the same masks there, so ``__call__`` refuses to run in a
-            worker when one is set.
+        generator: the generator ``__call__`` draws from in the main process (``None``: torch's
+            global RNG). See "Randomness" below for DataLoader workers.
 
     :meth:`sample` draws masks for a batch size; calling the collator on a list of dataset items
     (images, or ``(image, label)`` pairs) returns a dict with ``images`` ``(B, C, H, W)``,
     ``labels`` ``(B,)`` when the items have them, and the four tensors of :class:`MultiBlockMasks`.
+
+    **Randomness of** ``__call__``. In the main process (``num_workers=0``) masks come from
+    ``generator`` (or torch's global RNG). In a DataLoader worker they come from a generator of the
+    worker's own, seeded from the worker's seed (``get_worker_info().seed``, which the loader
+    derives from its base seed, drawn at every epoch from the loader's ``generator`` or the global
+    RNG, plus the worker id) and kept apart from the worker's global RNG that transforms draw from.
+    A ``generator`` set here is never used inside workers (every worker would hold a copy of it and
+    draw the same masks). So masks differ per worker and per epoch, differ per rank when each rank's
+    loader has its own seeded ``generator``, and a run is reproduced by restoring the loader's
+    generator (what the trainer's checkpoints do), whatever the number of workers.
     """
 
     def __init__(
@@ -215,11 +225,6 @@ class MultiBlockMaskCollator:
 
     def __call__(self, batch: Sequence[Any]) -> dict[str, torch.Tensor]:
         """Collate dataset items (images or ``(image, label)`` pairs) and add masks for them."""
-        if self.generator is not None and get_worker_info() is not None:
-            raise RuntimeError(
-                "MultiBlockMaskCollator: a generator was set, but the collator runs in a DataLoader worker where "
-                "every worker holds a copy of it and would draw the same masks; use generator=None with workers"
-            )
         collated = default_collate(list(batch))
         if isinstance(collated, torch.Tensor):
             images, labels = collated, None
@@ -241,8 +246,22 @@ class MultiBlockMaskCollator:
         out = {"images": images}
         if labels is not None:
             out["labels"] = torch.as_tensor(labels)
-        out.update(self.sample(len(images), self.generator)._asdict())
+        out.update(self.sample(len(images), self._call_generator())._asdict())
         return out
+
+    def _call_generator(self) -> torch.Generator | None:
+        """What ``__call__`` draws from: ``generator`` in the main process, a generator seeded from
+        the worker's seed inside a DataLoader worker (made once per worker)."""
+        info = get_worker_info()
+        if info is None:
+            return self.generator
+        cached = getattr(self, "_worker_generator", None)
+        if cached is None or cached[0] != info.seed:
+            # Mixed with a constant so the masks are not the stream the worker's global RNG (seeded
+            # with the same number by the DataLoader) gives the dataset's transforms.
+            gen = torch.Generator().manual_seed((info.seed * 0x9E3779B97F4A7C15 + _MASK_STREAM) % (1 << 63))
+            cached = self._worker_generator = (info.seed, gen)
+        return cached[1]
 
     def __repr__(self) -> str:
         return (

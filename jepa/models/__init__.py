@@ -2,7 +2,7 @@
 
 from jepa.models.base import BaseModel, build_model
 from jepa.models.encoder import Encoder
-from jepa.models.ijepa import IJEPA, ijepa_prediction_loss
+from jepa.models.ijepa import IJEPA
 from jepa.models.jepa import JEPA, JEPAAction
 from jepa.models.predictor import Predictor, Projector, TransformerPredictor
 from jepa.models.vision import MaskedPredictor, VisionTransformer
@@ -21,5 +21,4 @@ __all__ = [
     "VisionTransformer",
     "WorldModel",
     "build_model",
-    "ijepa_prediction_loss",
 ]

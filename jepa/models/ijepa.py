@@ -2,23 +2,23 @@
 
 The EMA target encoder, its momentum schedule and ``embed`` come from :class:`~jepa.models.JEPA`;
 this class only changes what one forward computes. The model returns named outputs and computes no
-loss; :func:`ijepa_prediction_loss` is the I-JEPA objective over those outputs.
+loss: the I-JEPA objective over those outputs is :class:`jepa.trainer.losses.IJEPALoss`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from jepa import ops
 from jepa.models.jepa import JEPA
 from jepa.models.vision.predictor import MaskedPredictor
 from jepa.models.vision.presets import VIT_PRESETS, build_vit
 from jepa.models.vision.vit import VisionTransformer, masked_mean
 
-__all__ = ["IJEPA", "ijepa_prediction_loss"]
+__all__ = ["IJEPA"]
 
 #: Predictor depth of each preset when not given: I-JEPA's released ViT-H configs use 12 blocks,
 #: its reference predictor defaults to 6.
@@ -35,7 +35,12 @@ class IJEPA(JEPA):
     3. predictor from the context tokens and the target positions -> ``(B, K, Lt, D)``.
 
     The target tokens are returned un-normalised and un-gathered, with the index of each predicted
-    token, so that the loss can layer-norm and gather them (:func:`ijepa_prediction_loss`).
+    token, so that the loss can layer-norm and gather them in one fused pass
+    (:class:`jepa.trainer.losses.IJEPALoss`, through :func:`jepa.ops.jepa_loss` with ``target_index``).
+
+    In the trainer the model consumes the collated batch through :meth:`forward_batch`. Under DDP
+    the token outputs are not gathered across ranks (:attr:`unbatched_outputs`: every rank draws
+    its own masks, of its own sizes); ``pooled``/``projection`` are.
 
     Args:
         encoder: the context encoder, a :class:`~jepa.models.vision.VisionTransformer`.
@@ -154,31 +159,30 @@ class IJEPA(JEPA):
             out["projection"] = self.projector(pooled)
         return out
 
+    #: Outputs the trainer does not gather across DDP ranks (per-rank mask sizes differ; the
+    #: prediction loss is a per-rank mean, as in I-JEPA): see :mod:`jepa.trainer.objective`.
+    unbatched_outputs = ("prediction", "target_tokens", "target_index", "target_valid", "context", "context_valid")
+
+    def forward_batch(self, batch: Any) -> dict[str, torch.Tensor]:
+        """The training step's forward on a collated batch: a mapping with ``images`` and the mask
+        tensors of :class:`jepa.data.MultiBlockMaskCollator` (``context_idx``, ``context_valid``,
+        ``target_idx``, ``target_valid``; ``labels`` and other entries are ignored). Returns
+        :meth:`forward_features`'s outputs."""
+        if not isinstance(batch, Mapping):
+            raise TypeError(
+                f"IJEPA.forward_batch: expected the dict of jepa.data.MultiBlockMaskCollator (images and masks), "
+                f"got {type(batch).__name__}; use DataLoader(..., collate_fn=MultiBlockMaskCollator(grid=...))"
+            )
+        missing = [k for k in ("images", "context_idx", "target_idx") if k not in batch]
+        if missing:
+            raise ValueError(
+                f"IJEPA.forward_batch: the batch lacks {missing} (keys: {sorted(batch)}); "
+                "collate it with jepa.data.MultiBlockMaskCollator"
+            )
+        return self.forward_features(
+            batch["images"], batch["context_idx"], batch["target_idx"], batch.get("context_valid"), batch.get("target_valid")
+        )
+
     def forward(self, images: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor, context_valid: torch.Tensor | None = None, target_valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # type: ignore[override]
         """Same as :meth:`forward_features` (a dict of named outputs)."""
         return self.forward_features(images, context_idx, target_idx, context_valid, target_valid)
-
-
-def _gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``tokens[b, index[b, m]]``: ``(B, N, D)`` gathered at ``(B, M)`` -> ``(B, M, D)``.
-
-    The one place the targets are gathered before the loss; when :func:`jepa.ops.jepa_loss` takes
-    ``target_index=`` (gather fused into its kernel), :func:`ijepa_prediction_loss` passes the index
-    there instead and this goes away.
-    """
-    return tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[-1]))
-
-
-def ijepa_prediction_loss(
-    outputs: dict[str, torch.Tensor], *, loss: str = "smooth_l1", beta: float = 1.0, normalize_target: bool = True
-) -> torch.Tensor:
-    """The I-JEPA objective over :meth:`IJEPA.forward_features` outputs: the distance between each
-    prediction and its layer-normed target token, averaged over the valid predicted tokens and
-    features (``loss="smooth_l1"`` as I-JEPA, ``"mse"`` for L2). The target gets no gradient."""
-    for key in ("prediction", "target_tokens", "target_index", "target_valid"):
-        if key not in outputs:
-            raise KeyError(f"ijepa_prediction_loss: outputs lack {key!r} (expected IJEPA.forward_features outputs)")
-    target = _gather_tokens(outputs["target_tokens"].detach(), outputs["target_index"])
-    return ops.jepa_loss(
-        outputs["prediction"], target, loss=loss, beta=beta, mask=outputs["target_valid"], normalize_target=normalize_target
-    )

@@ -17,7 +17,7 @@ Modules, one job each (imports point down this list, never back up):
 from jepa.trainer import distributed
 from jepa.trainer.distributed_trainer import DistributedTrainer
 from jepa.trainer.eval import JEPAEvaluator
-from jepa.trainer.losses import ContrastiveLoss, JEPALoss, ReconstructionLoss, VICRegLoss, get_loss
+from jepa.trainer.losses import ContrastiveLoss, IJEPALoss, JEPALoss, ReconstructionLoss, VICRegLoss, get_loss
 from jepa.trainer.factory import create_trainer
 from jepa.trainer.trainer import BaseTrainer, JEPATrainer
 
@@ -28,6 +28,7 @@ distributed.DistributedTrainer = DistributedTrainer
 __all__ = [
     "BaseTrainer",
     "ContrastiveLoss",
+    "IJEPALoss",
     "JEPAEvaluator",
     "JEPALoss",
     "JEPATrainer",

@@ -29,10 +29,12 @@ from jepa.trainer.checks import check_choice, check_int, check_number
 from jepa.trainer.distributed import DistributedContext, init_distributed
 from jepa.trainer.environment import setup_reproducibility
 from jepa.trainer.fixed_views import FixedViews
+from jepa.trainer.images import image_data, image_loaders, image_loss, image_model, is_image_run, pixel_statistics, resolve_image_config
 from jepa.trainer.losses import JEPALoss
 from jepa.trainer.optimizers import create_optimizer
 from jepa.trainer.schedulers import create_scheduler
 from jepa.trainer.splits import stratified_holdout
+from jepa.trainer.weight_decay import WeightDecaySchedule
 
 __all__ = [
     "DATASETS",
@@ -49,8 +51,8 @@ __all__ = [
     "trainer_kwargs",
 ]
 
-#: Datasets a config can name in ``data.dataset``.
-DATASETS = ("digits",)
+#: Datasets a config can name in ``data.dataset`` (``image_folder``: an image run, :mod:`jepa.trainer.images`).
+DATASETS = ("digits", "image_folder")
 #: Fraction of the training split held out (stratified) to validate on.
 VALIDATION_FRACTION = 0.1
 
@@ -75,6 +77,7 @@ def check_training(config: Config) -> None:
     check_int("training.epochs", t.epochs, minimum=1, noun="")
     check_int("training.batch_size", t.batch_size, minimum=1, noun="")
     check_choice("training.strategy", t.strategy, ("ddp", "fsdp"))
+    check_number("training.weight_decay_end", t.weight_decay_end, low=0, optional=True, noun="")
 
 
 def _digits_subset(pairs: DigitsPairs, index: np.ndarray) -> DigitsPairs:
@@ -95,6 +98,11 @@ def build_datasets(config: Config) -> tuple[Dataset, Dataset]:
     """
     data = config.data
     check_choice("data.dataset", data.dataset, DATASETS)
+    if is_image_run(config):
+        raise ValueError(
+            f"build_datasets builds the digits pairs of the token JEPA; this config is an image run "
+            f"(data.dataset={data.dataset!r}, model.arch={config.model.arch!r}): see jepa.trainer.images.image_data"
+        )
     pairs = DigitsPairs(
         "train",
         patch=data.patch_size,
@@ -236,17 +244,32 @@ def trainer_kwargs(config: Any, given: Mapping[str, Any] | None = None) -> dict[
         ctx = init_distributed(given.get("world_size"), given.get("local_rank"), given.get("device", t.device), rank=given.get("distributed_rank"))
         given["distributed"] = ctx
     device = ctx.device if ctx else resolve_device(given.get("device", t.device))
-    train_set, val_set = build_datasets(config)
-    torch.manual_seed(t.seed)
-    model = model_from_config(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens)
-    if given.get("strategy", t.strategy) != "fsdp":  # (FSDP moves each shard to the device itself)
+    on_device = given.get("strategy", t.strategy) != "fsdp"  # (FSDP moves each shard to the device itself)
+    if is_image_run(config):
+        # I-JEPA on images: sizes left open are resolved into a copy (the trainer's config says what ran)
+        config = resolve_image_config(copy.deepcopy(config), device)
+        t = config.training
+        data = image_data(config)
+        pixel_mean, pixel_std = pixel_statistics(config, data)
+        torch.manual_seed(t.seed)
+        model = image_model(config, data.in_chans, pixel_mean, pixel_std)
+        train_loader, val_loader = image_loaders(config, data, *((ctx.rank, ctx.world_size) if ctx else (0, 1)))
+        loss_fn: Any = image_loss(config)
+    else:
+        train_set, val_set = build_datasets(config)
+        torch.manual_seed(t.seed)
+        model = model_from_config(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens)
+        train_loader, val_loader = build_loaders(config, train_set, val_set)
+        loss_fn = build_loss(config)
+    if on_device:
         model = model.to(device)
-    train_loader, val_loader = build_loaders(config, train_set, val_set)
     optimizer = create_optimizer(
         model, optimizer_type=t.optimizer.type, learning_rate=t.learning_rate, weight_decay=t.weight_decay,
         betas=tuple(t.optimizer.betas), eps=t.optimizer.eps, device=device,
     )
     own_callbacks = [EarlyStopping(monitor="val_loss", patience=t.validation.patience)] if t.validation.patience is not None else []
+    if t.weight_decay_end is not None:
+        own_callbacks.append(WeightDecaySchedule(t.weight_decay, t.weight_decay_end))
     kwargs: dict[str, Any] = {
         "config": config,
         "model": model,
@@ -255,7 +278,7 @@ def trainer_kwargs(config: Any, given: Mapping[str, Any] | None = None) -> dict[
         "train_loader": train_loader,
         "val_loader": val_loader,
         "num_epochs": t.epochs,
-        "loss_fn": build_loss(config),
+        "loss_fn": loss_fn,
         "gradient_clip_norm": t.gradient_clip,
         "gradient_accumulation": t.gradient_accumulation,
         "progress_bar": config.logging.progress_bar,
@@ -294,6 +317,11 @@ def setup_training(config: Any) -> tuple[torch.device, torch.nn.Module, DataLoad
         raise TypeError(f"setup_training: config must be a jepa.config.Config, a dict or a config path, got {type(config).__name__}") from None
     device = resolve_device(config.training.device)
     setup_reproducibility(config.training.seed)
+    if is_image_run(config):
+        config = resolve_image_config(copy.deepcopy(config), device)
+        data = image_data(config)
+        model = image_model(config, data.in_chans, *pixel_statistics(config, data)).to(device)
+        return device, model, image_loaders(config, data)[0]
     train_set, _ = build_datasets(config)
     model = model_from_config(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens).to(device)
     train_loader, _ = build_loaders(config, train_set, None)

@@ -6,8 +6,9 @@ of apart from the trainer's own counters:
 
 * :func:`rng_state` / :func:`set_rng_state`: torch (CPU and CUDA), numpy and python RNGs, and the
   ``torch.Generator`` objects of data loaders (``DataLoader(..., generator=g)``, a sampler's
-  ``generator``): a loader with its own generator draws its shuffling from it, not from the global
-  RNG, so exact resume needs its state too.
+  ``generator``, the ``collate_fn``'s ``generator``, e.g. a mask collator's): a loader with its own
+  generator draws its shuffling (and its workers' seeds) from it, not from the global RNG, so exact
+  resume needs its state too.
 * :func:`stamp_model`: the model class, its recorded config and the jepa version, so a checkpoint
   alone rebuilds the model (:func:`model_from_checkpoint_state`).
 * :func:`checkpoint_files` / :func:`find_latest_checkpoint`: what counts as a checkpoint in a folder
@@ -68,7 +69,8 @@ CHECKPOINT_FORMAT = 1
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
 
 # Where a DataLoader keeps torch.Generator objects that decide its order (checked in this order).
-_GENERATOR_PATHS = ("generator", "sampler.generator", "batch_sampler.generator", "batch_sampler.sampler.generator")
+# The collate function's: a collator drawing random masks in the main process (jepa.data.MultiBlockMaskCollator).
+_GENERATOR_PATHS = ("generator", "sampler.generator", "batch_sampler.generator", "batch_sampler.sampler.generator", "collate_fn.generator")
 
 
 # ----------------------------------------------------------------------------------- RNG state

@@ -19,7 +19,8 @@ from jepa import io as jio
 from jepa.trainer.batches import first_input, move_to_device, resolve_device
 from jepa.trainer.checkpoints import model_from_checkpoint_state
 from jepa.trainer.checks import check_choice, check_number, check_type
-from jepa.trainer.losses import JEPALoss
+from jepa.data import ImageFolderDataset
+from jepa.trainer.losses import default_loss
 from jepa.trainer.modes import evaluating
 from jepa.trainer.objective import loss_terms, model_outputs
 
@@ -118,7 +119,9 @@ class JEPAEvaluator:
         model: a JEPA-like module with ``forward_features`` and ``embed`` (:class:`~jepa.models.JEPA`,
             :class:`~jepa.models.JEPAAction`).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ... or a :class:`torch.device`.
-        loss_fn: the prediction loss reported as ``loss`` (default :class:`~jepa.trainer.losses.JEPALoss`).
+        loss_fn: the prediction loss reported as ``loss`` (default: :func:`~jepa.trainer.losses.default_loss`
+            of the model: :class:`~jepa.trainer.losses.IJEPALoss` for an :class:`~jepa.models.IJEPA`,
+            else :class:`~jepa.trainer.losses.JEPALoss`).
         collapse_rank_fraction: embeddings count as ``collapsed`` when their effective rank is
             below this fraction of the embedding dimension ...
         collapse_std_threshold: ... or when their mean per-dimension std is below this value.
@@ -144,7 +147,7 @@ class JEPAEvaluator:
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
-        self.loss_fn = loss_fn if loss_fn is not None else JEPALoss()
+        self.loss_fn = loss_fn if loss_fn is not None else default_loss(model)
         self.collapse_rank_fraction = float(collapse_rank_fraction)
         self.collapse_std_threshold = float(collapse_std_threshold)
 
@@ -229,7 +232,9 @@ class JEPAEvaluator:
                     cos_sum += float(F.cosine_similarity(pred, tnorm, dim=-1).mean())
                     pairs += 1
                 context = out.get("context")
-                if isinstance(context, torch.Tensor):
+                if isinstance(out.get("pooled"), torch.Tensor):  # pooled over the valid tokens only (IJEPA)
+                    embeddings.append(out["pooled"].detach().float().cpu())
+                elif isinstance(context, torch.Tensor):
                     z = context.mean(dim=1) if context.dim() == 3 else context
                     embeddings.append(z.reshape(z.shape[0], -1).detach().float().cpu())
                 else:
@@ -273,8 +278,17 @@ class JEPAEvaluator:
             raise ValueError("encode: data yielded no samples")
         return torch.cat(outs)
 
+    def _image_folder(self, path: str | os.PathLike, split: str, name: str) -> ImageFolderDataset:
+        """The ``split`` of the image folder ``path`` at the model's image size (evaluation transform)."""
+        image_size = getattr(getattr(self.model, "encoder", None), "image_size", None)
+        if image_size is None:
+            raise TypeError(f"{name}: a folder of images needs an image model (a ViT encoder); this one is a {type(self.model).__name__}")
+        return ImageFolderDataset(path, image_size, split=split)
+
     def _features(self, data: Any, name: str, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Encoded features and targets of downstream ``data`` (``(X, y)``, Dataset or DataLoader)."""
+        """Encoded features and targets of downstream ``data`` (``(X, y)``, Dataset, DataLoader or image folder)."""
+        if isinstance(data, (str, os.PathLike)):
+            data = self._image_folder(data, "train" if name == "train_data" else "val", name)
         if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data, Dataset):
             x, y = data
             if isinstance(x, (torch.Tensor, np.ndarray)):
@@ -316,7 +330,10 @@ class JEPAEvaluator:
         """Frozen-feature downstream evaluation of the encoder.
 
         ``train_data``/``test_data``: an ``(X, y)`` tuple of tensors/arrays, a Dataset yielding
-        ``(x, y)`` or a DataLoader yielding ``(x, y)`` batches; ``X`` goes through :meth:`encode`.
+        ``(x, y)`` (e.g. a :class:`~jepa.data.ImageFolderDataset`), a DataLoader yielding ``(x, y)``
+        batches, or the path of a folder of labelled images (read at the model's image size with
+        the evaluation transform: its train split for ``train_data``, its val split for
+        ``test_data``, i.e. ``val/`` or the seeded 80/20 split); ``X`` goes through :meth:`encode`.
 
         ``task="classification"``: ``linear`` = logistic regression on standardized features,
         ``knn`` = k-nearest-neighbours with cosine distance (``k`` capped at the training-set

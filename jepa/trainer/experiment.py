@@ -1,6 +1,11 @@
 """The default experiment: train a JEPA from a config, then probe it against the same
 architecture at random init and against the raw input (what ``jepa train`` and
-``benchmarks/quality.py`` both run)."""
+``benchmarks/quality.py`` / ``benchmarks/quality_images.py`` run).
+
+Digits: probes fit on the digits train split, scored on its test split. Image runs
+(:mod:`jepa.trainer.images`): fit on the training images, scored on the validation images (the
+folder's ``val`` split, or its seeded 80/20 split), both through the evaluation transform.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,9 @@ from jepa.config import Config
 from jepa.data import load_digits_split
 from jepa.trainer.builders import model_from_config
 from jepa.trainer.checkpoints import model_from_checkpoint_state
-from jepa.trainer.eval import probe_report
+from jepa.trainer.eval import effective_rank, probe_report
+from jepa.trainer.image_probes import encode_images, image_probe_report
+from jepa.trainer.images import image_data, image_model, is_image_run
 from jepa.trainer.trainer import JEPATrainer
 
 __all__ = ["build_probe_run", "train_and_probe"]
@@ -25,10 +32,27 @@ def build_probe_run(config: Config, *, distributed: bool = False) -> tuple[JEPAT
     """The trainer of ``config`` and a random-init twin of its model (same architecture, same seed,
     hence the same initial weights). ``distributed``: the trainer joins the torchrun process group."""
     trainer = JEPATrainer(config, distributed=distributed)
-    train_set = trainer.train_loader.dataset
+    config = trainer.config  # an image run's sizes are resolved there
     torch.manual_seed(config.training.seed)  # JEPATrainer(config) seeds alike before building its model
-    random_init = model_from_config(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens).to(trainer.device)
-    return trainer, random_init
+    if is_image_run(config):
+        enc = trainer.model.encoder.config
+        random_init = image_model(config, enc["in_chans"], enc["pixel_mean"], enc["pixel_std"])
+    else:
+        train_set = trainer.train_loader.dataset
+        random_init = model_from_config(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens)
+    return trainer, random_init.to(trainer.device)
+
+
+def _image_report(trainer: JEPATrainer, model: torch.nn.Module, random_init: torch.nn.Module, labels_per_class: int) -> dict[str, Any]:
+    config = trainer.config
+    data = image_data(config)
+    workers = config.data.num_workers or 0
+    if data.labelled:
+        return image_probe_report(model, random_init, data.probe_train, data.probe_test,
+                                  labels_per_class=labels_per_class, seed=config.training.seed, num_workers=workers)
+    z, _ = encode_images(model, data.probe_test, device=trainer.device, num_workers=workers)
+    return {"probe": None, "effective_rank": effective_rank(z), "embedding_dim": int(z.shape[1]),
+            "notes": ["the images have no class labels (a flat folder): no probes"]}
 
 
 def _probed_model(trainer: JEPATrainer) -> torch.nn.Module:
@@ -44,8 +68,9 @@ def _probed_model(trainer: JEPATrainer) -> torch.nn.Module:
 
 
 def train_and_probe(trainer: JEPATrainer, random_init: torch.nn.Module, labels_per_class: int = 10) -> dict[str, Any]:
-    """Train (closing the trainer's logger at the end), then :func:`~jepa.trainer.eval.probe_report` on the digits
-    split of the config. Returns ``history``, ``report`` and ``train_seconds``."""
+    """Train (closing the trainer's logger at the end), then probe: :func:`~jepa.trainer.eval.probe_report`
+    on the digits split of the config, or :func:`~jepa.trainer.image_probes.image_probe_report` for an
+    image run (``probe`` is None for unlabelled images). Returns ``history``, ``report`` and ``train_seconds``."""
     config = trainer.config
     torch.manual_seed(config.training.seed + 1)
     start = time.perf_counter()
@@ -55,10 +80,13 @@ def train_and_probe(trainer: JEPATrainer, random_init: torch.nn.Module, labels_p
         if trainer.logger is not None and hasattr(trainer.logger, "close"):
             trainer.logger.close()
     train_seconds = time.perf_counter() - start
-    tr = load_digits_split("train", patch=config.data.patch_size, seed=config.data.split_seed)
-    te = load_digits_split("test", patch=config.data.patch_size, seed=config.data.split_seed)
-    report = probe_report(
-        _probed_model(trainer), random_init, tr.tokens, tr.labels, te.tokens, te.labels, tr.images, te.images,
-        labels_per_class=labels_per_class, seed=config.training.seed,
-    )
+    if is_image_run(config):
+        report = _image_report(trainer, _probed_model(trainer), random_init, labels_per_class)
+    else:
+        tr = load_digits_split("train", patch=config.data.patch_size, seed=config.data.split_seed)
+        te = load_digits_split("test", patch=config.data.patch_size, seed=config.data.split_seed)
+        report = probe_report(
+            _probed_model(trainer), random_init, tr.tokens, tr.labels, te.tokens, te.labels, tr.images, te.images,
+            labels_per_class=labels_per_class, seed=config.training.seed,
+        )
     return {"history": history, "report": report, "train_seconds": train_seconds}

@@ -1,11 +1,13 @@
 """Training objectives.
 
 * :class:`JEPALoss`: the I-JEPA prediction loss plus an anti-collapse regularizer (the default);
+* :class:`IJEPALoss`: I-JEPA on images: the predicted target-block tokens against the layer-normed
+  target-encoder tokens (:class:`~jepa.models.IJEPA` outputs), optionally + variance/covariance;
 * :class:`ContrastiveLoss`: InfoNCE between pooled prediction and target embeddings;
 * :class:`ReconstructionLoss`: a direct distance (MSE, L1, smooth-L1 or cosine);
 * :class:`VICRegLoss`: the VICReg objective between two embeddings;
 * :class:`SIGRegLoss`: LeJEPA's SIGReg regularizer (embeddings towards an isotropic Gaussian);
-* :func:`get_loss`: one of the above by name.
+* :func:`get_loss`: one of the above by name; :func:`default_loss` the one a model trains with by default.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jepa.models import IJEPA
 from jepa.ops import info_nce, jepa_loss, sigreg, sigreg_ecf, sigreg_from_ecf
 from jepa.trainer.checks import check_choice, check_int, check_number
 from jepa.trainer.collectives import all_reduce_sum_autograd, multi_process
@@ -221,6 +224,124 @@ class JEPALoss(nn.Module):
         return self.terms(prediction, target, context, projection)["loss"]
 
 
+def _common_dtype(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``a`` and ``b`` in their promoted dtype: under autocast the predictor ends in a bf16/fp16
+    linear layer while the target encoder ends in a layer norm (fp32); the loss is computed in the
+    wider type (as I-JEPA's ``smooth_l1_loss`` of the two does), the gradient flows back in ``a``'s."""
+    if a.dtype == b.dtype:
+        return a, b
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    return a.to(dtype), b.to(dtype)
+
+
+class IJEPALoss(nn.Module):
+    """I-JEPA's objective on images, over the outputs of :class:`~jepa.models.IJEPA`.
+
+    The target encoder's tokens of the full images ``target_tokens`` ``(B, N, D)`` are layer-normed
+    (no affine) and compared with the predictions ``prediction`` ``(B, M, D)`` at the patches
+    ``target_index`` ``(B, M)``; padded rows (``target_valid`` False) do not count. The gather is
+    fused into :func:`jepa.ops.jepa_loss` (``target_index=``): the gathered targets are never
+    materialised on the Triton path. The target gets no gradient (stop-gradient).
+
+    Optionally the variance/covariance regulariser of :class:`JEPALoss` acts on ``projection``
+    (the model's projector on the pooled context) or, without a projector, on ``pooled``.
+
+    Under DDP the token outputs are not gathered (each rank's masks have their own sizes; the
+    prediction term is the mean over the rank's valid tokens, as in I-JEPA, and DDP averages the
+    gradients); ``projection``/``pooled`` are, so the regulariser sees the global batch.
+
+    ``terms(...)`` returns ``loss``, ``pred_loss`` and, when enabled, ``var_loss``/``cov_loss``.
+
+    Args:
+        loss: ``"smooth_l1"`` (I-JEPA), ``"mse"`` (L2) or ``"l1"``.
+        beta: smooth-L1 transition point.
+        normalize_target: layer-norm the target tokens first (I-JEPA: True).
+        var_weight: weight of the variance hinge (0: off, plain I-JEPA).
+        cov_weight: weight of the covariance term (0: off).
+        var_gamma: target standard deviation of the variance hinge.
+    """
+
+    def __init__(
+        self,
+        loss: str = "smooth_l1",
+        beta: float = 1.0,
+        normalize_target: bool = True,
+        var_weight: float = 0.0,
+        cov_weight: float = 0.0,
+        var_gamma: float = 1.0,
+    ) -> None:
+        super().__init__()
+        owner = "IJEPALoss"
+        check_choice("loss", loss, PREDICTION_LOSSES, owner=owner)
+        check_number("beta", beta, low=0, low_open=True, owner=owner)
+        check_number("var_weight", var_weight, low=0, owner=owner)
+        check_number("cov_weight", cov_weight, low=0, owner=owner)
+        check_number("var_gamma", var_gamma, low=0, low_open=True, owner=owner)
+        if not isinstance(normalize_target, bool):
+            raise TypeError(f"IJEPALoss: normalize_target must be a bool, got {normalize_target!r}")
+        self.loss, self.beta, self.normalize_target = loss, float(beta), normalize_target
+        self.var_weight, self.cov_weight, self.var_gamma = float(var_weight), float(cov_weight), float(var_gamma)
+
+    def terms(
+        self,
+        prediction: torch.Tensor,
+        target_tokens: torch.Tensor,
+        target_index: torch.Tensor,
+        target_valid: torch.Tensor | None = None,
+        projection: torch.Tensor | None = None,
+        pooled: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Every term; ``loss`` is the weighted total (see the class docstring for the shapes)."""
+        for name, value in (("prediction", prediction), ("target_tokens", target_tokens), ("target_index", target_index)):
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"IJEPALoss: {name} must be a tensor, got {type(value).__name__}")
+        pred, target = _common_dtype(prediction, target_tokens.detach())
+        out = {
+            "pred_loss": jepa_loss(
+                pred, target, loss=self.loss, beta=self.beta, mask=target_valid,
+                normalize_target=self.normalize_target, target_index=target_index,
+            )
+        }
+        total = out["pred_loss"]
+        if self.var_weight > 0 or self.cov_weight > 0:
+            z = projection if projection is not None else pooled
+            if z is None:
+                raise TypeError(
+                    "IJEPALoss: var_weight/cov_weight > 0 need the model's 'projection' or 'pooled' output; "
+                    "the model returned neither"
+                )
+            var_loss, cov_loss = _variance_covariance(z, self.var_gamma, 1e-4, self.var_weight > 0, self.cov_weight > 0)
+            if var_loss is not None:
+                out["var_loss"] = var_loss
+                total = total + self.var_weight * var_loss
+            if cov_loss is not None:
+                out["cov_loss"] = cov_loss
+                total = total + self.cov_weight * cov_loss
+        out["loss"] = total
+        return out
+
+    def forward(
+        self,
+        prediction: torch.Tensor,
+        target_tokens: torch.Tensor,
+        target_index: torch.Tensor,
+        target_valid: torch.Tensor | None = None,
+        projection: torch.Tensor | None = None,
+        pooled: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The weighted total loss (``terms(...)["loss"]``)."""
+        return self.terms(prediction, target_tokens, target_index, target_valid, projection, pooled)["loss"]
+
+    def extra_repr(self) -> str:
+        return f"loss={self.loss!r}, beta={self.beta}, var_weight={self.var_weight}, cov_weight={self.cov_weight}"
+
+
+def default_loss(model: nn.Module) -> nn.Module:
+    """The loss a model trains and is evaluated with when none is given: :class:`IJEPALoss` for an
+    :class:`~jepa.models.IJEPA`, else :class:`JEPALoss`."""
+    return IJEPALoss() if isinstance(model, IJEPA) else JEPALoss()
+
+
 def _pooled(x: torch.Tensor, name: str, owner: str) -> torch.Tensor:
     """``x`` as ``(B, D)`` rows: unchanged when 2-D, mean over tokens when ``(B, T, D)``."""
     if not isinstance(x, torch.Tensor):
@@ -413,6 +534,7 @@ class VICRegLoss(nn.Module):
 
 _LOSSES = {
     "jepa": JEPALoss,
+    "ijepa": IJEPALoss,
     "contrastive": ContrastiveLoss,
     "infonce": ContrastiveLoss,
     "reconstruction": ReconstructionLoss,
@@ -423,7 +545,7 @@ _LOSSES = {
 def get_loss(name: str, **kwargs) -> nn.Module:
     """The loss module called ``name`` (case-insensitive), built with ``kwargs``.
 
-    Names: ``"jepa"`` (:class:`JEPALoss`), ``"contrastive"`` / ``"infonce"``
+    Names: ``"jepa"`` (:class:`JEPALoss`), ``"ijepa"`` (:class:`IJEPALoss`), ``"contrastive"`` / ``"infonce"``
     (:class:`ContrastiveLoss`), ``"reconstruction"`` (:class:`ReconstructionLoss`),
     ``"vicreg"`` (:class:`VICRegLoss`).
     """

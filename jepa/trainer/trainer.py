@@ -230,6 +230,7 @@ class BaseTrainer(TrainerCheckpoints):
         self.should_stop = False
         self.max_epochs: int | None = self.num_epochs
         self.step_outputs: dict[str, Any] | None = None
+        self.total_steps: int | None = None  # optimizer steps of the current train() run, once it started
         self.parallel: dist_glue.ParallelStrategy | None = build_strategy(
             self.model, optimizer, self.dist, strategy=strategy, mixed_precision=self.mixed_precision,
             activation_checkpointing=activation_checkpointing, find_unused_parameters=ddp_find_unused_parameters,
@@ -315,7 +316,7 @@ class BaseTrainer(TrainerCheckpoints):
             train_loader, val_loader = self.parallel.shard(train_loader, seed=seed), self.parallel.shard(val_loader, shuffle=False, seed=seed)
         self.max_epochs, self.should_stop = num_epochs, False
         self._active_train_loader, self._active_val_loader = train_loader, val_loader
-        total_steps = self._steps_per_epoch(train_loader) * num_epochs
+        total_steps = self.total_steps = self._steps_per_epoch(train_loader) * num_epochs
         self._maybe_resume()
         self.schedule.setup(total_steps, self.callbacks)
         if hasattr(self.model, "set_total_steps"):

@@ -201,11 +201,55 @@ def test_collate_fn_in_workers_draws_different_masks_per_worker():
     assert not torch.equal(batches[0]["target_idx"], batches[1]["target_idx"])  # workers 0 and 1 differ
 
 
-def test_collate_fn_refuses_a_shared_generator_in_workers():
-    ds = TensorImageDataset(torch.rand(4, 3, 8, 8))
+def _worker_masks(loader):
+    return [b["target_idx"] for b in loader]
+
+
+def test_collate_fn_in_workers_ignores_a_shared_generator_and_follows_the_loader_generator():
+    """A generator set on the collator is copied into every worker, so workers use their own seeds
+    instead; those follow the loader's generator: another loader seed gives other masks, the same
+    seed the same masks, whatever was drawn from the global RNG in between."""
+    ds = TensorImageDataset(torch.rand(8, 3, 8, 8))
     col = MultiBlockMaskCollator(grid=(4, 4), num_targets=2, min_keep=2, generator=_gen())
-    with pytest.raises(RuntimeError, match="generator"):
-        next(iter(DataLoader(ds, batch_size=2, collate_fn=col, num_workers=1)))
+
+    def loader(seed):
+        return DataLoader(ds, batch_size=2, collate_fn=col, num_workers=2, generator=torch.Generator().manual_seed(seed))
+
+    a = _worker_masks(loader(0))
+    torch.rand(100)  # the global RNG moves: irrelevant with a loader generator
+    b = _worker_masks(loader(0))
+    c = _worker_masks(loader(1))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))  # e.g. another rank's seed
+    assert not torch.equal(a[0], a[1])  # workers 0 and 1 differ, though both copied one generator
+    # the main process (num_workers=0) draws from the collator's generator
+    main = [b["target_idx"] for b in DataLoader(ds, batch_size=2, collate_fn=MultiBlockMaskCollator(
+        grid=(4, 4), num_targets=2, min_keep=2, generator=_gen(5)))]
+    again = [b["target_idx"] for b in DataLoader(ds, batch_size=2, collate_fn=MultiBlockMaskCollator(
+        grid=(4, 4), num_targets=2, min_keep=2, generator=_gen(5)))]
+    assert all(torch.equal(x, y) for x, y in zip(main, again))
+
+
+def test_worker_masks_are_not_the_worker_global_rng_stream():
+    """Transforms draw from the worker's global RNG (seeded with the worker seed); the masks come from
+    a stream of their own, so a transform that draws more or fewer numbers does not change them."""
+    images = torch.rand(6, 3, 8, 8)
+
+    class Drawing(TensorImageDataset):
+        def __init__(self, draws):
+            super().__init__(images)
+            self.draws = draws
+
+        def __getitem__(self, i):
+            torch.rand(self.draws)  # a transform's random draws
+            return super().__getitem__(i)
+
+    col = MultiBlockMaskCollator(grid=(4, 4), num_targets=2, min_keep=2)
+    runs = [
+        _worker_masks(DataLoader(Drawing(n), batch_size=2, collate_fn=col, num_workers=1, generator=_gen(3)))
+        for n in (1, 7)
+    ]
+    assert all(torch.equal(x, y) for x, y in zip(*runs))
 
 
 def test_collate_fn_checks_image_size_against_grid():

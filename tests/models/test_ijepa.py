@@ -4,8 +4,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from jepa.data import MultiBlockMaskCollator, TensorImageDataset
-from jepa.models import IJEPA, JEPA, BaseModel, MaskedPredictor, Projector, VisionTransformer, ijepa_prediction_loss
-from jepa.models.ijepa import _gather_tokens
+from jepa import ops
+from jepa.models import IJEPA, JEPA, BaseModel, MaskedPredictor, Projector, VisionTransformer
 
 KEYS = {"prediction", "target_tokens", "target_index", "target_valid", "context", "context_valid", "pooled"}
 
@@ -14,6 +14,11 @@ def _model(**kw):
     enc = VisionTransformer(image_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2)
     pred = MaskedPredictor(grid_size=(4, 4), embed_dim=32, predictor_embed_dim=16, depth=1, num_heads=2)
     return IJEPA(enc, pred, **kw)
+
+
+def _prediction_loss(out):
+    """I-JEPA's loss over the outputs (the trainer's IJEPALoss is tested in tests/trainer)."""
+    return ops.jepa_loss(out["prediction"], out["target_tokens"], mask=out["target_valid"], target_index=out["target_index"])
 
 
 def _masks(batch=3, seed=0):
@@ -62,25 +67,20 @@ def test_projector_output_is_added():
     assert out["projection"].shape == (3, 8)
 
 
-def test_prediction_loss_matches_a_hand_computation():
+def test_forward_batch_takes_the_collated_dict_and_ignores_labels():
     model = _model()
     images = torch.randn(3, 3, 16, 16)
     masks = _masks()
-    out = model(images, **masks)
-    out["target_valid"] = out["target_valid"].clone()
-    out["target_valid"][0, :2] = False  # padded rows do not count
-    target = F.layer_norm(out["target_tokens"], (32,))  # I-JEPA: layer-norm, then gather the blocks
-    rows = [(b, m) for b in range(3) for m in range(out["target_index"].shape[1]) if out["target_valid"][b, m]]
-    diffs = torch.stack([out["prediction"][b, m] - target[b, out["target_index"][b, m]] for b, m in rows]).double()
-    smooth_l1 = torch.where(diffs.abs() < 1, 0.5 * diffs**2, diffs.abs() - 0.5).mean()
-    assert torch.allclose(ijepa_prediction_loss(out).double(), smooth_l1, atol=1e-6)
-    assert torch.allclose(ijepa_prediction_loss(out, loss="mse").double(), (diffs**2).mean(), atol=1e-6)
-
-
-def test_gather_tokens_picks_rows_per_image():
-    tokens = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)
-    index = torch.tensor([[3, 0], [1, 1]])
-    assert torch.equal(_gather_tokens(tokens, index), torch.stack([tokens[0, [3, 0]], tokens[1, [1, 1]]]))
+    a = model.forward_batch({"images": images, "labels": torch.arange(3), **masks})
+    b = model(images, **masks)
+    assert set(a) == KEYS and all(torch.equal(a[k], b[k]) for k in KEYS if k != "prediction")
+    assert torch.allclose(a["prediction"], b["prediction"])
+    assert {"prediction", "target_tokens", "target_index", "target_valid"} <= set(model.unbatched_outputs)
+    assert "pooled" not in model.unbatched_outputs  # the regularizer's input is gathered across ranks
+    with pytest.raises(TypeError, match="MultiBlockMaskCollator"):
+        model.forward_batch((images, masks["context_idx"]))
+    with pytest.raises(ValueError, match=r"lacks \['target_idx'\]"):
+        model.forward_batch({"images": images, "context_idx": masks["context_idx"]})
 
 
 def test_one_hand_written_optimisation_step_trains_only_online_modules_and_moves_target_by_ema():
@@ -96,7 +96,7 @@ def test_one_hand_written_optimisation_step_trains_only_online_modules_and_moves
     for a, b in zip(model.encoder.parameters(), model.target_encoder.parameters()):
         assert torch.equal(a, b)  # the target starts as a copy of the context encoder
 
-    loss = ijepa_prediction_loss(model(images, **masks))  # forward
+    loss = _prediction_loss(model(images, **masks))  # forward
     assert torch.isfinite(loss) and loss.item() > 0
     loss.backward()
     for name, p in list(model.encoder.named_parameters()) + list(model.predictor.named_parameters()):
@@ -126,7 +126,7 @@ def test_dataloader_collator_and_model_work_together():
     batch = next(iter(DataLoader(ds, batch_size=3, collate_fn=col)))
     model = _model()
     out = model(batch["images"], **{k: v for k, v in batch.items() if k not in ("images", "labels")})
-    assert torch.isfinite(ijepa_prediction_loss(out))
+    assert torch.isfinite(_prediction_loss(out))
 
 
 def test_embed_pools_full_images_with_either_encoder():
@@ -178,5 +178,3 @@ def test_bad_compositions_are_refused():
         IJEPA(enc, MaskedPredictor(8, 32, 16, 1, 2))
     with pytest.raises(ValueError, match=r"target_idx must be \(B, K, Lt\)"):
         _model()(torch.randn(1, 3, 16, 16), torch.tensor([[0, 1]]), torch.tensor([[5, 6]]))
-    with pytest.raises(KeyError, match="target_tokens"):
-        ijepa_prediction_loss({"prediction": torch.zeros(1, 2, 3)})

@@ -59,11 +59,9 @@ class FixedMaskImages(Dataset):
 
 def ijepa_loss(prediction, target_tokens, target_index, target_valid):
     """The I-JEPA objective over the (gathered) outputs it names."""
-    from jepa.models import ijepa_prediction_loss
+    from jepa.trainer.losses import IJEPALoss
 
-    return ijepa_prediction_loss(
-        {"prediction": prediction, "target_tokens": target_tokens, "target_index": target_index, "target_valid": target_valid}
-    )
+    return IJEPALoss()(prediction, target_tokens, target_index, target_valid)
 
 
 def vit_model():

@@ -68,6 +68,26 @@ def check_indices(idx: torch.Tensor, valid: torch.Tensor | None, num_patches: in
             raise ValueError(f"the valid mask of {name} must be a bool tensor of shape {tuple(idx.shape)}, got {got}")
 
 
+def _pixel_stats(mean, std, channels: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(1, C, 1, 1)`` buffers of the input standardisation (both None when not asked for)."""
+    if mean is None and std is None:
+        return None, None
+    if mean is None or std is None:
+        raise ValueError(f"VisionTransformer: pixel_mean and pixel_std go together, got pixel_mean={mean!r}, pixel_std={std!r}")
+    out = []
+    for name, value in (("pixel_mean", mean), ("pixel_std", std)):
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != channels:
+            raise ValueError(f"VisionTransformer: {name} must be {channels} numbers (one per channel), got {value!r}")
+        try:
+            t = torch.tensor([float(v) for v in value], dtype=torch.float32)
+        except (TypeError, ValueError):
+            raise ValueError(f"VisionTransformer: {name} must be {channels} numbers (one per channel), got {value!r}") from None
+        if not bool(torch.isfinite(t).all()) or (name == "pixel_std" and bool((t <= 0).any())):
+            raise ValueError(f"VisionTransformer: {name} must be finite{' and > 0' if name == 'pixel_std' else ''}, got {value!r}")
+        out.append(t.view(1, channels, 1, 1))
+    return out[0], out[1]
+
+
 def masked_mean(tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Mean of ``(B, L, D)`` tokens over ``L``, counting only rows where ``valid`` ``(B, L)`` is True."""
     if valid is None:
@@ -103,6 +123,10 @@ class VisionTransformer(BaseModel):
             sin-cos table, a buffer that is neither trained nor saved. True: they are a parameter
             ``pos_embed`` ``(1, N, embed_dim)`` initialised with that table, trained and saved (the
             layout of Hugging Face's ``IJepaModel``, whose table is a parameter).
+        pixel_mean, pixel_std: per-channel statistics (``in_chans`` numbers each) to standardise the
+            input with, ``(images - mean) / std``, before the patch embedding; None (default): the
+            images are taken as they come. Part of the model's config, so a saved model takes the
+            same ``[0, 1]`` images it was trained on without a separate preprocessing step.
 
     The patch embedding's weight has the layout of a ``Conv2d(in_chans, embed_dim, patch_size,
     stride=patch_size)`` (``patch_embed.weight`` / ``patch_embed.bias``) but is applied as a matrix
@@ -123,6 +147,8 @@ class VisionTransformer(BaseModel):
         init_std: float = 0.02,
         qkv_bias: bool = True,
         learned_pos_embed: bool = False,
+        pixel_mean: Sequence[float] | None = None,
+        pixel_std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         size = to_pair(image_size, "VisionTransformer: image_size")
@@ -159,6 +185,9 @@ class VisionTransformer(BaseModel):
             TransformerBlock(embed_dim, num_heads, mlp_ratio, dropout, norm_eps=norm_eps, qkv_bias=qkv_bias) for _ in range(depth)
         )
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        mean, std = _pixel_stats(pixel_mean, pixel_std, in_chans)
+        self.register_buffer("pixel_mean", mean, persistent=False)
+        self.register_buffer("pixel_std", std, persistent=False)
         init_weights(self, std=init_std)
         nn.init.trunc_normal_(self.patch_embed.weight, std=init_std)
         nn.init.zeros_(self.patch_embed.bias)
@@ -202,6 +231,8 @@ class VisionTransformer(BaseModel):
         ``keep_valid`` is False are zero).
         """
         self._check_images(images)
+        if self.pixel_mean is not None:
+            images = (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
         patches = self.patchify(images)
         pos = self.pos_embed
         if keep is not None:
