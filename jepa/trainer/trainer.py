@@ -56,7 +56,7 @@ from jepa.trainer.losses import JEPALoss
 from jepa.trainer.metrics import log_metrics
 from jepa.trainer.modes import evaluating
 from jepa.trainer.nonfinite import NonFinitePolicy
-from jepa.trainer.objective import loss_inputs, loss_terms, model_outputs, unbatched_outputs
+from jepa.trainer.objective import gathered_inputs, loss_terms, model_outputs, unbatched_outputs
 from jepa.trainer.schedulers import LRControl
 
 # Also importable from here, as before the split (documented where they live): CHECKPOINT_FORMAT,
@@ -255,7 +255,7 @@ class BaseTrainer(TrainerCheckpoints):
         if grad and self.callbacks:
             self.step_outputs = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in outputs.items()}
         if self.multi_process:  # every rank: the loss of the global batch (2 x b == 1 x 2b)
-            outputs = dist_glue.gather_outputs(outputs, loss_inputs(self.loss_fn, outputs), unbatched_outputs(self.model))
+            outputs = dist_glue.gather_outputs(outputs, gathered_inputs(self.loss_fn, outputs), unbatched_outputs(self.model))
         return loss_terms(self.loss_fn, outputs)
 
     def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor] | None:
