@@ -186,6 +186,11 @@ class DigitsPairs(Dataset):
     def labels(self) -> torch.Tensor:
         return self.data.labels
 
+    def probe_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clean tokens and labels of this split, ``((N, T, patch*patch), (N,))``: what online probes
+        embed and classify (:class:`~jepa.trainer.callbacks.OnlineProbe`)."""
+        return self.data.tokens, self.data.labels
+
     @property
     def num_tokens(self) -> int:
         return self.data.tokens.shape[1]
