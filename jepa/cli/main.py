@@ -223,8 +223,28 @@ def _train(args: argparse.Namespace) -> int:
     for note in report.get("notes", []):
         print(f"note: {note}")
     print(f"\neffective rank of the embeddings: {report['effective_rank']:.1f} of {report['embedding_dim']}")
+    print(_health_lines(report))
     print(f"trained {t.epochs} epochs in {train_seconds:.1f}s; metrics: {out_dir / 'metrics.json'}; checkpoints: {ckpt_dir}")
     return 0
+
+
+def _health_lines(report: dict) -> str:
+    """The recipe, what best_model.pt followed, and the run-health monitors' last values."""
+    recipe, best, mon = report.get("recipe", {}), report.get("best_model", {}), report.get("monitors", {})
+    lines = []
+    if recipe:
+        lines.append(f"recipe: {recipe['name']} (model.target_encoder: {recipe['target_encoder']}, "
+                     f"loss.regularizer: {recipe['regularizer']} x {recipe['regularizer_weight']:g})")
+    if best.get("value") is not None:
+        why = "the online probe's accuracy on the validation split" if "acc" in best["monitor"] else "the loss"
+        if best["monitor"].endswith("loss") and "val_accuracy" not in mon:
+            why += " (no online probe: the validation data has no labels, or training.validation.probe is false)"
+        lines.append(f"best_model.pt: kept by {best['monitor']} = {best['value']:.4g}, {why}")
+    shown = [(k, f"{100 * mon[k]:.1f}%") for k in ("val_accuracy", "val_knn_accuracy") if k in mon]
+    shown += [(name, f"{mon[k]:.1f}") for k, name in (("rankme", "RankMe"), ("lidar", "LiDAR")) if k in mon]
+    if shown:
+        lines.append("last monitors: " + ", ".join(f"{k} {v}" for k, v in shown))
+    return "\n".join(lines)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -59,7 +59,7 @@ class ModelConfig:
     predictor: str = "mlp"  # "mlp" | "transformer"
     predictor_layers: int = 2
     predictor_dim: int | None = None
-    target_encoder: str = "ema"  # "ema" | "shared"
+    target_encoder: str = "ema"  # "ema" | "shared" (stop-gradient) | "none" (LeJEPA-style: online encoder, gradients)
     ema_momentum: float = 0.996
     ema_momentum_end: float = 1.0
     projector_hidden_dim: int = 256  # VICReg-style expander the regularizer acts on; 0 disables it
@@ -70,8 +70,20 @@ class ModelConfig:
 
 
 @dataclass
+class SIGRegConfig:
+    """``loss.sigreg``: LeJEPA's SIGReg (used with ``loss.regularizer: sigreg``): ``num_slices``
+    random directions per step, the characteristic function on ``knots`` points of ``[0, t_max]``;
+    the directions are seeded by ``training.seed``."""
+
+    num_slices: int = 1024
+    t_max: float = 3.0
+    knots: int = 17
+
+
+@dataclass
 class LossConfig:
-    """The JEPA objective: prediction distance + anti-collapse regularizer."""
+    """The JEPA objective: prediction distance + anti-collapse regularizer (``regularizer``: ``vc``
+    weighs ``var_weight``/``cov_weight``, ``sigreg`` uses ``sigreg``; ``regularizer_weight`` scales either)."""
 
     type: str = "smooth_l1"  # "smooth_l1" | "mse" | "l1"
     normalize_target: bool = True
@@ -82,6 +94,9 @@ class LossConfig:
     var_gamma: float = 1.0
     cov_weight: float = 6.0
     regularize: str = "pooled"  # "pooled" | "tokens" | "prediction"
+    regularizer: str = "vc"  # "vc" (variance/covariance) | "sigreg" (LeJEPA) | "none"
+    regularizer_weight: float = 1.0
+    sigreg: SIGRegConfig = field(default_factory=SIGRegConfig)
 
 
 @dataclass
@@ -106,10 +121,15 @@ class SchedulerConfig:
 @dataclass
 class ValidationConfig:
     """``training.validation``: validate every ``frequency`` epochs; stop early after ``patience``
-    validations without improvement (None: never)."""
+    validations without improvement (None: never). ``probe``: an online probe (``val_accuracy``,
+    ``val_knn_accuracy``) when the validation data has labels. ``monitor``: what ``best_model.pt``
+    and early stopping follow: ``auto`` (``val_accuracy`` when the probe runs, else ``val_loss``),
+    ``val_loss``, ``val_accuracy`` or ``val_knn_accuracy``."""
 
     frequency: int = 1
     patience: int | None = None
+    probe: bool = True
+    monitor: str = "auto"
 
 
 @dataclass

@@ -186,6 +186,11 @@ class DigitsPairs(Dataset):
     def labels(self) -> torch.Tensor:
         return self.data.labels
 
+    def probe_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clean tokens and labels of this split, ``((N, T, patch*patch), (N,))``: what online probes
+        embed and classify (:class:`~jepa.trainer.callbacks.OnlineProbe`)."""
+        return self.data.tokens, self.data.labels
+
     @property
     def num_tokens(self) -> int:
         return self.data.tokens.shape[1]
@@ -214,3 +219,31 @@ class DigitsPairs(Dataset):
             return tokens, tokens.clone()
         target = self.data.tokens[index].clone() if self.clean_target else self._view(image, 0.0)
         return self._view(image, self.context_mask_ratio), target
+
+    def _views(self, images: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+        """:meth:`_view` of a batch of images ``(B, 8, 8)`` in a few tensor operations."""
+        img = random_shift(random_affine(images, self.max_rotation, self.max_scale), self.max_shift)
+        if self.noise > 0:
+            img = img + self.noise * torch.randn_like(img)
+        tokens = patchify(img, self.patch)
+        count = int(round(mask_ratio * tokens.shape[1]))
+        if count > 0 and self.mask_mode == "random":  # token_mask's random mode for every row at once
+            hidden = torch.zeros(tokens.shape[:2], dtype=torch.bool)
+            hidden.scatter_(1, torch.rand(tokens.shape[:2]).argsort(dim=1)[:, :count], True)
+            tokens = tokens.masked_fill(hidden[..., None], 0.0)
+        elif count > 0:
+            hidden = torch.stack([token_mask(tokens.shape[1], mask_ratio, self.mask_mode) for _ in range(len(tokens))])
+            tokens = tokens.masked_fill(hidden[..., None], 0.0)
+        return tokens
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The pairs of several samples at once (what a DataLoader asks a dataset that has this method
+        for): the views of :meth:`__getitem__`, each random draw made for the whole batch at once, so
+        loading costs a few tensor operations per batch instead of per sample. Deterministic for a
+        given RNG state, like :meth:`__getitem__` (the two draw in a different order)."""
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        if not self.augment:
+            tokens = self.data.tokens[index]
+            return [(t, t.clone()) for t in tokens]
+        target = self.data.tokens[index].clone() if self.clean_target else self._views(self.data.images[index], 0.0)
+        return list(zip(self._views(self.data.images[index], self.context_mask_ratio), target))

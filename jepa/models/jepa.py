@@ -13,7 +13,7 @@ from jepa import ops
 from jepa.models._flat import flatten_pairs, has_sharded, local_tensors, still_flat
 from jepa.models.base import BaseModel
 
-TARGET_MODES = ("ema", "shared")
+TARGET_MODES = ("ema", "shared", "none")
 
 
 class JEPA(BaseModel):
@@ -28,8 +28,10 @@ class JEPA(BaseModel):
         encoder: online (context) encoder.
         predictor: maps context embeddings to predicted target embeddings (per token).
         target_encoder: ``"ema"`` (I-JEPA: a frozen copy of the encoder updated as an exponential
-            moving average after every optimizer step) or ``"shared"`` (the encoder itself under
-            stop-gradient, as in the original docs' library).
+            moving average after every optimizer step), ``"shared"`` (the encoder itself under
+            stop-gradient, as in the original docs' library) or ``"none"`` (LeJEPA-style: the encoder
+            itself *with* gradients, no EMA, no stop-gradient; pair it with a regularizer that
+            prevents collapse, e.g. ``JEPALoss(regularizer="sigreg", stop_gradient=False)``).
         momentum: EMA momentum at the start of training.
         momentum_end: EMA momentum at the end; the schedule is a cosine from ``momentum`` to
             ``momentum_end`` over the number of optimizer steps set by
@@ -83,7 +85,10 @@ class JEPA(BaseModel):
 
     # ------------------------------------------------------------------ forward
     def encode_target(self, state: torch.Tensor) -> torch.Tensor:
-        """Target embeddings of ``state`` (no gradient)."""
+        """Target embeddings of ``state``: no gradient, except with ``target_encoder="none"`` (the
+        online encoder, gradients flowing)."""
+        if self.target_mode == "none":
+            return self.encoder(state)
         with torch.no_grad():
             enc = self.target_encoder if self.target_encoder is not None else self.encoder
             return enc(state).detach()
@@ -155,7 +160,7 @@ class JEPA(BaseModel):
         """EMA step of the target encoder toward the online encoder; returns the momentum used.
 
         Call once per optimizer step (the trainer does, also under gradient accumulation).
-        No-op (returns 0.0) with ``target_encoder="shared"``.
+        No-op (returns 0.0) with ``target_encoder="shared"`` or ``"none"``.
 
         On the first call the parameters of the encoder and of its EMA copy are laid out as views
         of one flat buffer per device and dtype, so every later update is a single

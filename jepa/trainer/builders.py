@@ -24,13 +24,13 @@ from jepa.data import DigitsPairs, DigitsSplit
 from jepa.loggers import create_logger
 from jepa.models import JEPA, Encoder, Predictor, Projector, TransformerPredictor
 from jepa.trainer.batches import resolve_device
-from jepa.trainer.callbacks import EarlyStopping
+from jepa.trainer.callbacks import EarlyStopping, LiDAR, OnlineProbe, labelled_data
 from jepa.trainer.checks import check_choice, check_int, check_number
 from jepa.trainer.distributed import DistributedContext, init_distributed
 from jepa.trainer.environment import setup_reproducibility
 from jepa.trainer.fixed_views import FixedViews
 from jepa.trainer.images import image_data, image_loaders, image_loss, image_model, is_image_run, pixel_statistics, resolve_image_config
-from jepa.trainer.losses import JEPALoss
+from jepa.trainer.losses import REGULARIZERS, JEPALoss, SIGRegLoss
 from jepa.trainer.optimizers import create_optimizer
 from jepa.trainer.schedulers import create_scheduler
 from jepa.trainer.splits import stratified_holdout
@@ -38,14 +38,17 @@ from jepa.trainer.weight_decay import WeightDecaySchedule
 
 __all__ = [
     "DATASETS",
+    "MONITORS",
     "VALIDATION_FRACTION",
     "as_config",
     "build_datasets",
     "build_loaders",
     "build_loss",
+    "build_regularizer",
     "check_training",
     "explicit_arguments",
     "model_from_config",
+    "recipe_name",
     "scheduler_spec",
     "setup_training",
     "trainer_kwargs",
@@ -55,6 +58,8 @@ __all__ = [
 DATASETS = ("digits", "image_folder")
 #: Fraction of the training split held out (stratified) to validate on.
 VALIDATION_FRACTION = 0.1
+#: What ``training.validation.monitor`` may name (``auto``: ``val_accuracy`` when the online probe runs).
+MONITORS = ("auto", "val_loss", "val_accuracy", "val_knn_accuracy")
 
 
 def as_config(config: Any) -> Config:
@@ -151,8 +156,26 @@ def model_from_config(config: Config, input_dim: int, num_tokens: int) -> JEPA:
     )
 
 
+def build_regularizer(config: Config) -> str | SIGRegLoss:
+    """``loss.regularizer`` as :class:`~jepa.trainer.losses.JEPALoss` takes it: ``"vc"``, ``"none"``, or a
+    :class:`~jepa.trainer.losses.SIGRegLoss` with ``loss.sigreg``'s settings, seeded by ``training.seed``
+    (reducing over ranks itself unless it regularizes the prediction, which the trainer gathers)."""
+    lc = config.loss
+    check_choice("loss.regularizer", lc.regularizer, REGULARIZERS)
+    check_number("loss.regularizer_weight", lc.regularizer_weight, low=0, noun="")
+    if lc.regularizer != "sigreg":
+        return lc.regularizer
+    sc = lc.sigreg
+    check_int("loss.sigreg.num_slices", sc.num_slices, minimum=1, noun="")
+    check_int("loss.sigreg.knots", sc.knots, minimum=2, noun="")
+    check_number("loss.sigreg.t_max", sc.t_max, low=0, low_open=True, noun="")
+    return SIGRegLoss(num_slices=sc.num_slices, t_max=sc.t_max, knots=sc.knots, seed=max(0, int(config.training.seed)),
+                      distributed=lc.regularize != "prediction")
+
+
 def build_loss(config: Config) -> JEPALoss:
-    """The :class:`~jepa.trainer.losses.JEPALoss` of ``config.loss``."""
+    """The :class:`~jepa.trainer.losses.JEPALoss` of ``config.loss`` (no stop-gradient on the target when
+    ``model.target_encoder`` is ``"none"``)."""
     lc = config.loss
     return JEPALoss(
         loss=lc.type,
@@ -164,7 +187,24 @@ def build_loss(config: Config) -> JEPALoss:
         var_gamma=lc.var_gamma,
         cov_weight=lc.cov_weight,
         regularize=lc.regularize,
+        regularizer=build_regularizer(config),
+        regularizer_weight=lc.regularizer_weight,
+        stop_gradient=config.model.target_encoder != "none",
     )
+
+
+def recipe_name(config: Config) -> str:
+    """The recipe ``config`` trains, named by its target encoder and regularizer: ``"I-JEPA (EMA)"``,
+    ``"I-JEPA + VC"``, ``"I-JEPA + SIGReg"``, ``"LeJEPA-style"`` (no EMA, no stop-gradient, SIGReg), or a
+    plain description for the other combinations (``"shared target + VC"``, ...)."""
+    target, reg = config.model.target_encoder, config.loss.regularizer
+    if config.loss.regularizer_weight == 0:
+        reg = "none"
+    named = {("ema", "none"): "I-JEPA (EMA)", ("ema", "vc"): "I-JEPA + VC", ("ema", "sigreg"): "I-JEPA + SIGReg", ("none", "sigreg"): "LeJEPA-style"}
+    if (target, reg) in named:
+        return named[(target, reg)]
+    who = {"shared": "shared target", "none": "online target"}.get(target, f"{target} target")
+    return f"{who} + {'VC' if reg == 'vc' else 'SIGReg'}" if reg != "none" else f"{who}, no regularizer"
 
 
 def build_loaders(config: Config, train_set: Dataset, val_set: Dataset | None) -> tuple[DataLoader, DataLoader | None]:
@@ -255,19 +295,34 @@ def trainer_kwargs(config: Any, given: Mapping[str, Any] | None = None) -> dict[
         model = image_model(config, data.in_chans, pixel_mean, pixel_std)
         train_loader, val_loader = image_loaders(config, data, *((ctx.rank, ctx.world_size) if ctx else (0, 1)))
         loss_fn: Any = image_loss(config)
+        probe_data = (data.probe_train, data.val) if data.labelled else (None, None)
     else:
         train_set, val_set = build_datasets(config)
         torch.manual_seed(t.seed)
         model = model_from_config(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens)
         train_loader, val_loader = build_loaders(config, train_set, val_set)
         loss_fn = build_loss(config)
+        probe_data = (labelled_data(train_set), labelled_data(val_set))
     if on_device:
         model = model.to(device)
     optimizer = create_optimizer(
         model, optimizer_type=t.optimizer.type, learning_rate=t.learning_rate, weight_decay=t.weight_decay,
         betas=tuple(t.optimizer.betas), eps=t.optimizer.eps, device=device,
     )
-    own_callbacks = [EarlyStopping(monitor="val_loss", patience=t.validation.patience)] if t.validation.patience is not None else []
+    labelled = probe_data if t.validation.probe else (None, None)
+    probe = OnlineProbe(*labelled, seed=t.seed) if None not in labelled else None
+    monitor = check_choice("training.validation.monitor", t.validation.monitor, MONITORS)
+    if monitor == "auto":
+        monitor = "val_accuracy" if probe is not None else "val_loss"
+    elif monitor != "val_loss" and probe is None:
+        raise ValueError(f"training.validation.monitor={monitor!r} needs the online probe: labelled data and training.validation.probe: true")
+    mode = "min" if monitor == "val_loss" else "max"
+    own_callbacks = [probe] if probe is not None else []
+    if t.validation.patience is not None:
+        own_callbacks.append(EarlyStopping(monitor=monitor, patience=t.validation.patience, mode=mode))
+    every = config.logging.collapse_check_every_n_steps
+    if every:
+        own_callbacks.append(LiDAR(every_n_steps=every, seed=t.seed))
     if t.weight_decay_end is not None:
         own_callbacks.append(WeightDecaySchedule(t.weight_decay, t.weight_decay_end))
     kwargs: dict[str, Any] = {
@@ -291,6 +346,7 @@ def trainer_kwargs(config: Any, given: Mapping[str, Any] | None = None) -> dict[
         "collapse_check_every_n_steps": config.logging.collapse_check_every_n_steps or None,
         "strategy": t.strategy,
         "activation_checkpointing": t.activation_checkpointing,
+        "save_best": True if monitor == "val_loss" else (monitor, mode),
     }
     callbacks = list(given.pop("callbacks", None) or []) + own_callbacks
     kwargs.update(given)

@@ -7,8 +7,11 @@ Hooks (all optional; override the ones you need):
 - ``on_batch_start(trainer, model, batch, batch_idx)``
 - ``on_batch_end(trainer, model, outputs, batch, batch_idx)`` (``outputs``: the dict returned by
   ``training_step``, detached)
+- ``validation_metrics(trainer, model) -> dict`` (after each validation, before
+  ``on_validation_end``: metrics the callback measures, e.g. :class:`OnlineProbe`'s
+  ``val_accuracy``; they join the validation metrics, the logs (``val/<name>``) and ``history``)
 - ``on_validation_end(trainer, model, metrics)`` (``metrics``: ``epoch``, ``train_loss`` and, when
-  validation ran, ``val_loss``; called every epoch)
+  validation ran, ``val_loss`` and the callbacks' validation metrics; called every epoch)
 - ``on_save_checkpoint(trainer, path)``
 
 A callback stops training by setting ``trainer.should_stop = True``.
@@ -24,12 +27,31 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+import time
+
+import torch
+
 from jepa.trainer.batches import first_input, move_to_device
 from jepa.trainer.checks import check_choice, check_int, check_number
 from jepa.trainer.eval import effective_rank
+from jepa.trainer.fixed_views import FixedViews, sample_seed, seeded_rngs
+from jepa.trainer.health import knn_accuracy, lidar, ridge_probe_accuracy
 from jepa.trainer.modes import evaluating
 
-__all__ = ["BaseCallback", "CollapseMonitor", "CustomLogging", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint"]
+__all__ = [
+    "BaseCallback",
+    "CollapseMonitor",
+    "CustomLogging",
+    "EarlyStopping",
+    "LearningRateScheduler",
+    "LiDAR",
+    "ModelCheckpoint",
+    "OnlineProbe",
+    "RankMe",
+    "add_validation_metrics",
+    "collapse_advice",
+    "labelled_data",
+]
 
 log = logging.getLogger("jepa")
 
@@ -46,7 +68,7 @@ def _monitored(metrics: dict[str, Any], monitor: str, owner: str) -> float:
     if monitor not in metrics:
         raise KeyError(
             f"{owner}: monitored metric {monitor!r} is not available this epoch; available: {sorted(metrics)} "
-            "(val_loss needs a validation loader)"
+            "(val_loss needs a validation loader; val_accuracy needs an OnlineProbe and labelled validation data)"
         )
     return float(metrics[monitor])
 
@@ -72,11 +94,56 @@ class BaseCallback:
     def on_batch_end(self, trainer: Any, model: Any, outputs: dict[str, Any], batch: Any, batch_idx: int) -> None:
         pass
 
+    def validation_metrics(self, trainer: Any, model: Any) -> dict[str, float]:
+        """Metrics this callback measures after a validation (added to the validation metrics)."""
+        return {}
+
     def on_validation_end(self, trainer: Any, model: Any, metrics: dict[str, Any]) -> None:
         pass
 
     def on_save_checkpoint(self, trainer: Any, path: str | os.PathLike) -> None:
         pass
+
+
+def add_validation_metrics(trainer: Any, metrics: dict[str, Any]) -> dict[str, float]:
+    """Ask every callback of ``trainer`` for its :meth:`~BaseCallback.validation_metrics`, add them to
+    ``metrics``, to ``trainer.history`` (one value per validation) and to the logs (``val/<name>``
+    without the ``val_`` prefix); returns them. The trainer calls it after each validation."""
+    extra: dict[str, float] = {}
+    for cb in trainer.callbacks:
+        extra.update({str(k): float(v) for k, v in (cb.validation_metrics(trainer, trainer.model) or {}).items()})
+    for name, value in extra.items():
+        trainer.history.setdefault(name, []).append(value)
+    metrics.update(extra)
+    if extra:
+        trainer._log({f"val/{k[4:] if k.startswith('val_') else k}": v for k, v in extra.items()}, trainer.global_step)
+    return extra
+
+
+def collapse_advice(trainer: Any) -> str:
+    """What to try against collapse, with the run's current values: raise the regularizer weight (or
+    add a regularizer), lower the learning rate, lower the EMA momentum."""
+    loss = getattr(trainer, "loss_fn", None)
+    tips = []
+    if getattr(loss, "regularizer", None) == "none":
+        tips.append("add an anti-collapse regularizer (loss.regularizer: vc or sigreg)")
+    elif isinstance(getattr(loss, "regularizer_weight", None), (int, float)):
+        tips.append(f"raise the regularizer weight (loss.regularizer_weight, now {loss.regularizer_weight:g})")
+    else:
+        tips.append("raise the regularizer weight")
+    if getattr(trainer, "optimizer", None) is not None:
+        tips.append(f"lower the learning rate (training.learning_rate, now {trainer.base_lrs[0]:.3g})")
+    model = getattr(trainer, "model", None)
+    if getattr(model, "target_encoder", None) is not None and isinstance(getattr(model, "momentum_start", None), float):
+        tips.append(f"lower the EMA momentum (model.ema_momentum, now {model.momentum_start:g})")
+    return "Try: " + "; ".join(tips) + "."
+
+
+def _warn_collapse(step: int, metric: str, value: float, limit: float, detail: str, trainer: Any) -> None:
+    msg = (f"representation collapse suspected at step {step}: {metric} {value:.3g} < {limit:.3g} ({detail}). "
+           + collapse_advice(trainer))
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    log.warning(msg)
 
 
 class EarlyStopping(BaseCallback):
@@ -292,7 +359,15 @@ class CollapseMonitor(BaseCallback):
 
     def on_batch_end(self, trainer: Any, model: Any, outputs: dict[str, Any], batch: Any, batch_idx: int) -> None:
         step = int(trainer.global_step)
-        if self.batch is None or step == self._last_step or step % self.every_n_steps != 0 or not hasattr(model, "embed"):
+        if step % self.every_n_steps == 0:
+            self._record(trainer, model)
+
+    def on_train_end(self, trainer: Any, model: Any) -> None:
+        self._record(trainer, model)  # the value at the end of the run (unless this step was measured)
+
+    def _record(self, trainer: Any, model: Any) -> None:
+        step = int(trainer.global_step)
+        if self.batch is None or step == self._last_step or not hasattr(model, "embed"):
             return
         self._last_step = step
         m = self.measure(trainer, model)
@@ -301,10 +376,224 @@ class CollapseMonitor(BaseCallback):
         limit = self.rank_fraction * m["embedding_dim"]
         if not self.warned and (m["effective_rank"] < limit or m["embedding_std"] < 1e-3):
             self.warned = True
-            msg = (
-                f"representation collapse suspected at step {step}: effective rank {m['effective_rank']:.1f} < "
-                f"{limit:.1f} ({self.rank_fraction:.0%} of {int(m['embedding_dim'])} dims), embedding std {m['embedding_std']:.3g}. "
-                "Raise the variance/covariance weights of JEPALoss or add a projector."
-            )
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
-            log.warning(msg)
+            if m["effective_rank"] < limit:
+                metric, value, bound = "RankMe effective rank", m["effective_rank"], limit
+                detail = f"{self.rank_fraction:.0%} of {int(m['embedding_dim'])} dims; embedding std {m['embedding_std']:.3g}"
+            else:
+                metric, value, bound, detail = "embedding std", m["embedding_std"], 1e-3, "the embeddings stopped varying"
+            _warn_collapse(step, metric, value, bound, detail, trainer)
+
+
+#: RankMe (Garrido et al., 2023), the effective rank of held-out embeddings: the same callback as
+#: :class:`CollapseMonitor`, under the name of the measure.
+RankMe = CollapseMonitor
+
+
+def _is_label(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.is_floating_point()
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def labelled_data(dataset: Any) -> Any:
+    """The labelled inputs of ``dataset`` for probes, or None when it has no labels.
+
+    ``dataset.probe_data()`` when the dataset defines it (clean inputs and labels: an ``(inputs, labels)``
+    pair of tensors or a dataset of ``(input, label)`` items; :class:`~jepa.data.DigitsPairs` does, and a
+    :class:`~jepa.trainer.fixed_views.FixedViews` reads it through), else the dataset itself when its
+    items are ``(input, int label)`` pairs and it has a ``labels`` attribute with two or more classes, all
+    >= 0 (a labelled :class:`~jepa.data.ImageFolderDataset`; -1 marks unlabelled images).
+    """
+    if dataset is None:
+        return None
+    fn = getattr(dataset, "probe_data", None)
+    if callable(fn):
+        return fn()
+    labels = getattr(dataset, "labels", None)
+    try:
+        labels = torch.as_tensor(labels) if labels is not None else None
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    if labels is None or labels.dim() != 1 or len(labels) == 0 or labels.is_floating_point():
+        return None
+    if int(labels.min()) < 0 or len(torch.unique(labels)) < 2:
+        return None
+    item = dataset[0]
+    return dataset if isinstance(item, (tuple, list)) and len(item) == 2 and _is_label(item[1]) else None
+
+
+def _labelled_tensors(data: Any, batch_size: int, limit: int | None, seed: int) -> tuple[Any, torch.Tensor]:
+    """``(inputs, labels)`` of labelled ``data``: ``inputs`` a tensor, or a list of input batches for a
+    dataset (read once, at most ``limit`` items: a seeded random subset beyond)."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        x, y = data[0], torch.as_tensor(data[1]).reshape(-1)
+        if len(x) != len(y):
+            raise ValueError(f"OnlineProbe: inputs and labels differ in length ({len(x)} vs {len(y)})")
+        if limit is not None and len(x) > limit:
+            keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+            x, y = x[keep], y[keep]
+        return x, y.long()
+    if not (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        raise TypeError(f"OnlineProbe: labelled data must be an (inputs, labels) pair of tensors or a dataset of (input, label) items, got {type(data).__name__}")
+    index = list(range(len(data)))
+    if limit is not None and len(index) > limit:
+        index = sorted(torch.randperm(len(index), generator=torch.Generator().manual_seed(seed))[:limit].tolist())
+    batches, labels = [], []
+    for start in range(0, len(index), batch_size):
+        items = [data[i] for i in index[start : start + batch_size]]
+        batches.append(torch.stack([torch.as_tensor(it[0]) for it in items]))
+        labels.append(torch.as_tensor([int(it[1]) for it in items]))
+    return batches, torch.cat(labels)
+
+
+class OnlineProbe(BaseCallback):
+    """Online probes of the representation: at every validation, a linear classifier and a cosine kNN on
+    frozen features of labelled training data, scored on the validation split.
+
+    Adds ``val_accuracy`` (linear) and ``val_knn_accuracy`` (kNN, ``k`` neighbours) to the validation
+    metrics, so ``ModelCheckpoint(monitor="val_accuracy", mode="max")``, ``EarlyStopping`` and your
+    callbacks can follow them; they are logged (``val/accuracy``, ``val/knn_accuracy``) and kept in
+    ``history``. Features are ``model.embed(x)`` (pooled encoder embeddings) of clean inputs in eval
+    mode, without gradients; the linear classifier is a closed-form ridge classifier on standardized
+    features (:func:`~jepa.trainer.health.ridge_probe_accuracy`), cheap enough for every validation. The
+    final report's probes (logistic regression, :mod:`jepa.trainer.eval`) are separate.
+
+    Args:
+        train_data, val_data: labelled data (an ``(inputs, labels)`` pair of tensors or a dataset of
+            ``(input, label)`` items); None: found in the trainer's training and validation datasets
+            when training starts (:func:`labelled_data`). Without labelled data the probe does nothing.
+        k: neighbours of the kNN probe.
+        ridge: L2 penalty of the linear probe (times the number of training samples).
+        batch_size: samples embedded at a time.
+        max_train_samples: at most this many training samples: beyond, the fixed subset
+            ``torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:max_train_samples]``
+            (sorted). Embedding is the probe's cost (a forward pass per sample and validation); 512
+            samples keep it under a tenth of an epoch of the default digits run. None: all.
+        seed: seed of that subset.
+
+    ``records`` keeps ``{"step", "val_accuracy", "val_knn_accuracy", "seconds"}`` per validation.
+    """
+
+    def __init__(self, train_data: Any = None, val_data: Any = None, k: int = 20, ridge: float = 1e-2,
+                 batch_size: int = 512, max_train_samples: int | None = 512, seed: int = 0) -> None:
+        owner = "OnlineProbe"
+        self.k = check_int("k", k, minimum=1, owner=owner)
+        self.ridge = check_number("ridge", ridge, low=0, low_open=True, owner=owner)
+        self.batch_size = check_int("batch_size", batch_size, minimum=1, owner=owner)
+        self.max_train_samples = check_int("max_train_samples", max_train_samples, minimum=1, optional=True, owner=owner)
+        self.seed = check_int("seed", seed, minimum=0, owner=owner)
+        self.train_data, self.val_data = train_data, val_data
+        self._train: tuple[Any, torch.Tensor] | None = None
+        self._val: tuple[Any, torch.Tensor] | None = None
+        self.records: list[dict[str, float]] = []
+
+    @property
+    def active(self) -> bool:
+        """True once labelled training and validation data are known."""
+        return self.train_data is not None and self.val_data is not None
+
+    def on_train_start(self, trainer: Any, model: Any) -> None:
+        for attr, loader in (("train_data", "_active_train_loader"), ("val_data", "_active_val_loader")):
+            if getattr(self, attr) is None:
+                setattr(self, attr, labelled_data(getattr(getattr(trainer, loader, None), "dataset", None)))
+        if not self.active:
+            log.info("OnlineProbe: no labelled training and validation data found; no val_accuracy this run")
+
+    def _embed(self, model: Any, inputs: Any, device: torch.device) -> torch.Tensor:
+        chunks = inputs if isinstance(inputs, list) else [inputs[i : i + self.batch_size] for i in range(0, len(inputs), self.batch_size)]
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+        out = []
+        with evaluating(model), torch.no_grad():
+            for x in chunks:
+                x = x.to(device, dtype=dtype) if (x.is_floating_point() and dtype is not None) else x.to(device)
+                z = model.embed(x)
+                out.append(z.reshape(len(z), -1).float())
+        return torch.cat(out)
+
+    def validation_metrics(self, trainer: Any, model: Any) -> dict[str, float]:
+        if not self.active or not hasattr(model, "embed"):
+            return {}
+        start = time.perf_counter()
+        if self._train is None:
+            self._train = _labelled_tensors(self.train_data, self.batch_size, self.max_train_samples, self.seed)
+            self._val = _labelled_tensors(self.val_data, self.batch_size, None, self.seed)
+        device = getattr(trainer, "device", torch.device("cpu"))
+        ztr, zva = self._embed(model, self._train[0], device), self._embed(model, self._val[0], device)
+        ytr, yva = self._train[1], self._val[1]
+        out = {"val_accuracy": ridge_probe_accuracy(ztr, ytr, zva, yva, self.ridge), "val_knn_accuracy": knn_accuracy(ztr, ytr, zva, yva, self.k)}
+        self.records.append({"step": int(getattr(trainer, "global_step", 0)), **out, "seconds": time.perf_counter() - start})
+        return out
+
+
+class LiDAR(BaseCallback):
+    """LiDAR (Thilak et al., 2023) of held-out embeddings: every ``every_n_steps`` optimizer steps (and at
+    the end of training), ``num_views`` augmented views of each of ``num_samples`` held-out samples are
+    embedded with the online encoder and :func:`~jepa.trainer.health.lidar` of them is logged as
+    ``collapse/lidar``; values are kept in ``records``. Warns once, naming the step and what to try,
+    when LiDAR falls under ``rank_fraction`` of the embedding width.
+
+    The views are drawn once when training starts from the validation dataset (else the training
+    dataset): item ``i``'s view ``v`` is the dataset's own augmentation with the global RNGs seeded
+    from ``(seed + v, i)`` (:class:`~jepa.trainer.fixed_views.FixedViews`'s rule; a ``FixedViews``
+    is unwrapped so its views differ), and the encoder embeds their first input (``state_t``, ...).
+    A dataset that does not augment gives identical views: LiDAR then measures only the spread between
+    samples.
+    """
+
+    def __init__(self, every_n_steps: int = 200, num_samples: int = 64, num_views: int = 8, rank_fraction: float = 0.05,
+                 seed: int = 0) -> None:
+        owner = "LiDAR"
+        self.every_n_steps = check_int("every_n_steps", every_n_steps, minimum=1, owner=owner)
+        self.num_samples = check_int("num_samples", num_samples, minimum=2, owner=owner)
+        self.num_views = check_int("num_views", num_views, minimum=2, owner=owner)
+        self.rank_fraction = check_number("rank_fraction", rank_fraction, low=0.0, high=1.0, low_open=True, high_open=True, owner=owner)
+        self.seed = check_int("seed", seed, minimum=0, owner=owner)
+        self.views: torch.Tensor | None = None
+        self.records: list[dict[str, float]] = []
+        self.warned = False
+        self._last_step = -1
+
+    def on_train_start(self, trainer: Any, model: Any) -> None:
+        loader = getattr(trainer, "_active_val_loader", None) or getattr(trainer, "_active_train_loader", None)
+        dataset = getattr(loader, "dataset", None)
+        if self.views is not None or dataset is None:
+            return
+        base = dataset.dataset if isinstance(dataset, FixedViews) else dataset
+        n = min(self.num_samples, len(base))
+        if n < 2:
+            return
+        views = []
+        for i in range(n):
+            for v in range(self.num_views):
+                with seeded_rngs(sample_seed(self.seed + v, i)):
+                    views.append(torch.as_tensor(first_input(base[i])))
+        self.views = torch.stack(views)
+
+    def measure(self, trainer: Any, model: Any) -> dict[str, float]:
+        """LiDAR of the held-out views now (and the embedding width)."""
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+        x = self.views.to(trainer.device, dtype=dtype) if (self.views.is_floating_point() and dtype is not None) else self.views.to(trainer.device)
+        with evaluating(model), torch.no_grad():
+            z = model.embed(x).float()
+        z = z.reshape(-1, self.num_views, z.reshape(len(z), -1).shape[1])
+        return {"lidar": lidar(z), "embedding_dim": float(z.shape[-1])}
+
+    def on_batch_end(self, trainer: Any, model: Any, outputs: dict[str, Any], batch: Any, batch_idx: int) -> None:
+        if int(trainer.global_step) % self.every_n_steps == 0:
+            self._record(trainer, model)
+
+    def on_train_end(self, trainer: Any, model: Any) -> None:
+        self._record(trainer, model)
+
+    def _record(self, trainer: Any, model: Any) -> None:
+        step = int(trainer.global_step)
+        if self.views is None or step == self._last_step or not hasattr(model, "embed"):
+            return
+        self._last_step = step
+        m = self.measure(trainer, model)
+        self.records.append({"step": step, **m})
+        trainer._log({"collapse/lidar": m["lidar"]}, step)
+        limit = self.rank_fraction * m["embedding_dim"]
+        if not self.warned and m["lidar"] < limit:
+            self.warned = True
+            _warn_collapse(step, "LiDAR", m["lidar"], limit, f"{self.rank_fraction:.0%} of {int(m['embedding_dim'])} dims", trainer)

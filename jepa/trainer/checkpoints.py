@@ -47,6 +47,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_SUFFIXES",
     "TrainerCheckpoints",
+    "best_spec",
     "checkpoint_files",
     "find_latest_checkpoint",
     "get_best_checkpoint",
@@ -233,12 +234,26 @@ def find_latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     return None if found is None else found[0]
 
 
+def best_spec(save_best: Any) -> tuple[str, str]:
+    """``(monitor, mode)`` of the trainer's ``save_best``: ``True``/``False`` -> ``("loss", "min")`` (the
+    validation loss, else the training loss); a metric name (``"val_accuracy"``) -> that metric, maximised
+    when its name says accuracy (``acc``), else minimised; a ``(name, "min"|"max")`` pair as given."""
+    if isinstance(save_best, bool):
+        return "loss", "min"
+    if isinstance(save_best, str) and save_best:
+        return save_best, "max" if "acc" in save_best else "min"
+    if isinstance(save_best, (tuple, list)) and len(save_best) == 2 and isinstance(save_best[0], str) and save_best[1] in ("min", "max"):
+        return save_best[0], save_best[1]
+    raise ValueError(f"save_best must be a bool, a metric name or a (name, 'min'|'max') pair, got {save_best!r}")
+
+
 # ----------------------------------------------------------------------------------- the trainer's side
 class TrainerCheckpoints:
     """Checkpoint methods of :class:`~jepa.trainer.trainer.BaseTrainer` (mixed into it).
 
     What a checkpoint holds: ``model`` (weights, EMA target and its momentum step), ``optimizer``,
-    ``scheduler``, ``grad_scaler``, ``epoch``, ``global_step``, ``best_loss``, ``history``,
+    ``scheduler``, ``grad_scaler``, ``epoch``, ``global_step``, ``best_score`` and ``best_monitor``
+    (what ``best_model.pt`` follows; ``best_loss`` too when that is a loss), ``history``,
     ``nan_skipped_steps``, ``rng`` (:func:`rng_state` with the trainer's loaders; per rank under
     DDP as ``rng_per_rank``), for ``latest.pt`` written mid-epoch the ``epoch_progress`` (position
     in the epoch and the RNG state the epoch started from), and the :func:`stamp_model` entries.
@@ -251,7 +266,9 @@ class TrainerCheckpoints:
                           every_steps: int | None, async_checkpoint: bool, resume: Any) -> None:
         """The checkpoint settings of the trainer (see its arguments)."""
         self.save_dir = Path(save_dir)
-        self.save_best, self.save_last = save_best, save_last
+        self.best_monitor, self.best_mode = best_spec(save_best)
+        self.save_best, self.save_last = bool(save_best), save_last
+        self.best_score = math.inf if self.best_mode == "min" else -math.inf
         self.checkpoint_every_n_epochs = check_int("checkpoint_every_n_epochs", every_epochs, minimum=1, optional=True)
         self.checkpoint_every_n_steps = check_int("checkpoint_every_n_steps", every_steps, minimum=1, optional=True)
         self.async_checkpoint = bool(async_checkpoint)
@@ -261,6 +278,18 @@ class TrainerCheckpoints:
         self._epoch_progress: dict[str, Any] | None = None  # mid-epoch position (for step checkpoints)
         self._resume_position: dict[str, Any] | None = None
         self._pending_loader_rng: dict[str, Any] | None = None  # loaders' generators, applied in train()
+
+    def _improves_best(self, metrics: Mapping[str, Any], loss: float) -> bool:
+        """True (and the best score updated) when this epoch's monitored value beats the best so far:
+        ``loss`` (the validation loss, else the training loss) for ``save_best=True``, else
+        ``metrics[best_monitor]`` (epochs without it never improve)."""
+        value = loss if self.best_monitor == "loss" else metrics.get(self.best_monitor)
+        if value is None or math.isnan(float(value)):
+            return False
+        if (value < self.best_score) if self.best_mode == "min" else (value > self.best_score):
+            self.best_score = float(value)
+            return True
+        return False
 
     def _resolve_path(self, name: str | os.PathLike) -> Path:
         path = Path(name)
@@ -277,7 +306,9 @@ class TrainerCheckpoints:
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.current_epoch,
             "global_step": self.global_step,
-            "best_loss": self.best_loss,
+            "best_score": self.best_score,
+            "best_monitor": [self.best_monitor, self.best_mode],
+            **({"best_loss": self.best_score} if self.best_mode == "min" and self.best_monitor.endswith("loss") else {}),
             "history": self.history,
             "rng": rng_state(self._loaders()),
             "nan_skipped_steps": self.nonfinite.skipped_steps,
@@ -404,7 +435,9 @@ class TrainerCheckpoints:
             self.scaler.load_state_dict(state["grad_scaler"])
         self.current_epoch = int(state.get("epoch", 0))
         self.global_step = int(state.get("global_step", 0))
-        self.best_loss = float(state.get("best_loss", math.inf))
+        monitor = state.get("best_monitor")
+        if monitor is None or list(monitor) == [self.best_monitor, self.best_mode]:  # a best of another metric does not carry over
+            self.best_score = float(state.get("best_score", state.get("best_loss", self.best_score)))
         self.history = {k: list(v) for k, v in state.get("history", self.history).items()}
         self.nonfinite.skipped_steps = int(state.get("nan_skipped_steps", 0))
         ctx = self.dist

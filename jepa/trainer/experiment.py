@@ -18,14 +18,36 @@ import torch
 from jepa import io as jio
 from jepa.config import Config
 from jepa.data import load_digits_split
-from jepa.trainer.builders import model_from_config
+from jepa.trainer.builders import model_from_config, recipe_name
+from jepa.trainer.callbacks import CollapseMonitor, LiDAR, OnlineProbe
 from jepa.trainer.checkpoints import model_from_checkpoint_state
 from jepa.trainer.eval import effective_rank, probe_report
 from jepa.trainer.image_probes import encode_images, image_probe_report
 from jepa.trainer.images import image_data, image_model, is_image_run
 from jepa.trainer.trainer import JEPATrainer
 
-__all__ = ["build_probe_run", "train_and_probe"]
+__all__ = ["build_probe_run", "run_health", "train_and_probe"]
+
+
+def run_health(trainer: JEPATrainer) -> dict[str, Any]:
+    """The recipe, what ``best_model.pt`` followed, and the monitors' last values of a trained run:
+    ``{"recipe": {...}, "best_model": {"monitor", "mode", "value"}, "monitors": {"val_accuracy",
+    "val_knn_accuracy", "rankme", "lidar"}}`` (a monitor that did not run is absent)."""
+    config = trainer.config
+    monitors: dict[str, float] = {}
+    for cb in trainer.callbacks:
+        if isinstance(cb, OnlineProbe) and cb.records:
+            monitors["val_accuracy"] = cb.records[-1]["val_accuracy"]
+            monitors["val_knn_accuracy"] = cb.records[-1]["val_knn_accuracy"]
+        elif isinstance(cb, LiDAR) and cb.records:
+            monitors["lidar"] = cb.records[-1]["lidar"]
+        elif isinstance(cb, CollapseMonitor) and cb.records:
+            monitors["rankme"] = cb.records[-1]["effective_rank"]
+    monitor = trainer.best_monitor if trainer.best_monitor != "loss" else ("val_loss" if trainer.history.get("val_loss") else "train_loss")
+    recipe = {"name": recipe_name(config), "target_encoder": config.model.target_encoder, "regularizer": config.loss.regularizer,
+              "regularizer_weight": config.loss.regularizer_weight} if config is not None else {}
+    best = {"monitor": monitor, "mode": trainer.best_mode, "value": trainer.best_score if trainer.save_best else None}
+    return {"recipe": recipe, "best_model": best, "monitors": monitors}
 
 
 def build_probe_run(config: Config, *, distributed: bool = False) -> tuple[JEPATrainer, torch.nn.Module]:
@@ -89,4 +111,5 @@ def train_and_probe(trainer: JEPATrainer, random_init: torch.nn.Module, labels_p
             _probed_model(trainer), random_init, tr.tokens, tr.labels, te.tokens, te.labels, tr.images, te.images,
             labels_per_class=labels_per_class, seed=config.training.seed,
         )
+    report.update(run_health(trainer))
     return {"history": history, "report": report, "train_seconds": train_seconds}

@@ -34,16 +34,19 @@ def jepa_prediction_loss(
     normalize_target: bool = True,
     beta: float = 1.0,
     mask: torch.Tensor | None = None,
+    stop_gradient: bool = True,
 ) -> torch.Tensor:
     """Distance between predicted and target embeddings, averaged over all elements.
 
     With ``normalize_target`` the target rows are layer-normed (no affine) first, as in I-JEPA.
-    The target is detached (stop-gradient). ``mask`` (bool, ``prediction.shape[:-1]``, True =
-    counts) restricts the mean to the selected tokens. Computed by :func:`jepa.ops.jepa_loss`.
+    The target is detached (stop-gradient) unless ``stop_gradient=False``. ``mask`` (bool,
+    ``prediction.shape[:-1]``, True = counts) restricts the mean to the selected tokens. Computed by
+    :func:`jepa.ops.jepa_loss`.
     """
     if prediction.shape != target.shape:
         raise ValueError(f"prediction shape {tuple(prediction.shape)} != target shape {tuple(target.shape)}")
-    target = target.detach()
+    if stop_gradient:
+        target = target.detach()
     return jepa_loss(prediction, target, loss=loss, normalize_target=normalize_target, beta=beta, mask=mask)
 
 
@@ -81,6 +84,8 @@ def variance_covariance(z: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) 
 
 REGULARIZED_EMBEDDINGS = ("pooled", "tokens", "prediction")
 TARGET_NORMS = ("layer", "batch", "none")
+#: Anti-collapse regularizers of :class:`JEPALoss`: variance/covariance (VICReg-style), LeJEPA's SIGReg, none.
+REGULARIZERS = ("vc", "sigreg", "none")
 
 
 def _normalize(x: torch.Tensor, how: str, eps: float = 1e-5) -> torch.Tensor:
@@ -122,6 +127,23 @@ class JEPALoss(nn.Module):
             be matched by a collapsed predictor; needs batches of more than one sample); used
             when ``normalize_target`` is true.
         token_weight: weight of the per-token prediction term (``pred_loss``).
+        regularizer: the anti-collapse term: ``"vc"`` (the variance/covariance terms above),
+            ``"sigreg"`` (LeJEPA's SIGReg, :class:`SIGRegLoss` with its defaults; pass a
+            :class:`SIGRegLoss` to choose its slices, knots and seed) or ``"none"``. SIGReg acts on
+            the same rows as the variance/covariance terms (the projection, else ``regularize``'s
+            rows) and is logged as ``sigreg_loss``.
+        regularizer_weight: multiplies the regularizer's terms (``var_weight``/``cov_weight`` for
+            ``"vc"``, the SIGReg statistic for ``"sigreg"``).
+        stop_gradient: detach the target (I-JEPA's stop-gradient). ``False`` lets gradients flow
+            through the target as well, for LeJEPA-style training where the target is the online
+            encoder's embedding of another view (``JEPA(target_encoder="none")``) and the regularizer
+            alone prevents collapse.
+
+    **Distributed.** :attr:`reduces_over_ranks` names the outputs whose statistics the loss reduces
+    over ranks itself (SIGReg on the projection or the context: one all-reduce of its characteristic
+    function); the trainer does not gather those (:func:`jepa.trainer.objective.gathered_inputs`).
+    With ``regularize="prediction"`` SIGReg acts on the prediction the trainer gathers, so it must
+    not reduce again: a :class:`SIGRegLoss` passed with ``distributed=True`` is refused.
     """
 
     uses_context = True
@@ -138,12 +160,34 @@ class JEPALoss(nn.Module):
         global_weight: float = 0.0,
         target_norm: str = "layer",
         token_weight: float = 1.0,
+        *,
+        regularizer: "str | SIGRegLoss" = "vc",
+        regularizer_weight: float = 1.0,
+        stop_gradient: bool = True,
     ) -> None:
         super().__init__()
         owner = "JEPALoss"
         check_choice("loss", loss, PREDICTION_LOSSES, owner=owner)
-        for name, value in (("var_weight", var_weight), ("cov_weight", cov_weight), ("global_weight", global_weight), ("token_weight", token_weight)):
+        for name, value in (("var_weight", var_weight), ("cov_weight", cov_weight), ("global_weight", global_weight),
+                            ("token_weight", token_weight), ("regularizer_weight", regularizer_weight)):
             check_number(name, value, low=0, owner=owner)
+        if not isinstance(stop_gradient, bool):
+            raise TypeError(f"JEPALoss: stop_gradient must be a bool, got {type(stop_gradient).__name__}")
+        self.sigreg: SIGRegLoss | None = None
+        if isinstance(regularizer, SIGRegLoss):
+            self.sigreg, regularizer = regularizer, "sigreg"
+        check_choice("regularizer", regularizer, REGULARIZERS, owner=owner)
+        if regularizer == "sigreg" and self.sigreg is None:
+            # rows of the gathered prediction are already global: no second reduction over ranks
+            self.sigreg = SIGRegLoss(distributed=regularize != "prediction")
+        if self.sigreg is not None and self.sigreg.distributed and regularize == "prediction":
+            raise ValueError(
+                "JEPALoss: regularize='prediction' with a SIGRegLoss(distributed=True): the trainer gathers the prediction "
+                "from every rank, so SIGReg must not reduce over ranks again; pass SIGRegLoss(..., distributed=False)"
+            )
+        self.regularizer = regularizer
+        self.regularizer_weight = float(regularizer_weight)
+        self.stop_gradient = stop_gradient
         check_number("var_gamma", var_gamma, low=0, low_open=True, owner=owner)
         check_choice("regularize", regularize, REGULARIZED_EMBEDDINGS, owner=owner)
         check_choice("target_norm", target_norm, TARGET_NORMS, owner=owner)
@@ -161,9 +205,11 @@ class JEPALoss(nn.Module):
     def _distance(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The configured distance to ``target`` normalized per ``target_norm``: layer norm is fused
         into :func:`jepa.ops.jepa_loss`; batch norm needs statistics over the batch, computed here."""
+        sg = self.stop_gradient
         if self.target_norm == "layer":
-            return jepa_prediction_loss(prediction, target, loss=self.loss, normalize_target=True, beta=self.beta)
-        return jepa_prediction_loss(prediction, _normalize(target, self.target_norm), loss=self.loss, normalize_target=False, beta=self.beta)
+            return jepa_prediction_loss(prediction, target, loss=self.loss, normalize_target=True, beta=self.beta, stop_gradient=sg)
+        return jepa_prediction_loss(prediction, _normalize(target, self.target_norm), loss=self.loss, normalize_target=False, beta=self.beta,
+                                    stop_gradient=sg)
 
     def terms(
         self,
@@ -180,7 +226,8 @@ class JEPALoss(nn.Module):
         """
         if prediction.shape != target.shape:
             raise ValueError(f"JEPALoss: prediction shape {tuple(prediction.shape)} != target shape {tuple(target.shape)}")
-        target = target.detach()  # no gradient through the target (stop-gradient), whatever the encoder mode
+        if self.stop_gradient:
+            target = target.detach()  # no gradient through the target (stop-gradient), whatever the encoder mode
         out: dict[str, torch.Tensor] = {}
         weighted: list[torch.Tensor] = []
         if self.token_weight > 0:
@@ -189,19 +236,32 @@ class JEPALoss(nn.Module):
         if self.global_weight > 0 and prediction.dim() == 3:
             out["global_loss"] = self._distance(prediction.mean(dim=1), target.mean(dim=1))
             weighted.append(self.global_weight * out["global_loss"])
-        if self.var_weight > 0 or self.cov_weight > 0:
+        w = self.regularizer_weight
+        vc = self.regularizer == "vc" and (self.var_weight > 0 or self.cov_weight > 0)
+        if (vc or self.regularizer == "sigreg") and w > 0:
             z = projection if (projection is not None and self.regularize == "pooled") else self._regularized(prediction, context)
-            if z is not None:
+            if z is not None and self.sigreg is not None:
+                out["sigreg_loss"] = self.sigreg(z)
+                weighted.append(w * out["sigreg_loss"])
+            elif z is not None:
                 var_loss, cov_loss = _variance_covariance(z, self.var_gamma, 1e-4, self.var_weight > 0, self.cov_weight > 0)
                 if var_loss is not None:
                     out["var_loss"] = var_loss
-                    weighted.append(self.var_weight * var_loss)
+                    weighted.append(w * self.var_weight * var_loss)
                 if cov_loss is not None:
                     out["cov_loss"] = cov_loss
-                    weighted.append(self.cov_weight * cov_loss)
+                    weighted.append(w * self.cov_weight * cov_loss)
         # every weight 0 (or no term applies to these shapes): a zero that still has a graph
         out["loss"] = sum(weighted[1:], weighted[0]) if weighted else prediction.sum() * 0.0
         return out
+
+    @property
+    def reduces_over_ranks(self) -> frozenset[str]:
+        """Outputs whose statistics this loss reduces over ranks itself (not to be gathered): the
+        projection and the context when a distributed SIGReg regularizes them; else none."""
+        if self.sigreg is None or not self.sigreg.distributed or self.regularizer_weight == 0:
+            return frozenset()
+        return frozenset({"projection", "context"})
 
     def _regularized(self, prediction: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor | None:
         """The ``(N, D)`` rows the variance/covariance terms act on (None: nothing to regularize)."""
@@ -629,6 +689,12 @@ class SIGRegLoss(nn.Module):
         self.seed = seed
         self.distributed = distributed
         self._calls = 0
+
+    @property
+    def reduces_over_ranks(self) -> bool:
+        """True when the loss reduces over ranks itself (``distributed=True``): the trainer then passes
+        it each rank's own rows instead of gathering them (:func:`jepa.trainer.objective.gathered_inputs`)."""
+        return self.distributed
 
     @property
     def calls(self) -> int:

@@ -32,7 +32,10 @@ loss takes that has at least one dimension is treated as batch-first and gathere
 across ranks before the loss is called (with gradients; ranks may hold different numbers of
 rows), so batch statistics are global. A model whose output is not batch-first names it in a
 ``unbatched_outputs`` attribute (a collection of output names); those, 0-d tensors and non-tensors
-reach the loss as each rank computed them.
+reach the loss as each rank computed them. A loss that reduces statistics over ranks itself
+(SIGReg's all-reduce of its characteristic function) names those outputs in a
+``reduces_over_ranks`` attribute (a collection of output names, or ``True`` for all of its inputs):
+they are not gathered, so no sample is counted twice (:func:`gathered_inputs`).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import torch
 
 from jepa.trainer.batches import unpack_batch
 
-__all__ = ["loss_arguments", "loss_callable", "loss_inputs", "loss_terms", "model_outputs", "unbatched_outputs"]
+__all__ = ["gathered_inputs", "loss_arguments", "loss_callable", "loss_inputs", "loss_terms", "model_outputs", "unbatched_outputs"]
 
 _LEGACY_ORDER = ("prediction", "target", "context")
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -187,6 +190,19 @@ def loss_inputs(loss_fn: Any, outputs: Mapping[str, Any]) -> frozenset[str]:
     if plan.rest:
         return frozenset(outputs)
     return frozenset(plan.keywords.values()) | frozenset(plan.positional)
+
+
+def gathered_inputs(loss_fn: Any, outputs: Mapping[str, Any]) -> frozenset[str]:
+    """Names of the outputs to gather across ranks before the loss: its inputs (:func:`loss_inputs`)
+    less those it reduces over ranks itself (its ``reduces_over_ranks``: a collection of output
+    names, or a bool meaning all or none of its inputs)."""
+    names = loss_inputs(loss_fn, outputs)
+    own = getattr(loss_fn, "reduces_over_ranks", ())
+    if isinstance(own, bool):
+        return frozenset() if own else names
+    if isinstance(own, str):
+        own = (own,)
+    return names - frozenset(own)
 
 
 def loss_terms(loss_fn: Any, outputs: Mapping[str, Any]) -> dict[str, Any]:

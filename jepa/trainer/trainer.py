@@ -47,7 +47,7 @@ from jepa.amp import GradScaler
 from jepa.trainer import distributed as dist_glue
 from jepa.trainer.batches import move_to_device, resolve_device, unpack_batch  # noqa: F401  (unpack_batch: see __all__)
 from jepa.trainer.builders import explicit_arguments, trainer_kwargs
-from jepa.trainer.callbacks import BaseCallback, CollapseMonitor
+from jepa.trainer.callbacks import BaseCallback, CollapseMonitor, add_validation_metrics
 from jepa.trainer.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_SUFFIXES, find_latest_checkpoint  # noqa: F401  (see __all__)
 from jepa.trainer.checkpoints import TrainerCheckpoints, model_from_checkpoint_state, rng_state, set_rng_state  # noqa: F401
 from jepa.trainer.checks import check_choice, check_int, check_number, check_type
@@ -57,7 +57,7 @@ from jepa.trainer.losses import JEPALoss
 from jepa.trainer.metrics import log_metrics
 from jepa.trainer.modes import evaluating
 from jepa.trainer.nonfinite import NonFinitePolicy
-from jepa.trainer.objective import loss_inputs, loss_terms, model_outputs, unbatched_outputs
+from jepa.trainer.objective import gathered_inputs, loss_terms, model_outputs, unbatched_outputs
 from jepa.trainer.schedulers import LRControl
 from jepa.trainer.strategies import build_strategy, check_strategy
 
@@ -100,7 +100,9 @@ class BaseTrainer(TrainerCheckpoints):
         scheduler_interval: ``"step"`` or ``"epoch"``; default ``"step"`` for schedulers built by
             the trainer, ``"epoch"`` for a scheduler instance you pass.
         log_every_n_steps: how often the loss is read back to the host for the bar/logger.
-        save_best: write ``best_model.pt`` whenever the validation (else training) loss improves.
+        save_best: write ``best_model.pt`` whenever the validation (else training) loss improves; or
+            a validation metric to follow instead (``"val_accuracy"`` of an
+            :class:`~jepa.trainer.callbacks.OnlineProbe`, maximised; ``(name, "min"|"max")``).
         save_last: write ``last.pt`` at the end of :meth:`train`.
         checkpoint_every_n_epochs: also write ``epoch_<n>.pt`` every n epochs (resumable).
         warmup_fraction, min_lr_ratio: shape of the ``"cosine"`` schedule (linear warmup over this
@@ -161,7 +163,7 @@ class BaseTrainer(TrainerCheckpoints):
         *,
         scheduler_interval: str | None = None,
         log_every_n_steps: int = 10,
-        save_best: bool = True,
+        save_best: bool | str | tuple = True,
         save_last: bool = True,
         checkpoint_every_n_epochs: int | None = None,
         warmup_fraction: float = 0.05,
@@ -225,7 +227,6 @@ class BaseTrainer(TrainerCheckpoints):
         for cb in self.callbacks:
             check_type("callbacks", cb, BaseCallback, what="BaseCallback instances")
         self.current_epoch = self.global_step = 0
-        self.best_loss = math.inf
         self.history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "lr": []}
         self.should_stop = False
         self.max_epochs: int | None = self.num_epochs
@@ -264,7 +265,7 @@ class BaseTrainer(TrainerCheckpoints):
         if grad and self.callbacks:
             self.step_outputs = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in outputs.items()}
         if self.multi_process:  # every rank: the loss of the global batch (2 x b == 1 x 2b)
-            outputs = dist_glue.gather_outputs(outputs, loss_inputs(self.loss_fn, outputs), unbatched_outputs(self.model))
+            outputs = dist_glue.gather_outputs(outputs, gathered_inputs(self.loss_fn, outputs), unbatched_outputs(self.model))
         return loss_terms(self.loss_fn, outputs)
 
     def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor] | None:
@@ -461,11 +462,11 @@ class BaseTrainer(TrainerCheckpoints):
                 self.history["val_loss"].append(val_loss)
                 monitored = metrics["val_loss"] = val_loss
                 self._log({"val/loss": val_loss}, self.global_step)
+            add_validation_metrics(self, metrics)  # online probes: val_accuracy, ...
         self.schedule.step("epoch", monitored)
         self.current_epoch = epoch + 1
         self._callback("on_validation_end", self.model, metrics)
-        if self.save_best and monitored < self.best_loss:
-            self.best_loss = monitored
+        if self.save_best and self._improves_best(metrics, monitored):
             self._save_in_loop("best_model.pt")
         if self.checkpoint_every_n_epochs and self.current_epoch % self.checkpoint_every_n_epochs == 0:
             self._save_in_loop(f"epoch_{self.current_epoch}.pt")

@@ -74,3 +74,40 @@ def test_random_affine_identity_and_rotation():
     blob = torch.zeros(1, 8, 8)
     blob[0, 3:5, 3:5] = 1.0
     assert random_affine(blob, 8.0, 0.0).sum().item() == pytest.approx(4.0, rel=0.25)
+
+
+def test_batched_views_follow_the_per_item_rules():
+    """DigitsPairs.__getitems__ (what the DataLoader calls): the same kinds of views as __getitem__."""
+    from torch.utils.data import DataLoader
+
+    idx = [3, 0, 7, 7, 11]
+    plain = DigitsPairs("train", max_shift=0, noise=0.0, context_mask_ratio=0.25)
+    for (s_t, s_t1), i in zip(plain.__getitems__(idx), idx):
+        assert torch.equal(s_t1, plain.data.tokens[i])  # the clean target
+        hidden = (s_t == 0).all(dim=1) & ~(plain.data.tokens[i] == 0).all(dim=1)
+        kept = ~(s_t == 0).all(dim=1)
+        assert torch.equal(s_t[kept], plain.data.tokens[i][kept]) and hidden.sum() <= 4
+    rows = torch.stack([s for s, _ in DigitsPairs("train", max_shift=0, noise=0.0, context_mask_ratio=0.5).__getitems__(list(range(40)))])
+    masked = torch.stack([s for s, _ in DigitsPairs("train", max_shift=0, noise=0.0, context_mask_ratio=0.5, augment=False).__getitems__(list(range(40)))])
+    assert ((rows == 0).all(-1).sum(1) >= 8).all() and torch.equal(masked, load_digits_split("train").tokens[:40])  # 8 of 16 hidden per row
+    block = DigitsPairs("train", max_shift=0, noise=0.0, mask_mode="block", clean_target=True)
+    for s_t, s_t1 in block.__getitems__(list(range(10))):
+        gone = ((s_t == 0).all(-1) & ~(s_t1 == 0).all(-1)).view(4, 4)
+        r, c = gone.any(1).nonzero().flatten(), gone.any(0).nonzero().flatten()
+        assert gone.sum() <= len(r) * len(c) <= 6  # inside one rectangle
+    aug = DigitsPairs("train", max_rotation=15.0, max_scale=0.15, noise=0.1)
+    torch.manual_seed(4)
+    first = aug.__getitems__(idx)
+    torch.manual_seed(4)
+    again = aug.__getitems__(idx)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))  # seeded: reproducible
+    assert not torch.equal(first[2][0], first[3][0])  # the same image twice: two different views
+    calls = []
+
+    class Counted(DigitsPairs):
+        def __getitems__(self, indices):
+            calls.append(list(indices))
+            return super().__getitems__(indices)
+
+    (batch,) = DataLoader(Counted("train"), batch_size=5, sampler=idx)  # the loader fetches through __getitems__
+    assert calls == [idx] and batch[0].shape == (5, 16, 4)

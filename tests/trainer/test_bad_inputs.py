@@ -78,7 +78,7 @@ CASES = [
     ("unknown optimizer", lambda d: create_optimizer(_model(), optimizer_type="adamz"), ValueError, r"'adamz'; expected one of adamw, adam, sgd"),
     ("unknown scheduler", lambda d: create_scheduler(torch.optim.SGD(_model().parameters(), lr=0.1), scheduler_type="cosinez"),
      ValueError, r"'cosinez'; expected one of cosine, linear"),
-    ("unknown loss", lambda d: get_loss("msez"), ValueError, r"'msez'; expected one of contrastive, infonce, jepa"),
+    ("unknown loss", lambda d: get_loss("msez"), ValueError, r"'msez'; expected one of contrastive, ijepa, infonce, jepa"),
     ("gradient_accumulation 0", lambda d: _trainer(d, gradient_accumulation=0), ValueError, r"gradient_accumulation must be an int >= 1"),
     ("missing checkpoint", lambda d: _trainer(d).load_checkpoint(d.parent / "nope.pt"), FileNotFoundError, r"checkpoint not found: .*nope.pt"),
     ("config file that is not YAML", lambda d: load_config(_write(d.parent / "bad.yaml", "a: [1, 2\n b: {")), ConfigError, r"bad.yaml.*not valid YAML"),

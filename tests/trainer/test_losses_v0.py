@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from jepa.ops import info_nce
 from jepa.trainer.losses import (
     ContrastiveLoss,
+    IJEPALoss,
     JEPALoss,
     ReconstructionLoss,
     VICRegLoss,
@@ -229,7 +230,8 @@ def test_get_loss_names():
     assert isinstance(get_loss("contrastive"), ContrastiveLoss)
     assert isinstance(get_loss("Reconstruction", loss_type="cosine"), ReconstructionLoss)
     assert isinstance(get_loss("vicreg"), VICRegLoss)
-    with pytest.raises(ValueError, match="unknown loss name 'mae'.*contrastive, infonce, jepa, reconstruction, vicreg"):
+    assert isinstance(get_loss("ijepa"), IJEPALoss)
+    with pytest.raises(ValueError, match="unknown loss name 'mae'.*contrastive, ijepa, infonce, jepa, reconstruction, vicreg"):
         get_loss("mae")
 
 
