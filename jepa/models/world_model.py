@@ -194,6 +194,24 @@ class WorldModel(JEPAAction):
             target = context[:, 1:]
         return {"teacher_forcing": teacher, "rollout": rollout, "target": target, "context": context}
 
+    def forward_batch(self, batch) -> dict[str, torch.Tensor]:
+        """The model step of the trainer (:mod:`jepa.trainer.objective`): a batch of trajectory
+        windows ``(obs (B, H+1, ...), actions (B, H, A))`` (what :class:`~jepa.data.TrajectoryDataset`
+        yields) gives :meth:`forward_trajectory`'s outputs; a batch of transitions
+        ``(state_t, action_t, state_t1)`` (``pairs=True``) gives :meth:`forward_features`'."""
+        if isinstance(batch, dict):
+            if "observations" not in batch or "actions" not in batch:
+                raise ValueError(f"WorldModel.forward_batch: a dict batch needs 'observations' and 'actions', got keys {sorted(batch)}")
+            return self.forward_trajectory(batch["observations"], batch["actions"])
+        if isinstance(batch, (tuple, list)) and len(batch) == 2:
+            return self.forward_trajectory(batch[0], batch[1])
+        if isinstance(batch, (tuple, list)) and len(batch) == 3:
+            return self.forward_features(*batch)
+        raise ValueError(
+            "WorldModel.forward_batch: expected (observations, actions) windows or (state_t, action_t, state_t1) "
+            f"transitions, got {type(batch).__name__}{f' of {len(batch)} items' if isinstance(batch, (tuple, list)) else ''}"
+        )
+
     def forward_features(self, state_t: torch.Tensor, action_t: torch.Tensor, state_t1: torch.Tensor) -> dict[str, torch.Tensor]:
         """One transition (the pair view used by the v1 trainer): prediction, target and context."""
         context = self.encoder(state_t)
