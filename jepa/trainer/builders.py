@@ -33,6 +33,7 @@ from jepa.trainer.losses import JEPALoss
 from jepa.trainer.optimizers import create_optimizer
 from jepa.trainer.schedulers import create_scheduler
 from jepa.trainer.splits import stratified_holdout
+from jepa.trainer.world_model_builders import TASKS, world_model_objects
 
 __all__ = [
     "DATASETS",
@@ -235,15 +236,21 @@ def trainer_kwargs(config: Any, given: Mapping[str, Any] | None = None) -> dict[
         ctx = init_distributed(given.get("world_size"), given.get("local_rank"), given.get("device", t.device), rank=given.get("distributed_rank"))
         given["distributed"] = ctx
     device = ctx.device if ctx else resolve_device(given.get("device", t.device))
-    train_set, val_set = build_datasets(config)
-    torch.manual_seed(t.seed)
-    model = model_from_config(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens).to(device)
+    if check_choice("task", config.task, TASKS) == "world_model":  # trajectories, WorldModel, its loss and offline evaluation
+        task = world_model_objects(config, device)
+        train_set, val_set, model = task["train_set"], task["val_set"], task["model"]
+    else:
+        train_set, val_set = build_datasets(config)
+        torch.manual_seed(t.seed)
+        model = model_from_config(config, input_dim=train_set.token_dim, num_tokens=train_set.num_tokens).to(device)
+        task = {"loss_fn": build_loss(config), "callbacks": []}
     train_loader, val_loader = build_loaders(config, train_set, val_set)
     optimizer = create_optimizer(
         model, optimizer_type=t.optimizer.type, learning_rate=t.learning_rate, weight_decay=t.weight_decay,
         betas=tuple(t.optimizer.betas), eps=t.optimizer.eps, device=device,
     )
     own_callbacks = [EarlyStopping(monitor="val_loss", patience=t.validation.patience)] if t.validation.patience is not None else []
+    own_callbacks = task["callbacks"] + own_callbacks
     kwargs: dict[str, Any] = {
         "config": config,
         "model": model,
@@ -252,11 +259,12 @@ def trainer_kwargs(config: Any, given: Mapping[str, Any] | None = None) -> dict[
         "train_loader": train_loader,
         "val_loader": val_loader,
         "num_epochs": t.epochs,
-        "loss_fn": build_loss(config),
+        "loss_fn": task["loss_fn"],
         "gradient_clip_norm": t.gradient_clip,
         "gradient_accumulation": t.gradient_accumulation,
         "progress_bar": config.logging.progress_bar,
-        "save_dir": str(Path(config.logging.output_dir) / "checkpoints"),
+        # world-model runs keep checkpoints next to metrics.json (jepa plan --checkpoint runs/wm/best_model.pt)
+        "save_dir": str(Path(config.logging.output_dir) / ("" if config.task == "world_model" else "checkpoints")),
         "log_every_n_steps": config.logging.log_every_n_steps,
         "warmup_fraction": _warmup_fraction(config),
         "min_lr_ratio": min(1.0, t.scheduler.min_lr / t.learning_rate),
