@@ -1,4 +1,4 @@
-"""Command-line interface: ``jepa train | evaluate | config``.
+"""Command-line interface: ``jepa train | evaluate | config | plan``.
 
 Bad flags, paths or config values print one line ``jepa: error: ...`` and exit with code 2.
 """
@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--distributed", type=_bool, default=False, help="true|false (torchrun)")
     train.add_argument("--seed", type=int)
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from jepa.cli.world_model import add_train_arguments  # noqa: PLC0415  (--task world_model, --horizon)
+
+    add_train_arguments(train)
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint")
     ev.add_argument("--checkpoint", required=True, help="trainer checkpoint (.pt)")
@@ -80,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="write the default config as YAML")
     cfg.add_argument("--output", required=True, help="path of the YAML file to write")
     cfg.add_argument("--name", default="default", help="shipped config to write")
+    from jepa.cli.plan import add_plan_parser  # noqa: PLC0415
+
+    add_plan_parser(sub)
     return parser
 
 
@@ -118,6 +124,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     import torch  # noqa: PLC0415
+
+    from jepa.cli.world_model import train_world_model  # noqa: PLC0415
+
+    code = train_world_model(args)  # None: not a world-model run
+    if code is not None:
+        return code
 
     from jepa.config import ConfigError, load_config, save_config  # noqa: PLC0415
     from jepa.trainer.experiment import build_probe_run, train_and_probe  # noqa: PLC0415
@@ -272,7 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return USAGE_ERROR
-    handler = {"train": _cmd_train, "evaluate": _cmd_evaluate, "config": _cmd_config}[args.command]
+    from jepa.cli.plan import cmd_plan  # noqa: PLC0415
+
+    handler = {"train": _cmd_train, "evaluate": _cmd_evaluate, "config": _cmd_config, "plan": cmd_plan}[args.command]
     try:
         return handler(args)
     except CLIError as exc:
