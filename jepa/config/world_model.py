@@ -71,7 +71,7 @@ class WorldModelConfig:
     regularizer: str = "vc"  # "vc" | "sigreg" | "none"
     regularizer_weight: float = 1.0
     cov_weight: float = 0.04
-    sigreg_slices: int = 256
+    sigreg_slices: int = 32  # random directions per SIGReg call (its CPU time grows linearly; a small latent needs few)
     smoothness_weight: float = 1.0
     eval_horizon: int = 10
     eval_windows: int = 512

@@ -117,7 +117,8 @@ class WorldModelLoss(nn.Module):
         regularizer_weight: its weight.
         cov_weight: covariance weight inside ``"vc"``.
         smoothness_weight: weight of the squared latent distance between consecutive frames.
-        sigreg_slices, seed: directions per call and seed of ``"sigreg"``.
+        sigreg_slices, seed: directions per call and seed of ``"sigreg"`` (its time grows linearly with
+            the directions; a latent of a few dimensions needs few).
 
     Distributed runs need no care here: the trainer gathers these outputs from every rank before
     calling the loss, so the regularizer sees the global batch (SIGReg is built with
@@ -137,7 +138,7 @@ class WorldModelLoss(nn.Module):
         cov_weight: float = 0.04,
         smoothness_weight: float = 0.0,
         *,
-        sigreg_slices: int = 256,
+        sigreg_slices: int = 32,
         seed: int = 0,
     ) -> None:
         super().__init__()
