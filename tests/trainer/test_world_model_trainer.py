@@ -193,3 +193,17 @@ def test_bad_task_and_image_observations(tmp_path):
     np.savez(path, observations=np.zeros((3, 5, 1, 8, 8), np.float32), actions=np.zeros((3, 4, 2), np.float32))
     with pytest.raises(NotImplementedError, match="vector observations"):
         JEPATrainer(tiny_config(tmp_path, data=str(path)))
+
+
+def test_the_shipped_world_model_recipe_is_the_documented_one(tmp_path):
+    from jepa.config import WorldModelConfig, load_config, save_config
+
+    cfg = load_config("world_model")
+    wm = cfg.world_model
+    assert cfg.task == "world_model" and wm.data is None and wm.env == "two_rooms"
+    assert (wm.episodes, wm.episode_steps, wm.action_repeat, wm.horizon, wm.latent_dim) == (1000, 50, 3, 4, 8)
+    assert (wm.target_encoder, wm.regularizer, wm.cov_weight, wm.smoothness_weight) == ("ema", "vc", 0.04, 1.0)
+    assert (cfg.training.epochs, cfg.training.batch_size, cfg.training.learning_rate) == (15, 256, 1e-3)
+    assert wm.planning.planners == ["cem", "mppi"] and (wm.planning.samples, wm.planning.horizon, wm.planning.iterations) == (300, 10, 10)
+    assert wm == WorldModelConfig()  # the YAML and the dataclass defaults do not drift apart
+    assert load_config(save_config(cfg, tmp_path / "wm.yaml")) == cfg
