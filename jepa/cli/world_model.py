@@ -121,12 +121,14 @@ def train_world_model(args: argparse.Namespace) -> int | None:
     out_dir = Path(config.logging.output_dir)
     if args.resume and args.resume != "auto" and not Path(args.resume).is_file():
         raise CLIError(f"--resume: checkpoint not found: {args.resume!r}")
+    setup_start = time.perf_counter()
     try:
         trainer = JEPATrainer(config, distributed=bool(args.distributed))
     except NotImplementedError as exc:
         raise CLIError(str(exc)) from None
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    setup_seconds = time.perf_counter() - setup_start  # collecting the trajectories, mostly
     if args.resume:
         resumed = trainer.resume_from(args.resume)
         if trainer.is_global_zero:
@@ -162,6 +164,7 @@ def train_world_model(args: argparse.Namespace) -> int | None:
     report: dict[str, Any] = {
         "task": "world_model",
         "data": source.strip(),
+        "setup_seconds": round(setup_seconds, 2),
         "train_seconds": round(train_seconds, 2),
         "train_steps": steps,
         "ms_per_train_step": round(1e3 * train_seconds / steps, 3) if steps else None,
@@ -184,8 +187,10 @@ def train_world_model(args: argparse.Namespace) -> int | None:
     env = make_env(wm.env)
     obs_ok = tuple(data.obs_shape) == tuple(env.observation_shape) and data.action_dim == len(env.action_low)
     if wm.planning.enabled and obs_ok:
+        plan_start = time.perf_counter()
         with torch.no_grad():
             report["planning"] = planning_report(model, env, wm.planning)
+        report["planning_seconds"] = round(time.perf_counter() - plan_start, 2)
         table = planning_table(report["planning"], _table)
     elif wm.planning.enabled:
         report["planning"] = None
@@ -193,6 +198,12 @@ def train_world_model(args: argparse.Namespace) -> int | None:
               f"the embedded {wm.env} environment {env.observation_shape} / ({len(env.action_low)},)")
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=_plain))
     (out_dir / "history.json").write_text(json.dumps(history, indent=2, default=_plain))
+    try:
+        from jepa.trainer.utils import plot_training_history  # noqa: PLC0415
+
+        plot_training_history(history, out_dir / "history.png")
+    except ImportError:
+        print("jepa: matplotlib not installed, skipping history.png")
     print()
     if table is not None:
         p = report["planning"]
@@ -205,7 +216,9 @@ def train_world_model(args: argparse.Namespace) -> int | None:
         for line in _offline_lines(o):
             print(f"  {line}")
     per_step = f" ({report['ms_per_train_step']:.1f} ms/step)" if steps else ""
-    print(f"\ntrained {steps} steps in {train_seconds:.1f}s{per_step}; metrics: {out_dir / 'metrics.json'}; checkpoints: {trainer.save_dir}")
+    planned = f", planning {report['planning_seconds']:.1f}s" if "planning_seconds" in report else ""
+    print(f"\ntrained {steps} steps in {train_seconds:.1f}s{per_step} (data {setup_seconds:.1f}s{planned}); "
+          f"metrics: {out_dir / 'metrics.json'}; checkpoints: {trainer.save_dir}")
     return 0
 
 

@@ -64,6 +64,7 @@ def test_train_world_model_end_to_end_then_plan_on_its_checkpoint_then_resume(tm
     off = metrics["offline"]
     assert off["horizon"] == 4 and len(off["latent_mse"]) == len(off["state_error"]) == 4 and off["windows"] == 16
     assert metrics["train_steps"] == 2 * ((18 * (13 - 2)) // 32) and metrics["judged_checkpoint"].endswith("best_model.pt")
+    assert (run_dir / "history.png").read_bytes()[:4] == b"\x89PNG" and (run_dir / "config.yaml").is_file()
 
     # the checkpoint rebuilds the model; `jepa plan` on it reproduces the training run's episodes exactly
     state = jio.load(run_dir / "best_model.pt")
