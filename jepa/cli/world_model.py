@@ -124,9 +124,7 @@ def train_world_model(args: argparse.Namespace) -> int | None:
     setup_start = time.perf_counter()
     try:
         trainer = JEPATrainer(config, distributed=bool(args.distributed))
-    except NotImplementedError as exc:
-        raise CLIError(str(exc)) from None
-    except ValueError as exc:
+    except (NotImplementedError, ValueError) as exc:  # bad settings or data, named by the message
         raise CLIError(str(exc)) from None
     setup_seconds = time.perf_counter() - setup_start  # collecting the trajectories, mostly
     if args.resume:
