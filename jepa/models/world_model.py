@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from jepa.models.conv import ConvEncoder
 from jepa.models.jepa import JEPAAction
 from jepa.models.predictor import Predictor
 
@@ -97,6 +98,34 @@ class WorldModel(JEPAAction):
                 raise ValueError(f"WorldModel.mlp: {name} must be a positive int, got {value!r}")
         return cls(
             Predictor(obs_dim, mlp_dim=hidden_dim, num_layers=encoder_layers, output_dim=latent_dim),
+            Predictor(action_dim, mlp_dim=hidden_dim, num_layers=2, output_dim=latent_dim),
+            Predictor(2 * latent_dim, mlp_dim=hidden_dim, num_layers=predictor_layers, output_dim=latent_dim),
+            **{"conditioning": "concat", **kwargs},
+        )
+
+    @classmethod
+    def conv(
+        cls,
+        image_shape: tuple[int, int, int],
+        action_dim: int,
+        latent_dim: int = 32,
+        hidden_dim: int = 128,
+        channels: tuple[int, ...] = (16, 32),
+        predictor_layers: int = 3,
+        **kwargs,
+    ) -> "WorldModel":
+        """A world model for image observations ``(C, H, W)``: a :class:`~jepa.models.ConvEncoder`
+        state encoder (``channels`` stride-2 convolutions, then an MLP head to ``latent_dim``), and
+        the action encoder and predictor of :meth:`mlp` (``conditioning="concat"``). ``kwargs`` go
+        to the constructor."""
+        if not isinstance(image_shape, (tuple, list)) or len(image_shape) != 3:
+            raise ValueError(f"WorldModel.conv: image_shape must be (C, H, W), got {image_shape!r}")
+        for name, value in (("action_dim", action_dim), ("latent_dim", latent_dim), ("hidden_dim", hidden_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"WorldModel.conv: {name} must be a positive int, got {value!r}")
+        c, h, w = (int(v) for v in image_shape)
+        return cls(
+            ConvEncoder(c, (h, w), latent_dim=latent_dim, channels=tuple(channels), hidden_dim=hidden_dim),
             Predictor(action_dim, mlp_dim=hidden_dim, num_layers=2, output_dim=latent_dim),
             Predictor(2 * latent_dim, mlp_dim=hidden_dim, num_layers=predictor_layers, output_dim=latent_dim),
             **{"conditioning": "concat", **kwargs},
