@@ -48,6 +48,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from jepa.envs import make_env  # noqa: PLC0415
     from jepa.io import CheckpointError  # noqa: PLC0415
     from jepa.trainer.batches import resolve_device  # noqa: PLC0415
+    from jepa.trainer.world_model_builders import world_env  # noqa: PLC0415
     from jepa.trainer.world_model_planning import load_world_model, planning_report, random_pairs  # noqa: PLC0415
 
     path = Path(args.checkpoint)
@@ -68,7 +69,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     settings.seed = args.seed
     settings.baselines = not args.no_baselines
     planners = [args.planner] if args.planner else list(settings.planners or ["cem"])
-    env = make_env(env_name)
+    try:
+        env = world_env(config) if config is not None else make_env(env_name)
+    except ValueError as exc:
+        raise CLIError(f"--checkpoint: the run's config: {exc}") from None
     probe = torch.as_tensor(env.observe()).unsqueeze(0).to(device)
     try:
         with torch.no_grad():

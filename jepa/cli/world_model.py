@@ -107,8 +107,8 @@ def train_world_model(args: argparse.Namespace) -> int | None:
 
     from jepa.cli.main import CLIError, _table  # noqa: PLC0415
     from jepa.config import save_config  # noqa: PLC0415
-    from jepa.envs import make_env  # noqa: PLC0415
     from jepa.trainer import JEPATrainer  # noqa: PLC0415
+    from jepa.trainer.world_model_builders import world_env  # noqa: PLC0415
     from jepa.trainer.world_model_eval import WorldModelEvaluation  # noqa: PLC0415
     from jepa.trainer.world_model_planning import planning_report  # noqa: PLC0415
 
@@ -182,7 +182,7 @@ def train_world_model(args: argparse.Namespace) -> int | None:
         report["offline"] = {"horizon": evaluation.horizon, "windows": int(evaluation.obs.shape[0]), **offline,
                              **WorldModelEvaluation.summary(offline)}
     table = None
-    env = make_env(wm.env)
+    env = world_env(config)
     obs_ok = tuple(data.obs_shape) == tuple(env.observation_shape) and data.action_dim == len(env.action_low)
     if wm.planning.enabled and obs_ok:
         plan_start = time.perf_counter()

@@ -5,6 +5,7 @@ for the JEPA of ``task: jepa`` and are ignored then; ``training:`` and ``logging
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -32,11 +33,13 @@ class WorldModelConfig:
     Data: ``data`` names an ``.npz`` file of trajectories (the layout of
     :class:`jepa.data.TrajectoryDataset`); without one, ``episodes`` random episodes of
     ``episode_steps`` actions (each held ``action_repeat`` steps) are collected from the embedded
-    environment ``env``. ``val_fraction`` of the episodes are held out: the validation loss, the
+    environment ``env``, built with ``env_options`` (``TwoRooms``: e.g. ``observation: image``,
+    ``image_size: 32`` for rendered observations). ``val_fraction`` of the episodes are held out: the validation loss, the
     offline evaluation and nothing else see them.
 
     Model: :meth:`jepa.models.WorldModel.mlp` (``latent_dim``, ``hidden_dim``, layers) for vector
-    observations; ``target_encoder`` ``ema`` (EMA target, ``ema_momentum``), ``shared``
+    observations, :meth:`jepa.models.WorldModel.conv` (convolutions of ``conv_channels``, then the
+    same latent, hidden width and predictor) for images ``(C, H, W)``; ``target_encoder`` ``ema`` (EMA target, ``ema_momentum``), ``shared``
     (stop-gradient) or ``online`` (no EMA, no stop-gradient: LeWorldModel, pair it with a regularizer).
 
     Loss (:class:`jepa.trainer.world_model_loss.WorldModelLoss`): teacher-forced + rollout over
@@ -51,6 +54,7 @@ class WorldModelConfig:
 
     data: str | None = None
     env: str = "two_rooms"
+    env_options: dict[str, Any] = field(default_factory=dict)
     episodes: int = 1000
     episode_steps: int = 50
     action_repeat: int = 3
@@ -62,6 +66,7 @@ class WorldModelConfig:
     hidden_dim: int = 128
     encoder_layers: int = 3
     predictor_layers: int = 3
+    conv_channels: list[int] = field(default_factory=lambda: [16, 32])
     target_encoder: str = "ema"  # "ema" | "shared" | "online"
     ema_momentum: float = 0.99
     ema_momentum_end: float = 1.0

@@ -27,8 +27,8 @@ from jepa.trainer.checks import check_choice, check_int, check_number
 from jepa.trainer.world_model_eval import WorldModelEvaluation
 from jepa.trainer.world_model_loss import WORLD_MODEL_DISTANCES, WORLD_MODEL_REGULARIZERS, WorldModelLoss
 
-__all__ = ["TASKS", "WorldModelData", "check_world_model", "load_trajectories", "world_model_data", "world_model_from_config",
-           "world_model_loss_from_config", "world_model_objects"]
+__all__ = ["TASKS", "WorldModelData", "check_world_model", "load_trajectories", "world_env", "world_model_data",
+           "world_model_from_config", "world_model_loss_from_config", "world_model_objects"]
 
 #: What ``config.task`` may name.
 TASKS = ("jepa", "world_model")
@@ -61,6 +61,10 @@ def check_world_model(config: Config) -> None:
     for name in ("episodes", "episode_steps", "action_repeat", "horizon", "frameskip", "latent_dim", "hidden_dim",
                  "encoder_layers", "predictor_layers", "eval_horizon", "eval_windows", "eval_every_n_epochs", "sigreg_slices"):
         check_int(f"world_model.{name}", getattr(wm, name), minimum=1, noun="")
+    for i, c in enumerate(wm.conv_channels):
+        check_int(f"world_model.conv_channels[{i}]", c, minimum=1, noun="")
+    if not wm.conv_channels:
+        raise ValueError("world_model.conv_channels must name at least one convolution, got []")
     check_number("world_model.val_fraction", wm.val_fraction, low=0, high=1, high_open=True, noun="")
     check_choice("world_model.target_encoder", wm.target_encoder, WORLD_TARGETS)
     check_choice("world_model.distance", wm.distance, WORLD_MODEL_DISTANCES)
@@ -78,6 +82,17 @@ def check_world_model(config: Config) -> None:
     check_choice("world_model.planning.cost", p.cost, ("sum", "final"))
 
 
+def world_env(config: Config) -> Any:
+    """The embedded environment ``world_model.env`` built with ``world_model.env_options``."""
+    wm = config.world_model
+    try:
+        return make_env(wm.env, **wm.env_options)
+    except TypeError as exc:  # an option the environment does not take
+        raise ValueError(f"world_model.env_options {wm.env_options!r} do not fit {wm.env!r}: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"world_model.env_options: {exc}") from None
+
+
 def load_trajectories(config: Config) -> tuple[dict[str, np.ndarray], str, Any]:
     """``(arrays, source, env)``: the ``.npz`` file of ``world_model.data`` (checked by
     :class:`~jepa.data.TrajectoryDataset`), or random episodes collected from ``world_model.env``."""
@@ -90,7 +105,7 @@ def load_trajectories(config: Config) -> tuple[dict[str, np.ndarray], str, Any]:
             if "states" in f.files:
                 arrays["states"] = np.asarray(f["states"], dtype=np.float32)
         return arrays, f"{path} ({arrays['observations'].shape[0]} episodes)", None
-    env = make_env(wm.env)
+    env = world_env(config)
     arrays = collect(env, wm.episodes, wm.episode_steps, seed=wm.collect_seed, action_repeat=wm.action_repeat)
     source = f"{type(env).__name__} ({wm.episodes} random episodes x {wm.episode_steps} steps, actions held {wm.action_repeat} steps)"
     return arrays, source, env
@@ -125,17 +140,18 @@ def world_model_data(config: Config) -> WorldModelData:
 
 
 def world_model_from_config(config: Config, obs_shape: tuple[int, ...], action_dim: int) -> WorldModel:
-    """The :class:`~jepa.models.WorldModel` of ``config.world_model`` for observations of ``obs_shape``."""
+    """The :class:`~jepa.models.WorldModel` of ``config.world_model`` for observations of ``obs_shape``:
+    :meth:`~jepa.models.WorldModel.mlp` for vectors, :meth:`~jepa.models.WorldModel.conv` for images."""
     wm = config.world_model
-    if len(obs_shape) != 1:
-        raise NotImplementedError(
-            f"jepa train --task world_model builds MLP world models for vector observations; got observations of shape {obs_shape}. "
-            "For images, build a WorldModel with an image encoder in Python (see the world-models guide) and train it with JEPATrainer"
-        )
-    return WorldModel.mlp(
-        int(obs_shape[0]), int(action_dim), latent_dim=wm.latent_dim, hidden_dim=wm.hidden_dim,
-        encoder_layers=wm.encoder_layers, predictor_layers=wm.predictor_layers,
-        target_encoder=wm.target_encoder, momentum=wm.ema_momentum, momentum_end=wm.ema_momentum_end,
+    common = {"latent_dim": wm.latent_dim, "hidden_dim": wm.hidden_dim, "predictor_layers": wm.predictor_layers,
+              "target_encoder": wm.target_encoder, "momentum": wm.ema_momentum, "momentum_end": wm.ema_momentum_end}
+    if len(obs_shape) == 1:
+        return WorldModel.mlp(int(obs_shape[0]), int(action_dim), encoder_layers=wm.encoder_layers, **common)
+    if len(obs_shape) == 3:
+        return WorldModel.conv(tuple(int(v) for v in obs_shape), int(action_dim), channels=tuple(wm.conv_channels), **common)
+    raise NotImplementedError(
+        f"jepa train --task world_model builds world models for vectors (D,) and images (C, H, W); got observations of shape {obs_shape}. "
+        "Build a WorldModel with your own state encoder in Python (see the world-models guide) and train it with JEPATrainer"
     )
 
 

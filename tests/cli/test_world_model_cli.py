@@ -123,3 +123,28 @@ def test_one_line_errors(tmp_path):
     save_checkpoint(JEPA(Encoder(hidden_dim=16, input_dim=8, num_layers=1, num_heads=2), Predictor(16)), None, None, 0, 0.0, tmp_path / "jepa.pt")
     out = run("plan", "--checkpoint", str(tmp_path / "jepa.pt"))
     assert out.returncode == 2 and "cannot plan" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_train_on_rendered_images_then_plan_in_the_image_environment(tmp_path):
+    import copy
+    import os
+
+    cfg = copy.deepcopy(TINY)
+    cfg["world_model"].update(env_options={"observation": "image", "image_size": 16}, conv_channels=[4, 8], episodes=12)
+    cfg["world_model"]["planning"].update(planners=["cem"], baselines=False, max_steps=3)
+    cfg["training"]["epochs"] = 1
+    path = tmp_path / "img.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # small convolutions: one thread is faster on a shared machine
+    out = subprocess.run([sys.executable, "-m", "jepa.cli", "train", "--config", str(path), "--output-dir", str(tmp_path / "img"),
+                          "--no-progress"], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads((tmp_path / "img" / "metrics.json").read_text())
+    assert metrics["planning"]["pairs"] == 20 and len(metrics["offline"]["state_error"]) == 4  # states recorded with the images
+    state = jio.load(tmp_path / "img" / "best_model.pt")
+    assert json.loads(state["model_config"])["state_encoder"]["__model__"] == "ConvEncoder"
+    # jepa plan rebuilds the image environment from the run's config (env_options)
+    plan = subprocess.run([sys.executable, "-m", "jepa.cli", "plan", "--checkpoint", str(tmp_path / "img" / "best_model.pt"),
+                           "--episodes", "2", "--max-steps", "2", "--no-baselines"], capture_output=True, text=True, timeout=300, env=env)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert json.loads((tmp_path / "img" / "plan.json").read_text())["pairs"] == 2

@@ -10,14 +10,14 @@ import torch
 
 import jepa.io as jio
 from jepa.config import Config
-from jepa.models import WorldModel
+from jepa.models import ConvEncoder, WorldModel
 from jepa.trainer import JEPATrainer
 from jepa.trainer.callbacks import BaseCallback
 from jepa.trainer.checkpoints import model_from_checkpoint_state
 from jepa.trainer.losses import SIGRegLoss, variance_covariance
 from jepa.trainer.objective import loss_inputs, loss_terms, model_outputs
 from jepa.trainer.world_model_builders import world_model_data
-from jepa.trainer.world_model_eval import WorldModelEvaluation
+from jepa.trainer.world_model_eval import WorldModelEvaluation, rollout_errors
 from jepa.trainer.world_model_loss import WorldModelLoss, world_model_loss
 
 
@@ -189,10 +189,16 @@ def test_bad_task_and_image_observations(tmp_path):
     cfg.task = "worldmodel"
     with pytest.raises(ValueError, match="task"):
         JEPATrainer(cfg)
-    path = tmp_path / "images.npz"
-    np.savez(path, observations=np.zeros((3, 5, 1, 8, 8), np.float32), actions=np.zeros((3, 4, 2), np.float32))
-    with pytest.raises(NotImplementedError, match="vector observations"):
+    path = tmp_path / "images.npz"  # (C, H, W) images get a conv encoder; (H, W) without channels: no recipe
+    np.savez(path, observations=np.zeros((3, 5, 8, 8), np.float32), actions=np.zeros((3, 4, 2), np.float32))
+    with pytest.raises(NotImplementedError, match=r"vectors \(D,\) and images \(C, H, W\)"):
         JEPATrainer(tiny_config(tmp_path, data=str(path)))
+    with pytest.raises(ValueError, match="world_model.env_options"):
+        JEPATrainer(tiny_config(tmp_path, env_options={"colour": "red"}))
+    with pytest.raises(ValueError, match="world_model.env_options"):
+        JEPATrainer(tiny_config(tmp_path, env_options={"observation": "pixels"}))
+    with pytest.raises(ValueError, match=r"world_model.conv_channels\[1\]"):
+        JEPATrainer(tiny_config(tmp_path, conv_channels=[8, 0]))
 
 
 def test_the_shipped_world_model_recipe_is_the_documented_one(tmp_path):
@@ -207,3 +213,41 @@ def test_the_shipped_world_model_recipe_is_the_documented_one(tmp_path):
     assert wm.planning.planners == ["cem", "mppi"] and (wm.planning.samples, wm.planning.horizon, wm.planning.iterations) == (300, 10, 10)
     assert wm == WorldModelConfig()  # the YAML and the dataclass defaults do not drift apart
     assert load_config(save_config(cfg, tmp_path / "wm.yaml")) == cfg
+
+
+def _action_error_ratio(model, evaluation):
+    """Open-loop latent error with the recorded actions over the error with another window's actions
+    (about 1 for a model that ignores its actions, small for one that learned what they do)."""
+    true = sum(rollout_errors(model, evaluation.obs, evaluation.actions)["latent_mse"])
+    other = torch.randperm(evaluation.actions.shape[0], generator=torch.Generator().manual_seed(0))
+    return true / sum(rollout_errors(model, evaluation.obs, evaluation.actions[other])["latent_mse"])
+
+
+@pytest.fixture
+def one_thread():
+    """Small convolutions run several times slower with two threads on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_image_observations_train_a_conv_world_model_that_learns_the_actions(tmp_path, one_thread):
+    cfg = tiny_config(tmp_path / "img", env_options={"observation": "image", "image_size": 16}, conv_channels=[8, 16],
+                      latent_dim=8, hidden_dim=64, episodes=48, episode_steps=12, horizon=2, eval_horizon=4, eval_windows=64)
+    cfg.training.epochs = 30
+    trainer = JEPATrainer(cfg)
+    model = trainer.model
+    assert isinstance(model.encoder, ConvEncoder) and model.encoder.image_size == (16, 16)
+    assert trainer.train_loader.dataset.obs_shape == (1, 16, 16)
+    (evaluation,) = [cb for cb in trainer.callbacks if isinstance(cb, WorldModelEvaluation)]
+    assert evaluation.states is not None and evaluation.states.shape[-1] == 2  # positions recorded by collect
+    before = _action_error_ratio(model, evaluation)
+    trainer.train()
+    after = _action_error_ratio(model, evaluation)
+    assert before > 0.9 and after < 0.8, (before, after)
+    assert len(evaluation.records[-1][2]["state_error"]) == 4  # the probe reads positions from image latents
+    rebuilt = model_from_checkpoint_state(jio.load(tmp_path / "img" / "last.pt"))
+    assert isinstance(rebuilt.encoder, ConvEncoder)
+    for key, value in model.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[key], value), key
