@@ -193,6 +193,7 @@ def test_world_models_guide(tmp_path, monkeypatch):
     assert len(ns["errors"]["latent_relative"]) == len(ns["errors"]["state_error"]) == 8
     assert isinstance(ns["trainer"].model, WorldModel) and Path("runs/wm-config/best_model.pt").is_file()
     assert ns["report"]["pairs"] == 2 and ns["report"]["baselines"]["straight_line"]["success_rate"] == 1.0
+    assert tuple(ns["image_out"]["rollout"].shape) == (16, 2, 8) and ns["frames"]["states"].shape == (8, 11, 2)
 
 
 def test_every_page_with_python_is_run_here():
