@@ -218,5 +218,5 @@ def test_planner_finds_the_least_squares_optimum_of_a_quadratic_latent_cost(plan
     assert optimum > 0.05  # the goal cannot be reached: a real minimum, not a zero
     planner = planner_cls(model, [-1, -1], [1, 1], horizon=3, samples=300, cost="final", seed=0, **kwargs)
     plan = planner.plan(z0.numpy(), g.numpy())
-    torch.testing.assert_close(plan.flatten().double(), best, atol=0.05, rtol=0)
-    assert float((model.m @ plan.flatten().double() - g).norm()) < optimum + 0.01
+    torch.testing.assert_close(plan.flatten().double(), best, atol=0.02, rtol=0)
+    assert float((model.m @ plan.flatten().double() - g).norm()) < optimum + 1e-3
