@@ -1,4 +1,5 @@
-"""Command-line interface: ``jepa train | evaluate | config`` (image flags: :mod:`jepa.cli.images`).
+"""Command-line interface: ``jepa train | evaluate | config | plan`` (image flags: :mod:`jepa.cli.images`;
+world models: :mod:`jepa.cli.world_model`).
 
 Bad flags, paths or config values print one line ``jepa: error: ...`` and exit with code 2.
 """
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     images.add_train_flags(train, _positive_int)
+    from jepa.cli.world_model import add_train_arguments  # noqa: PLC0415  (--task world_model, --horizon)
+
+    add_train_arguments(train)
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint")
     ev.add_argument("--checkpoint", required=True, help="trainer checkpoint (.pt)")
@@ -85,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="write the default config as YAML")
     cfg.add_argument("--output", required=True, help="path of the YAML file to write")
     cfg.add_argument("--name", default="default", help="shipped config to write")
+    from jepa.cli.plan import add_plan_parser  # noqa: PLC0415
+
+    add_plan_parser(sub)
     return parser
 
 
@@ -126,6 +133,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     import torch  # noqa: PLC0415
+
+    from jepa.cli.world_model import train_world_model  # noqa: PLC0415
+
+    code = train_world_model(args)  # None: not a world-model run
+    if code is not None:
+        return code
 
     from jepa.config import ConfigError, load_config, save_config  # noqa: PLC0415
     from jepa.data import ImageDecodeError  # noqa: PLC0415
@@ -335,7 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return USAGE_ERROR
-    handler = {"train": _cmd_train, "evaluate": _cmd_evaluate, "config": _cmd_config}[args.command]
+    from jepa.cli.plan import cmd_plan  # noqa: PLC0415
+
+    handler = {"train": _cmd_train, "evaluate": _cmd_evaluate, "config": _cmd_config, "plan": cmd_plan}[args.command]
     try:
         return handler(args)
     except CLIError as exc:

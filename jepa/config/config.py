@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from jepa.config.world_model import PlanningConfig, WorldModelConfig  # noqa: F401  (PlanningConfig: re-exported)
+
 CONFIG_DIR = Path(__file__).parent / "defaults"
 
 
@@ -219,6 +221,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     task_weights: dict[str, float] = field(default_factory=dict)  # MultiTaskTrainer: loss weight per task
+    task: str = "jepa"  # "jepa" (representations of the data) | "world_model" (trajectories, planning; see world_model)
+    world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -146,3 +146,20 @@ class TrajectoryDataset(Dataset):
         if self.pairs:
             return obs[0], act[0], obs[1]
         return obs, act
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, ...]]:
+        """Items ``indices`` gathered in one indexing operation per array (what a ``DataLoader``
+        calls for a batch; the same items as ``[self[i] for i in indices]``)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        n = len(self)
+        if idx.numel() and (idx.min() < -n or idx.max() >= n):
+            bad = int(idx[(idx < -n) | (idx >= n)][0])
+            raise IndexError(f"TrajectoryDataset index {bad} out of range for {n} windows")
+        rows = self.index[idx]
+        ep, start = rows[:, :1], rows[:, 1:]
+        span = self.horizon * self.frameskip
+        obs = self.observations[ep, start + torch.arange(0, span + 1, self.frameskip)]
+        act = self.actions[ep, start + torch.arange(span)].reshape(idx.numel(), self.horizon, -1)
+        if self.pairs:
+            return list(zip(obs[:, 0], act[:, 0], obs[:, 1]))
+        return list(zip(obs, act))

@@ -13,6 +13,13 @@ from jepa.io import atomic_write
 POLICIES = ("random",)
 
 
+def _state(info: Any) -> np.ndarray | None:
+    """``info["state"]`` as float32, or None when the environment does not report it."""
+    if isinstance(info, dict) and info.get("state") is not None:
+        return np.asarray(info["state"], dtype=np.float32)
+    return None
+
+
 def collect(
     env: Any,
     episodes: int,
@@ -40,7 +47,10 @@ def collect(
 
     Returns:
         ``{"observations": (E, T, *obs_shape) float32, "actions": (E, T-1, A) float32,
-        "episode_lengths": (E,) int64}``.
+        "episode_lengths": (E,) int64}``, and ``"states": (E, T, S) float32`` when the environment
+        reports its true state as ``info["state"]`` on every reset and step (as
+        :class:`~jepa.envs.TwoRooms` does): what the offline evaluation of a world model trained on
+        images reads positions from.
     """
     for name, value in (("episodes", episodes), ("steps", steps), ("action_repeat", action_repeat)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -56,10 +66,10 @@ def collect(
         raise ValueError(f"collect: action_repeat applies to policy='random' only, got action_repeat={action_repeat!r}")
     low, high = action_bounds(env)
     rng = np.random.default_rng(seed)
-    observations, actions = [], []
+    observations, actions, states = [], [], []
     for e in range(int(episodes)):
-        obs, _ = env.reset(seed=int(seed) + e)
-        ep_obs, ep_act = [np.asarray(obs, dtype=np.float32)], []
+        obs, info = env.reset(seed=int(seed) + e)
+        ep_obs, ep_act, ep_states = [np.asarray(obs, dtype=np.float32)], [], [_state(info)]
         action = None
         for t in range(int(steps)):
             if isinstance(policy, str):
@@ -67,16 +77,21 @@ def collect(
                     action = rng.uniform(low, high).astype(np.float32)
             else:
                 action = np.asarray(policy(ep_obs[-1], rng), dtype=np.float32).reshape(low.shape)
-            obs = env.step(action)[0]
+            result = env.step(action)
+            obs, info = result[0], (result[-1] if len(result) > 1 else None)
             ep_act.append(action)
             ep_obs.append(np.asarray(obs, dtype=np.float32))
+            ep_states.append(_state(info))
         observations.append(np.stack(ep_obs))
         actions.append(np.stack(ep_act))
+        states.append(None if any(s is None for s in ep_states) else np.stack(ep_states))
     out = {
         "observations": np.stack(observations),
         "actions": np.stack(actions),
         "episode_lengths": np.full(int(episodes), int(steps) + 1, dtype=np.int64),
     }
+    if all(s is not None for s in states):
+        out["states"] = np.stack(states)
     if path is not None:
         def write(tmp: str) -> None:
             with open(tmp, "wb") as fh:  # a file object: np.savez must not append ".npz" to the temporary name

@@ -93,7 +93,8 @@ class TwoRooms:
 
     The API follows Gymnasium: :meth:`reset` returns ``(obs, info)``, :meth:`step` returns
     ``(obs, reward, terminated, truncated, info)`` with ``reward = -distance to the goal`` and
-    ``info["is_success"]``. :meth:`observe` returns the current observation and
+    ``info["is_success"]`` and ``info["state"]`` (the true position, whatever the observation; what
+    :func:`jepa.envs.collect` records as ``states``). :meth:`observe` returns the current observation and
     :meth:`observe_at` the observation the agent would see at any position (goal images).
     """
 
@@ -298,6 +299,7 @@ class TwoRooms:
     def _info(self, *, collided: bool) -> dict[str, Any]:
         distance = float(np.linalg.norm(self._position - self._goal))
         return {
+            "state": self._position.astype(np.float32),
             "position": self.position,
             "goal": self.goal,
             "distance": distance,

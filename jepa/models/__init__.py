@@ -1,6 +1,7 @@
 """jepa.models: nn.Modules only (no training logic)."""
 
 from jepa.models.base import BaseModel, build_model
+from jepa.models.conv import ConvEncoder
 from jepa.models.encoder import Encoder
 from jepa.models.ijepa import IJEPA
 from jepa.models.jepa import JEPA, JEPAAction
@@ -12,6 +13,7 @@ __all__ = [
     "IJEPA",
     "JEPA",
     "BaseModel",
+    "ConvEncoder",
     "Encoder",
     "JEPAAction",
     "MaskedPredictor",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from jepa.models.conv import ConvEncoder
 from jepa.models.jepa import JEPAAction
 from jepa.models.predictor import Predictor
 
@@ -102,6 +103,34 @@ class WorldModel(JEPAAction):
             **{"conditioning": "concat", **kwargs},
         )
 
+    @classmethod
+    def conv(
+        cls,
+        image_shape: tuple[int, int, int],
+        action_dim: int,
+        latent_dim: int = 32,
+        hidden_dim: int = 128,
+        channels: tuple[int, ...] = (16, 32),
+        predictor_layers: int = 3,
+        **kwargs,
+    ) -> "WorldModel":
+        """A world model for image observations ``(C, H, W)``: a :class:`~jepa.models.ConvEncoder`
+        state encoder (``channels`` stride-2 convolutions, then an MLP head to ``latent_dim``), and
+        the action encoder and predictor of :meth:`mlp` (``conditioning="concat"``). ``kwargs`` go
+        to the constructor."""
+        if not isinstance(image_shape, (tuple, list)) or len(image_shape) != 3:
+            raise ValueError(f"WorldModel.conv: image_shape must be (C, H, W), got {image_shape!r}")
+        for name, value in (("action_dim", action_dim), ("latent_dim", latent_dim), ("hidden_dim", hidden_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"WorldModel.conv: {name} must be a positive int, got {value!r}")
+        c, h, w = (int(v) for v in image_shape)
+        return cls(
+            ConvEncoder(c, (h, w), latent_dim=latent_dim, channels=tuple(channels), hidden_dim=hidden_dim),
+            Predictor(action_dim, mlp_dim=hidden_dim, num_layers=2, output_dim=latent_dim),
+            Predictor(2 * latent_dim, mlp_dim=hidden_dim, num_layers=predictor_layers, output_dim=latent_dim),
+            **{"conditioning": "concat", **kwargs},
+        )
+
     # ------------------------------------------------------------------ encoding
     def encode(self, obs: torch.Tensor, use_target: bool | None = None) -> torch.Tensor:
         """Latents ``(N, [tokens,] D)`` of observations ``(N, *obs_shape)``.
@@ -193,6 +222,24 @@ class WorldModel(JEPAAction):
         else:
             target = context[:, 1:]
         return {"teacher_forcing": teacher, "rollout": rollout, "target": target, "context": context}
+
+    def forward_batch(self, batch) -> dict[str, torch.Tensor]:
+        """The model step of the trainer (:mod:`jepa.trainer.objective`): a batch of trajectory
+        windows ``(obs (B, H+1, ...), actions (B, H, A))`` (what :class:`~jepa.data.TrajectoryDataset`
+        yields) gives :meth:`forward_trajectory`'s outputs; a batch of transitions
+        ``(state_t, action_t, state_t1)`` (``pairs=True``) gives :meth:`forward_features`'."""
+        if isinstance(batch, dict):
+            if "observations" not in batch or "actions" not in batch:
+                raise ValueError(f"WorldModel.forward_batch: a dict batch needs 'observations' and 'actions', got keys {sorted(batch)}")
+            return self.forward_trajectory(batch["observations"], batch["actions"])
+        if isinstance(batch, (tuple, list)) and len(batch) == 2:
+            return self.forward_trajectory(batch[0], batch[1])
+        if isinstance(batch, (tuple, list)) and len(batch) == 3:
+            return self.forward_features(*batch)
+        raise ValueError(
+            "WorldModel.forward_batch: expected (observations, actions) windows or (state_t, action_t, state_t1) "
+            f"transitions, got {type(batch).__name__}{f' of {len(batch)} items' if isinstance(batch, (tuple, list)) else ''}"
+        )
 
     def forward_features(self, state_t: torch.Tensor, action_t: torch.Tensor, state_t1: torch.Tensor) -> dict[str, torch.Tensor]:
         """One transition (the pair view used by the v1 trainer): prediction, target and context."""

@@ -35,6 +35,7 @@ from jepa.trainer.optimizers import create_optimizer
 from jepa.trainer.schedulers import create_scheduler
 from jepa.trainer.splits import stratified_holdout
 from jepa.trainer.weight_decay import WeightDecaySchedule
+from jepa.trainer.world_model_builders import TASKS, world_model_objects
 
 __all__ = [
     "DATASETS",
@@ -285,7 +286,15 @@ def trainer_kwargs(config: Any, given: Mapping[str, Any] | None = None) -> dict[
         given["distributed"] = ctx
     device = ctx.device if ctx else resolve_device(given.get("device", t.device))
     on_device = given.get("strategy", t.strategy) != "fsdp"  # (FSDP moves each shard to the device itself)
-    if is_image_run(config):
+    task_callbacks: list[Any] = []
+    if check_choice("task", config.task, TASKS) == "world_model":  # trajectories, WorldModel, its loss and offline evaluation
+        task = world_model_objects(config, device)
+        train_set, val_set, model = task["train_set"], task["val_set"], task["model"]
+        train_loader, val_loader = build_loaders(config, train_set, val_set)
+        loss_fn: Any = task["loss_fn"]
+        task_callbacks = task["callbacks"]
+        probe_data: tuple[Any, Any] = (None, None)
+    elif is_image_run(config):
         # I-JEPA on images: sizes left open are resolved into a copy (the trainer's config says what ran)
         config = resolve_image_config(copy.deepcopy(config), device)
         t = config.training
@@ -294,7 +303,7 @@ def trainer_kwargs(config: Any, given: Mapping[str, Any] | None = None) -> dict[
         torch.manual_seed(t.seed)
         model = image_model(config, data.in_chans, pixel_mean, pixel_std)
         train_loader, val_loader = image_loaders(config, data, *((ctx.rank, ctx.world_size) if ctx else (0, 1)))
-        loss_fn: Any = image_loss(config)
+        loss_fn = image_loss(config)
         probe_data = (data.probe_train, data.val) if data.labelled else (None, None)
     else:
         train_set, val_set = build_datasets(config)
@@ -317,7 +326,7 @@ def trainer_kwargs(config: Any, given: Mapping[str, Any] | None = None) -> dict[
     elif monitor != "val_loss" and probe is None:
         raise ValueError(f"training.validation.monitor={monitor!r} needs the online probe: labelled data and training.validation.probe: true")
     mode = "min" if monitor == "val_loss" else "max"
-    own_callbacks = [probe] if probe is not None else []
+    own_callbacks = task_callbacks + ([probe] if probe is not None else [])
     if t.validation.patience is not None:
         own_callbacks.append(EarlyStopping(monitor=monitor, patience=t.validation.patience, mode=mode))
     every = config.logging.collapse_check_every_n_steps
@@ -337,7 +346,8 @@ def trainer_kwargs(config: Any, given: Mapping[str, Any] | None = None) -> dict[
         "gradient_clip_norm": t.gradient_clip,
         "gradient_accumulation": t.gradient_accumulation,
         "progress_bar": config.logging.progress_bar,
-        "save_dir": str(Path(config.logging.output_dir) / "checkpoints"),
+        # world-model runs keep checkpoints next to metrics.json (jepa plan --checkpoint runs/wm/best_model.pt)
+        "save_dir": str(Path(config.logging.output_dir) / ("" if config.task == "world_model" else "checkpoints")),
         "log_every_n_steps": config.logging.log_every_n_steps,
         "warmup_fraction": _warmup_fraction(config),
         "min_lr_ratio": min(1.0, t.scheduler.min_lr / t.learning_rate),

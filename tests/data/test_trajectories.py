@@ -40,6 +40,22 @@ def test_windows_never_cross_an_episode_end(horizon, frameskip):
     assert seen == {(e, t) for e, n in enumerate(lengths) for t in range(n - span)}
 
 
+@pytest.mark.parametrize("horizon, frameskip, pairs", [(3, 1, False), (2, 2, False), (1, 3, True)])
+def test_batched_fetch_gives_the_items_one_by_one(horizon, frameskip, pairs):
+    ds = TrajectoryDataset(_labelled([9, 4, 7, 1, 6], 9), horizon=horizon, frameskip=frameskip, pairs=pairs)
+    picks = [len(ds) - 1, 0, 3, -2, 3]
+    batched = ds.__getitems__(picks)
+    assert len(batched) == len(picks)
+    for i, item in zip(picks, batched):
+        assert len(item) == len(ds[i]) and all(torch.equal(a, b) for a, b in zip(item, ds[i]))
+    # a DataLoader uses it: the same batch as collating the single items
+    batch = next(iter(DataLoader(ds, batch_size=5)))
+    single = [torch.stack(x) for x in zip(*(ds[i] for i in range(5)))]
+    assert all(torch.equal(a, b) for a, b in zip(batch, single))
+    with pytest.raises(IndexError, match="out of range"):
+        ds.__getitems__([0, len(ds)])
+
+
 def test_pairs_feed_an_action_model_batch():
     ds = TrajectoryDataset(_labelled([5, 3], 5), pairs=True)
     s_t, a_t, s_t1 = ds[0]

@@ -182,11 +182,26 @@ def test_kernels_guide():
     run_page("guides/kernels.md", {"__name__": "doc_example"})
 
 
+def test_world_models_guide(tmp_path, monkeypatch):
+    from jepa.models import WorldModel
+
+    monkeypatch.chdir(tmp_path)
+    ns = run_page("guides/world_models.md", {"__name__": "doc_example"})
+    assert len(ns["data"]) == 60 * (21 - 4) and tuple(ns["obs"].shape) == (5, 2) and tuple(ns["actions"].shape) == (4, 2)
+    assert len(ns["history"]["train_loss"]) == 3 and all(math.isfinite(v) for v in ns["history"]["train_loss"])
+    assert ns["result"].steps <= 5 and ns["result"].ms_per_step > 0
+    assert len(ns["errors"]["latent_relative"]) == len(ns["errors"]["state_error"]) == 8
+    assert isinstance(ns["trainer"].model, WorldModel) and Path("runs/wm-config/best_model.pt").is_file()
+    assert ns["report"]["pairs"] == 2 and ns["report"]["baselines"]["straight_line"]["success_rate"] == 1.0
+    assert tuple(ns["image_out"]["rollout"].shape) == (16, 2, 8) and ns["frames"]["states"].shape == (8, 11, 2)
+
+
 def test_every_page_with_python_is_run_here():
     """A new page with Python examples must be added to this file (or to the list of pages without)."""
     from doc_blocks import DOCS
 
     run_here = {"training-api/v1.md", "training-api/v0.md", "guides/quickstart.md", "guides/images.md", "guides/weights.md", "guides/kernels.md"}
+    run_here |= {"guides/world_models.md"}
     with_python = {str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md") if blocks(str(p.relative_to(DOCS)))}
     assert with_python == run_here
 
@@ -201,6 +216,7 @@ def test_documented_jepa_commands_use_existing_flags():
     """torchrun gets `-m jepa.cli` (never `python -m ...`, which makes it look for a script named
     python), and every `jepa <command> --flag` of the pages is a flag of that command."""
     pages = ("training-api/v1.md", "training-api/v0.md", "guides/distributed.md", "guides/quickstart.md")
+    pages += ("guides/world_models.md",)
     lines = [line for page in pages for line in _command_lines(page)]
     torchrun = [line for line in lines if line.startswith("torchrun")]
     assert len(torchrun) == 5 and all(" -m jepa.cli " in line and " python " not in line for line in torchrun)

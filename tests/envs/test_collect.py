@@ -54,3 +54,28 @@ def test_collect_refuses_bad_arguments(kwargs, match):
     args = {"episodes": 1, "steps": 2, **kwargs}
     with pytest.raises((ValueError, TypeError), match=match):
         collect(TwoRooms(), **args)
+
+
+def test_collect_records_the_true_states_the_environment_reports():
+    env = TwoRooms(observation="image", image_size=8)
+    data = collect(env, episodes=2, steps=5, seed=4)
+    assert data["states"].shape == (2, 6, 2) and data["states"].dtype == np.float32
+    same = collect(TwoRooms(), episodes=2, steps=5, seed=4)  # same seeds: the same moves, seen as positions
+    np.testing.assert_array_equal(data["states"], same["observations"])
+    np.testing.assert_array_equal(same["states"], same["observations"])
+    for t in range(6):  # the images show the agent where the states say it is
+        np.testing.assert_allclose(data["observations"][1, t, 0], env.render_at(data["states"][1, t].astype(np.float64)), atol=1e-6)
+
+    class NoState:  # an environment whose info carries no "state": no states array
+        action_low, action_high = np.array([-1.0]), np.array([1.0])
+
+        def reset(self, seed=None):
+            self.x = 0.0
+            return np.array([self.x]), {}
+
+        def step(self, action):
+            self.x += float(action[0])
+            return np.array([self.x]), 0.0, False, False, {}
+
+    out = collect(NoState(), episodes=2, steps=3)
+    assert "states" not in out and out["observations"].shape == (2, 4, 1)

@@ -213,3 +213,67 @@ def test_image_observations_from_collection_to_a_plan():
     env.reset(start=(0.2, 0.2), goal=(0.3, 0.3))
     plan = CEM(model, env.action_low, env.action_high, horizon=3, samples=16, iterations=2, elites=4).plan(env.observe(), env.goal_observation())
     assert plan.shape == (3, 2) and torch.isfinite(plan).all()
+
+
+def test_conv_encoder_matches_a_functional_reference_and_checks_its_input():
+    import torch.nn.functional as F
+
+    from jepa.models import ConvEncoder
+
+    enc = ConvEncoder(in_chans=2, image_size=(15, 9), latent_dim=5, channels=(3, 4), hidden_dim=7).double()
+    x = torch.rand(3, 2, 15, 9, dtype=torch.float64)
+    c1, c2 = enc.features[0], enc.features[2]
+    h = F.gelu(F.conv2d(x, c1.weight, c1.bias, stride=2, padding=1))    # 15x9 -> 8x5
+    h = F.gelu(F.conv2d(h, c2.weight, c2.bias, stride=2, padding=1))    # 8x5 -> 4x3
+    assert h.shape == (3, 4, 4, 3)
+    lin1, norm, _, lin2 = enc.head[1:]
+    h = F.gelu(F.layer_norm(F.linear(h.reshape(3, -1), lin1.weight, lin1.bias), (7,), norm.weight, norm.bias, norm.eps))
+    torch.testing.assert_close(enc(x), F.linear(h, lin2.weight, lin2.bias))
+    with pytest.raises(ValueError, match=r"\(B, 2, 15, 9\)"):
+        enc(torch.rand(3, 1, 15, 9, dtype=torch.float64))
+    with pytest.raises(ValueError, match="channels"):
+        ConvEncoder(channels=())
+    with pytest.raises(ValueError, match="image_size"):
+        ConvEncoder(image_size=(8, 8, 8))
+    with pytest.raises(ValueError, match="latent_dim"):
+        ConvEncoder(latent_dim=0)
+
+
+def test_conv_world_model_round_trips_and_refuses_a_bad_shape(tmp_path):
+    model = WorldModel.conv((1, 16, 16), 2, latent_dim=6, hidden_dim=16, channels=(4, 8), target_encoder="ema")
+    assert model.conditioning == "concat" and model.target_encoder is not None
+    model.save_pretrained(tmp_path)
+    loaded = WorldModel.from_pretrained(tmp_path)
+    x, a = torch.rand(3, 1, 16, 16), torch.rand(3, 4, 2)
+    torch.testing.assert_close(loaded.rollout(loaded.encode(x), a), model.rollout(model.encode(x), a))
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        WorldModel.conv((16, 16), 2)
+
+
+def test_a_vision_transformer_state_encoder_on_rendered_images(tmp_path):
+    """The ViT of jepa.models as the state encoder: token latents (B, N, D), the predictor per token,
+    trained on TwoRooms renders, rebuilt from its recorded config, planned with in one batched rollout."""
+    from jepa.data import TrajectoryDataset
+    from jepa.envs import TwoRooms, collect
+    from jepa.models import Predictor, VisionTransformer
+    from jepa.planning import CEM
+
+    env = TwoRooms(observation="image", image_size=16)
+    ds = TrajectoryDataset(collect(env, episodes=2, steps=6, seed=0), horizon=2)
+    obs, act = (torch.stack(x) for x in zip(*(ds[i] for i in range(4))))
+    vit = VisionTransformer(image_size=16, patch_size=8, in_chans=1, embed_dim=8, depth=1, num_heads=2)
+    model = WorldModel(vit, Predictor(2, 16, 2, output_dim=8), Predictor(16, 16, 2, output_dim=8), conditioning="concat")
+    out = model.forward_trajectory(obs, act)
+    assert out["rollout"].shape == out["target"].shape == (4, 2, 4, 8) and out["context"].shape == (4, 3, 4, 8)
+    world_model_loss(out)["loss"].backward()
+    assert all(p.grad is not None for p in vit.parameters() if p.requires_grad)
+    model.save_pretrained(tmp_path)
+    rebuilt = WorldModel.from_pretrained(tmp_path)
+    assert isinstance(rebuilt.encoder, VisionTransformer)
+    z = model.encode(obs[:, 0])
+    torch.testing.assert_close(rebuilt.rollout(rebuilt.encode(obs[:, 0]), act), model.rollout(z, act))
+    env.reset(start=(0.2, 0.2), goal=(0.3, 0.3))
+    planner = CEM(model, env.action_low, env.action_high, horizon=3, samples=16, iterations=2, elites=4)
+    plan = planner.plan(env.observe(), env.goal_observation())
+    assert plan.shape == (3, 2) and torch.isfinite(plan).all()
+

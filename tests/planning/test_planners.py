@@ -188,3 +188,35 @@ def test_evaluate_reports_final_distances():
     pairs = [((0.2, 0.2), (0.8, 0.2), "cross_wall")]
     r = evaluate(env, StraightLinePolicy(env), pairs, max_steps=10)
     assert r["final_distance"] == [pytest.approx(0.32)]  # stuck on the wall face at x = 0.48
+
+
+class SequenceLatent(nn.Module):
+    """The final latent is z0 + M vec(actions) (M: 8 x 6, full column rank): with the final-step
+    cost the planner minimises ||M vec(a) - (g - z0)||, a quadratic whose least-squares minimiser
+    is known and, the latent having more dimensions than the plan, does not reach the goal."""
+
+    def __init__(self):
+        super().__init__()
+        self.m = torch.randn(8, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64) / 3
+
+    def encode(self, obs):
+        return obs.double()
+
+    def rollout(self, z0, actions):
+        final = z0 + actions.double().flatten(1) @ self.m.T
+        return torch.stack([torch.zeros_like(final)] * (actions.shape[1] - 1) + [final], 1)
+
+
+@pytest.mark.parametrize("planner_cls, kwargs", [(CEM, {"iterations": 30}), (MPPI, {"iterations": 60, "noise_decay": 0.93})])
+def test_planner_finds_the_least_squares_optimum_of_a_quadratic_latent_cost(planner_cls, kwargs):
+    model = SequenceLatent()
+    z0 = torch.zeros(8, dtype=torch.float64)
+    g = torch.randn(8, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 0.3
+    best = torch.linalg.lstsq(model.m, (g - z0)[:, None]).solution[:, 0]
+    assert best.abs().max() < 0.9  # inside the action box
+    optimum = float((model.m @ best - g).norm())
+    assert optimum > 0.05  # the goal cannot be reached: a real minimum, not a zero
+    planner = planner_cls(model, [-1, -1], [1, 1], horizon=3, samples=300, cost="final", seed=0, **kwargs)
+    plan = planner.plan(z0.numpy(), g.numpy())
+    torch.testing.assert_close(plan.flatten().double(), best, atol=0.02, rtol=0)
+    assert float((model.m @ plan.flatten().double() - g).norm()) < optimum + 1e-3
