@@ -134,7 +134,8 @@ def _sigreg_ecf_op(z, directions, t_max, knots, impl):
     if impl == "triton":
         from jepa.kernels.triton import sigreg as kernels  # noqa: PLC0415  (optional dependency)
 
-        return kernels.ecf_forward(z, directions, t_max=t_max, knots=knots)
+        with _backend.device_guard(z.device):  # Triton launches on the current device, not z's
+            return kernels.ecf_forward(z, directions, t_max=t_max, knots=knots)
     return sigreg_ecf_reference(z, directions, t_max, knots)
 
 
@@ -154,7 +155,8 @@ def _sigreg_ecf_backward_op(grad, z, directions, t_max, knots, impl, directions_
     if impl == "triton":
         from jepa.kernels.triton import sigreg as kernels  # noqa: PLC0415
 
-        return [kernels.ecf_backward(grad, z, directions, t_max=t_max, knots=knots)]
+        with _backend.device_guard(z.device):
+            return [kernels.ecf_backward(grad, z, directions, t_max=t_max, knots=knots)]
     return _torch_backward(grad, z, directions, t_max, knots, directions_grad)
 
 
