@@ -229,6 +229,13 @@ def test_custom_op_passes_opcheck():
     torch.library.opcheck(torch.ops.jepa.attention_fwd.default, args)
 
 
+def test_custom_op_passes_opcheck_with_fused_qkv_strides():
+    qkv = torch.randn(2, 9, 3, 2, 16, device=DEVICE).permute(2, 0, 3, 1, 4)  # (3, B, H, N, d), strided
+    q, k, v = (t.requires_grad_() for t in qkv.detach().clone().unbind(0))
+    assert not q.is_contiguous()
+    torch.library.opcheck(torch.ops.jepa.attention_fwd.default, (q, k, v, None, False, 0.25))
+
+
 def test_torch_compile_fullgraph_with_the_triton_op_matches_eager():
     from jepa.models.layers import TransformerBlock  # noqa: PLC0415
 

@@ -209,6 +209,26 @@ def test_custom_op_opcheck(impl):
     )
 
 
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_custom_op_opcheck_with_permuted_inputs(impl):
+    # The backward kernels return contiguous gradients; the fake and the torch path must too.
+    gen = torch.Generator().manual_seed(10)
+    a = torch.randn(5, 9, generator=gen).to(DEVICE).T.requires_grad_(True)
+    b = torch.randn(5, 9, generator=gen).to(DEVICE).T.requires_grad_(True)
+    assert not a.is_contiguous()
+    torch.library.opcheck(
+        torch.ops.jepa.info_nce.default,
+        (a, b, 0.5, False, impl),
+        test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
+    )
+    loss, stats = torch.ops.jepa.info_nce(a, b, 0.5, False, impl)
+    torch.library.opcheck(  # the backward op on its own: opcheck above does not compare its fake
+        torch.ops.jepa.info_nce_backward.default,
+        (torch.ones_like(loss), a.detach(), b.detach(), stats, 0.5, False, impl),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+
 # ----------------------------------------------------------------------------- float16 range of the backward
 
 

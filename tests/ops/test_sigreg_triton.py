@@ -209,6 +209,26 @@ def test_custom_op_opcheck(impl):
     )
 
 
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_custom_op_opcheck_with_permuted_inputs(impl):
+    # The backward kernel returns a contiguous dz; the fake and the torch path must too.
+    gen = torch.Generator().manual_seed(10)
+    z = torch.randn(5, 9, generator=gen).to(DEVICE).T.requires_grad_(True)
+    a = _unit_columns(5, 4, gen).T.contiguous().T.requires_grad_(impl == "torch")
+    assert not z.is_contiguous() and not a.is_contiguous()
+    torch.library.opcheck(
+        torch.ops.jepa.sigreg_ecf.default,
+        (z, a, 3.0, 7, impl),
+        test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
+    )
+    ecf = torch.ops.jepa.sigreg_ecf(z, a, 3.0, 7, impl)
+    torch.library.opcheck(  # the backward op on its own: opcheck above does not compare its fake
+        torch.ops.jepa.sigreg_ecf_backward.default,
+        (torch.ones_like(ecf), z.detach(), a.detach(), 3.0, 7, impl, impl == "torch"),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+
 # ----------------------------------------------------------------------------- ahead-of-time build (sm_80, sm_90)
 
 _AOT_SCRIPT = r"""
