@@ -145,6 +145,7 @@ if wanted bench; then
     bench ema_update 40 --no-cpu
     bench jepa_loss 30 --no-cpu
     bench info_nce 30 --no-cpu
+    bench sigreg 40
     bench unscale 30
     # Attention rows: --quick shapes (I-JEPA predictor d=24, ViT-H/14 d=80, key-padded ViT-B: ~12 Triton
     # specializations); every shape of the script (~46 specializations, several minutes) by hand:

@@ -132,3 +132,33 @@ def test_routes_only_runs_no_gpu_rows(fake_gpu_attention, monkeypatch):
     assert mod.main() == 0
     assert "rows" not in calls and "matmul" not in calls
     assert json.loads(out.read_text())["complete"] is True and routes.is_file()
+
+
+def test_sigreg_gpu_rows_are_timed_with_cuda_events(monkeypatch):
+    mod = _load("bench_sigreg")
+    harness = sys.modules["_harness"]
+    timed = []
+
+    def events(fn, *, warmup, repeat):
+        timed.append(fn)
+        return harness.Timing(1e-4, 1e-4, 1e-4, repeat, [1e-4])
+
+    def wall_clock(*a, **kw):
+        raise AssertionError("a GPU row timed with the host clock")
+
+    monkeypatch.setattr(harness, "measure_gpu", events)
+    monkeypatch.setattr(harness, "measure", wall_clock)
+    monkeypatch.setattr(mod, "_inputs", lambda n, d, m, dtype, device: (torch.zeros(n, d), torch.zeros(d, m)))
+    report = harness.Report("sigreg", _args(None))
+    args = _args(None)
+    args.warmup, args.repeat = 1, 3
+    mod.time_rows(report, args, "cuda", 64, 16, 8, 17, torch.float32)
+    assert len(timed) == 5  # the matmul floor, then ours and eager, forward and forward+backward
+    assert [r["name"].rsplit(" ", 1)[-1] for r in report.rows] == ["fwd", "fwd+bwd"]
+
+
+def test_the_gpu_suite_runs_every_op_benchmark():
+    script = (BENCH / "gpu_suite.sh").read_text()
+    ops = {p.stem.removeprefix("bench_") for p in BENCH.glob("bench_*.py")} - {"checkpoint", "trainer", "ddp", "planning"}
+    missing = [op for op in sorted(ops) if f"bench {op} " not in script]
+    assert not missing, f"gpu_suite.sh does not run bench_{missing}"
