@@ -162,3 +162,38 @@ def test_the_gpu_suite_runs_every_op_benchmark():
     ops = {p.stem.removeprefix("bench_") for p in BENCH.glob("bench_*.py")} - {"checkpoint", "trainer", "ddp", "planning"}
     missing = [op for op in sorted(ops) if f"bench {op} " not in script]
     assert not missing, f"gpu_suite.sh does not run bench_{missing}"
+
+
+def _run_all_commands(monkeypatch, tmp_path, *argv):
+    """The command lines benchmarks/run_all.py would run with ``argv`` (nothing is run)."""
+    mod = _load("run_all")
+    cmds: list[list[str]] = []
+    monkeypatch.setattr(mod.subprocess, "call", lambda cmd: cmds.append(cmd) or 0)
+    monkeypatch.setattr(sys, "argv", ["run_all.py", "--out-dir", str(tmp_path), *argv])
+    assert mod.main() == 0
+    return {Path(cmd[1]).stem: cmd[2:] for cmd in cmds}
+
+
+def test_run_all_runs_no_training_run_by_default(monkeypatch, tmp_path):
+    harness = _load("_harness")
+    ran = _run_all_commands(monkeypatch, tmp_path, "--quick", "--strict", "--threads", "1")
+    every = {p.stem for p in BENCH.glob("*.py") if not p.stem.startswith("_")} - {"run_all"}
+    assert {p.stem for p in BENCH.glob("bench_*.py")} <= set(ran)
+    assert set(ran) == every - {"quality", "shapes_baselines"}
+    for stem, argv in ran.items():
+        assert "make_parser(" in (BENCH / f"{stem}.py").read_text(), f"{stem} lacks the common flags"
+        parsed = harness.make_parser(stem).parse_args(argv)  # the flags run_all passes are the harness's
+        assert parsed.quick and parsed.strict and parsed.threads == 1
+        assert parsed.out == tmp_path / f"{stem}.json"
+
+
+def test_run_all_gives_shapes_baselines_quick_and_only_flags_it_takes(monkeypatch, tmp_path):
+    ran = _run_all_commands(monkeypatch, tmp_path, "--only", "shapes_baselines", "--quick", "--strict")
+    assert list(ran) == ["shapes_baselines"]
+    baselines = _load("shapes_baselines")
+    args = baselines.parse_args(ran["shapes_baselines"])  # argparse exits on a flag it does not take
+    assert args.quick and args.out == tmp_path / "shapes_baselines.json"
+    assert (args.train, args.val, args.cnn_epochs) == (300, 100, 2)
+    full = baselines.parse_args([])
+    assert (full.train, full.val, full.cnn_epochs) == (1200, 300, 30)
+    assert baselines.parse_args(["--quick", "--train", "50"]).train == 50, "--quick keeps sizes set by hand"
