@@ -52,11 +52,12 @@ def _ema_kernel(
     ALIGNED: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    ti = tl.load(TABLE + 3 * T + pid)
-    start = tl.load(TABLE + 3 * T + C + pid)
-    n = tl.load(TABLE + 2 * T + ti)
+    t64 = tl.cast(T, tl.int64)  # table offsets in 64 bits, as every size product (tl.cast: T may be the constant 1)
+    ti = tl.load(TABLE + 3 * t64 + pid)
+    start = tl.load(TABLE + 3 * t64 + C + pid)
+    n = tl.load(TABLE + 2 * t64 + ti)
     tp = tl.load(TABLE + ti).to(tl.pointer_type(DTYPE))
-    op = tl.load(TABLE + T + ti).to(tl.pointer_type(DTYPE))
+    op = tl.load(TABLE + t64 + ti).to(tl.pointer_type(DTYPE))
     if M_FROM_PTR:
         w = 1.0 - tl.load(M_PTR).to(tl.float32)
     else:

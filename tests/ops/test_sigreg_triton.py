@@ -239,6 +239,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import jepa.kernels.triton.sigreg as S
+sys.path.insert(0, os.environ["JEPA_AOT_HELPERS"])
+from _aot_worker import size_products
 
 try:
     from triton.backends.nvidia.compiler import get_ptxas
@@ -264,7 +266,8 @@ def build(fn, sig, consts, cap):
         sys.exit(proc.stderr)
     spills = [int(a) + int(b) for a, b in re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", proc.stderr)]
     regs = [int(r) for r in re.findall(r"Used (\d+) registers", proc.stderr)]
-    return {"shared": k.metadata.shared, "spill_bytes": sum(spills), "registers": max(regs), "reports": len(spills)}
+    return {"shared": k.metadata.shared, "spill_bytes": sum(spills), "registers": max(regs), "reports": len(spills),
+            "size_products": size_products(k.asm["ttir"])}
 
 out = {}
 for cap in (90, 80):
@@ -287,7 +290,8 @@ _SHARED_LIMIT = {90: 232448, 80: 166912}
 @pytest.mark.aot
 def test_kernels_compile_for_sm80_and_sm90_within_shared_memory_and_without_spills(tmp_path):
     """Triton's real compiler (no GPU needed): the interpreter never builds the kernels, so lowering
-    errors, shared memory beyond the device limit and register spills would go unseen."""
+    errors, shared memory beyond the device limit, register spills and 32-bit offset products (which wrap
+    past 2**31 elements) would go unseen."""
     import json  # noqa: PLC0415
     import os  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
@@ -301,6 +305,7 @@ def test_kernels_compile_for_sm80_and_sm90_within_shared_memory_and_without_spil
         pytest.skip("this triton has no NVIDIA backend")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
+    env["JEPA_AOT_HELPERS"] = os.path.dirname(os.path.abspath(__file__))  # _aot_worker.size_products: the TTIR scan
     proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -312,6 +317,9 @@ def test_kernels_compile_for_sm80_and_sm90_within_shared_memory_and_without_spil
         assert r["reports"] == 1, f"{name}: ptxas reported {r['reports']} functions"
         assert 0 < r["shared"] <= _SHARED_LIMIT[cap], f"{name}: {r['shared']} B of shared memory"
         assert r["spill_bytes"] == 0, f"{name}: {r['spill_bytes']} bytes of register spills ({r['registers']} registers)"
+        # 64-bit offsets (rows * D, ks * M, M * knots ...): 32-bit ones wrap past 2**31 elements
+        assert r["size_products"]["i32"] == [], f"{name}: 32-bit size products {r['size_products']['i32']}"
+        assert r["size_products"]["i64"] >= 2, f"{name}: {r['size_products']}"
 
 
 def test_triton_under_autocast_matches_without():
