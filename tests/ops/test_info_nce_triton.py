@@ -18,7 +18,8 @@ if not _backend.triton_can_run(torch.empty(1, device="cuda" if torch.cuda.is_ava
     pytest.skip("Triton cannot run here (no GPU and TRITON_INTERPRET is not set)", allow_module_level=True)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# float32: tl.dot runs tf32x3 on GPUs (about float32 accuracy); DESIGN.md allows 5e-4 where tf32 is used.
+# float32: tl.dot runs tf32x3 on GPUs (about float32 accuracy); docs/guides/kernels.md ("How to add an op")
+# allows 5e-4 where tf32 is used.
 TOL = {torch.float32: 1e-5 if DEVICE == "cpu" else 5e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
 
