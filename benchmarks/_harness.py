@@ -6,7 +6,10 @@ Each benchmarks/bench_<op>.py builds a :class:`Report`, adds rows with :meth:`Re
     name | ours | reference | ratio | floor
 
 (``ratio`` = reference / ours, so > 1 means ours is faster; ``floor`` = the hardware limit for that
-row, e.g. bytes moved over measured memory bandwidth) and writes the rows as JSON to ``--out``.
+row, e.g. bytes moved over measured memory bandwidth) and writes the rows as JSON to ``--out``. The JSON is
+also rewritten (atomically) after every row, skip and note with ``"complete": false``, so a run killed
+by a time limit (benchmarks/gpu_suite.sh) keeps what it measured; :meth:`Report.finish` writes the
+final file with ``"complete": true``.
 
 Example::
 
@@ -32,7 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["Timing", "Report", "apply_threads", "make_parser", "measure", "measure_gpu", "environment", "cuda_sync"]
+__all__ = [
+    "Timing", "Report", "apply_threads", "make_parser", "measure", "measure_gpu", "environment", "cuda_sync",
+    "write_atomic",
+]
 
 
 @dataclass
@@ -47,6 +53,15 @@ class Timing:
 
     def to_json(self) -> dict[str, Any]:
         return {"median_s": self.median, "min_s": self.min, "max_s": self.max, "repeat": self.repeat}
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers (and a process killed
+    mid-write) see the old file or the new one, never a truncated one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def cuda_sync() -> None:
@@ -302,6 +317,22 @@ class Report:
         self._cpu0 = _cpu_snapshot()
         self._wall0 = time.perf_counter()
 
+    def _out_path(self) -> Path | None:
+        out = getattr(self.args, "out", None)
+        return None if out is None else Path(out)
+
+    def save(self, *, complete: bool = False) -> Path | None:
+        """Write the JSON to ``--out`` now (temporary file + rename: a kill never leaves half a file);
+        ``complete`` marks the final write. Returns the path, or None without ``--out``."""
+        out = self._out_path()
+        if out is None:
+            return None
+        out.parent.mkdir(parents=True, exist_ok=True)
+        data = self.to_json()
+        data["complete"] = complete
+        write_atomic(out, json.dumps(data, indent=2, default=str) + "\n")
+        return out
+
     def add(
         self,
         name: str,
@@ -329,6 +360,7 @@ class Report:
             row["reference_timing"] = reference.to_json()
         row.update(extra)
         self.rows.append(row)
+        self.save()
         return row
 
     def add_bytes(
@@ -353,12 +385,14 @@ class Report:
         }
         row.update(extra)
         self.rows.append(row)
+        self.save()
         return row
 
     def skip(self, name: str, reason: str) -> None:
         """Record a part that did not run (e.g. ``"no GPU: skipped"``) and print it."""
         self.skipped.append({"name": name, "reason": reason})
         print(f"{name}: {reason}", flush=True)
+        self.save()
 
     def target(self, description: str, value: float, limit: float, *, higher_is_better: bool) -> bool:
         """Record whether ``value`` meets ``limit`` (>= when higher_is_better, else <=)."""
@@ -371,6 +405,7 @@ class Report:
     def note(self, text: str) -> None:
         """A line printed under the table and kept in the JSON."""
         self.notes.append(text)
+        self.save()
 
     def table(self) -> str:
         """The rows as a ``name | ours | reference | ratio | floor`` table."""
@@ -422,11 +457,8 @@ class Report:
             print(f"target {'met   ' if t['met'] else 'MISSED'}: {t['target']}: {t['value']:.3f} {op} {t['limit']}")
         for n in self.notes:
             print(n)
-        out = getattr(self.args, "out", None)
+        out = self.save(complete=True)
         if out is not None:
-            out = Path(out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(self.to_json(), indent=2, default=str) + "\n")
             print(f"wrote {out}")
         sys.stdout.flush()
         strict = bool(getattr(self.args, "strict", False))

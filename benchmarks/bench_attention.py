@@ -22,6 +22,9 @@ ours is there for key-padded batches (SDPA has no fast masked path) and where it
 ``--routes-out FILE``: time ours (as configured: ``JEPA_TRITON_AUTOTUNE``) against the best SDPA backend,
 forward+backward, unmasked and non-causal, per route bucket (bf16/fp16 x head size 32/64/128 x sequence
 256/1024) and write the table ``jepa.ops.attention_routes`` reads: Triton where it was >= 5% faster.
+The buckets are measured before the GPU rows and the table is rewritten (atomically) after each one, as
+the JSON of ``--out`` is after each row, so a run cut short by a time limit keeps what it measured.
+``--routes-only``: the route buckets alone (benchmarks/gpu_suite.sh runs them as their own step).
 
 Without CUDA the GPU part prints ``no GPU: skipped``; the CPU rows then time what ``auto`` runs on CPU
 (the torch reference, i.e. SDPA plus the key-padding handling) against a bare SDPA call: the overhead of
@@ -29,7 +32,7 @@ the op's checks and of its NaN-free handling of fully masked rows (floor: FLOPs 
 a 1024^3 float32 matmul).
 
 Usage: python benchmarks/bench_attention.py [--out results.json] [--quick] [--repeat N] [--dtype bf16|fp16]
-                                            [--routes-out routes.json] [--no-cpu]
+                                            [--routes-out routes.json [--routes-only]] [--no-cpu]
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Report, apply_threads, make_parser, measure, measure_gpu  # noqa: E402
+from _harness import Report, apply_threads, make_parser, measure, measure_gpu, write_atomic  # noqa: E402
 
 import jepa.ops as ops  # noqa: E402
 from jepa.ops import attention_routes  # noqa: E402
@@ -176,9 +179,17 @@ def gpu_rows(report, args, dtype, peak, variants):
         torch.cuda.empty_cache()
 
 
+def write_routes(out_path: Path, entries: list) -> None:
+    """The route table jepa.ops.attention_routes reads, written atomically (a kill keeps the last one)."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_path, json.dumps({"format": 1, "note": "written by benchmarks/bench_attention.py --routes-out",
+                                       "entries": entries}, indent=1) + "\n")
+    attention_routes.clear_cache()
+
+
 def measure_routes(report, args, dtypes, out_path: Path):
     """Per route bucket (unmasked, non-causal): ours vs the best SDPA backend, forward+backward; write the
-    table jepa.ops.attention_routes reads (Triton where >= 5% faster)."""
+    table jepa.ops.attention_routes reads (Triton where >= 5% faster) after every bucket."""
     major, minor = torch.cuda.get_device_capability()
     arch = f"sm_{major}{minor}"
     entries = []
@@ -201,13 +212,10 @@ def measure_routes(report, args, dtypes, out_path: Path):
                             "sdpa": {k2: round(t.median * 1e3, 4) for k2, t in timings.items()},
                             "shape": [b, h, n, d], "device": torch.cuda.get_device_name(), "tiles": _tiles(),
                             "torch": torch.__version__, "triton": _triton_version()})
+            write_routes(out_path, entries)
             report.add(f"route {arch} {dname} d={d} N={n} B={b} H={h} fwd+bwd", ours, best, reference_name="best sdpa",
                        winner=winner)
             del q, k, v
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps({"format": 1, "note": "written by benchmarks/bench_attention.py --routes-out",
-                                    "entries": entries}, indent=1) + "\n")
-    attention_routes.clear_cache()
     report.note(f"route table ({sum(e['backend'] == 'triton' for e in entries)} of {len(entries)} buckets to Triton) "
                 f"written to {out_path}; copy it to {attention_routes.ROUTES_FILE} to ship it")
 
@@ -257,19 +265,25 @@ def main() -> int:
     parser.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16", help="GPU dtype (default bf16)")
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU rows")
     parser.add_argument("--routes-out", type=Path, default=None,
-                        help="also measure the route buckets and write the route table to this file")
+                        help="also measure the route buckets (first) and write the route table to this file")
+    parser.add_argument("--routes-only", action="store_true",
+                        help="with --routes-out: measure the route buckets only, no GPU rows")
     args = parser.parse_args()
+    if args.routes_only and args.routes_out is None:
+        parser.error("--routes-only needs --routes-out FILE")
     apply_threads(args)
     if args.quick:
         args.repeat, args.warmup = min(args.repeat, 5), min(args.warmup, 1)
     report = Report("attention", args)
     if torch.cuda.is_available() and ops._backend.triton_available():
         dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
-        peak = matmul_tflops(dtype, args)
-        report.note(f"floor: FLOPs at the measured {str(dtype).replace('torch.', '')} matmul throughput, {peak:.0f} TFLOP/s")
-        gpu_rows(report, args, dtype, peak, default_variants(args.quick))
-        if args.routes_out is not None:
+        if args.routes_out is not None:  # first: the table ships with the package, the rows are for reading
             measure_routes(report, args, (torch.bfloat16, torch.float16), args.routes_out)
+        if not args.routes_only:
+            peak = matmul_tflops(dtype, args)
+            report.note(f"floor: FLOPs at the measured {str(dtype).replace('torch.', '')} matmul throughput, "
+                        f"{peak:.0f} TFLOP/s")
+            gpu_rows(report, args, dtype, peak, default_variants(args.quick))
     elif torch.cuda.is_available():
         report.skip("gpu attention", "triton is not installed: skipped")
     else:

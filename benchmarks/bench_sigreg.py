@@ -10,7 +10,8 @@ Rows:
   set here): the bytes are those of the host code, the same on a GPU. On a GPU a second row compares
   ``torch.cuda.max_memory_allocated`` of the op through jepa.ops (auto backend vs torch backend).
 - time, GPU only (``no GPU: skipped`` elsewhere): forward and forward + backward, float32 and bfloat16,
-  ours (backend triton) vs the eager reference (backend torch). Floor: the projection matmuls the op
+  ours (backend triton) vs the eager reference (backend torch), timed with CUDA events
+  (``_harness.measure_gpu``). Floor: the projection matmuls the op
   needs at least (forward 1, forward + backward 3: projection, recomputed projection, dz), timed with
   torch.mm on the same shapes.
 
@@ -29,9 +30,8 @@ from _harness import (  # noqa: E402
     Report,
     add_interpret_smoke,
     apply_threads,
-    cuda_sync,
     make_parser,
-    measure,
+    timer,
     triton_bench_device,
     triton_bench_skip_reason,
 )
@@ -136,8 +136,8 @@ def time_rows(report, args, device, n, d, m, knots, dtype):
     import jepa.ops as ops  # noqa: PLC0415
 
     z, a = _inputs(n, d, m, dtype, device)
-    sync = cuda_sync if device == "cuda" else None
-    mm = measure(lambda: torch.mm(z, a.to(dtype)), warmup=args.warmup, repeat=args.repeat, sync=sync).median
+    time = timer(device, args)  # CUDA events on a GPU: these rows are µs to ms long
+    mm = time(lambda: torch.mm(z, a.to(dtype))).median
     label = f"sigreg {str(dtype).replace('torch.', '')} N={n} D={d} M={m} knots={knots}"
     x = z.clone().requires_grad_(True)
 
@@ -152,8 +152,8 @@ def time_rows(report, args, device, n, d, m, knots, dtype):
 
     for backward, matmuls in ((False, 1), (True, 3)):
         name = f"{label} {'fwd+bwd' if backward else 'fwd'}"
-        ours = measure(run("triton", backward), warmup=args.warmup, repeat=args.repeat, sync=sync)
-        ref = measure(run("torch", backward), warmup=args.warmup, repeat=args.repeat, sync=sync)
+        ours = time(run("triton", backward))
+        ref = time(run("torch", backward))
         report.add(name, ours, ref, floor_s=matmuls * mm, reference_name="eager torch")
 
 

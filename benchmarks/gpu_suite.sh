@@ -7,13 +7,16 @@
 #   2. every CUDA/Triton test (tests/ops, tests/amp, the CUDA test of tests/io; the pinned tile configurations:
 #      JEPA_TRITON_AUTOTUNE=0), in parallel with pytest-xdist when it is installed; the ahead-of-time
 #      compile tests (marker aot) are left to the CPU CI;
-#   3. every GPU benchmark (bench_attention with the route table, bench_ema_update, bench_jepa_loss,
-#      bench_info_nce, bench_unscale; bench_checkpoint.py's rows when time is left), timed with CUDA events.
+#   3. every GPU benchmark, timed with CUDA events: first the attention route table (it ships with the
+#      package), then bench_ema_update, bench_jepa_loss, bench_info_nce, bench_sigreg, bench_unscale, then
+#      bench_attention's rows (the most Triton compiles; --quick shapes) and bench_checkpoint.py's rows.
 #
 # Logs and JSON go to one folder: env.txt, build.log, tests.log, tests.xml (JUnit), bench_<op>.log and
 # bench_<op>.json, attention_routes.json (copy it to jepa/ops/attention_routes.json to ship the routes),
 # summary.json (status and seconds of every step). Without a GPU it prints "no GPU: skipped" and exits 0.
-# Each step has a time limit inside the overall budget; a step cut short is reported as "timeout".
+# Each step has a time limit inside the overall budget; a step cut short is reported as "timeout". The
+# benchmarks rewrite their JSON after every row and the route table after every bucket, so a step cut
+# short keeps what it measured (its JSON then says "complete": false).
 #
 # Usage: bash benchmarks/gpu_suite.sh [--out DIR] [--skip-build] [--steps LIST] [--budget SECONDS] [--quick]
 #   --out DIR         output folder (default gpu-suite-<date>)
@@ -134,11 +137,20 @@ bench() {  # bench NAME LIMIT [ARGS...]
 if wanted bench; then
     # Attention with the pinned tiles (JEPA_TRITON_AUTOTUNE=0): autotuning every shape and route bucket
     # would not fit the budget; the route table then says where even the pinned tiles beat SDPA.
-    JEPA_TRITON_AUTOTUNE="${JEPA_TRITON_AUTOTUNE:-0}" bench attention 100 --routes-out "$OUT/attention_routes.json" --no-cpu
+    # Route buckets first, as their own step: 2 dtypes x 3 head sizes (N=256 and 1024 share a Triton
+    # specialization) = 6 x 4 kernels to compile (a few s each) + 12 x 4 timed runs; table written per bucket.
+    run_step attention_routes 150 "$OUT/attention_routes.log" env JEPA_TRITON_AUTOTUNE="${JEPA_TRITON_AUTOTUNE:-0}" \
+        "$PY" -P benchmarks/bench_attention.py --routes-only --routes-out "$OUT/attention_routes.json" \
+        --out "$OUT/bench_attention_routes.json" --no-cpu "${QUICK[@]}"
     bench ema_update 40 --no-cpu
     bench jepa_loss 30 --no-cpu
     bench info_nce 30 --no-cpu
+    bench sigreg 40
     bench unscale 30
+    # Attention rows: --quick shapes (I-JEPA predictor d=24, ViT-H/14 d=80, key-padded ViT-B: ~12 Triton
+    # specializations); every shape of the script (~46 specializations, several minutes) by hand:
+    # python benchmarks/bench_attention.py --no-cpu --out FILE.
+    JEPA_TRITON_AUTOTUNE="${JEPA_TRITON_AUTOTUNE:-0}" bench attention 120 --no-cpu --quick
     run_step checkpoint 30 "$OUT/checkpoint.log" "$PY" -P benchmarks/bench_checkpoint.py --quick --out "$OUT/checkpoint.json"
 fi
 

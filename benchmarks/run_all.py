@@ -1,6 +1,7 @@
 """Run every benchmark script of benchmarks/ (bench_<op>.py: CPU and GPU rows in one script each,
-bench_trainer.py, bench_checkpoint.py), each writing its JSON into --out-dir. quality.py (a multi-seed
-training run, minutes) only runs when named with --only quality. On a GPU machine,
+bench_trainer.py, bench_checkpoint.py, ...), each writing its JSON into --out-dir. The training runs
+(quality.py: multi-seed JEPA runs; shapes_baselines.py: supervised baselines of the shapes set; minutes
+each) only run when named with --only, and then get --quick when run_all has it. On a GPU machine,
 benchmarks/gpu_suite.sh builds with CUDA, runs the GPU tests and the GPU rows in one go.
 
 Usage: python benchmarks/run_all.py [--out-dir bench-results] [--quick] [--only NAME ...]
@@ -16,6 +17,27 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Training runs of minutes: only run when named with --only.
+ON_DEMAND = frozenset({"quality", "shapes_baselines"})
+# Common flags a script does not take (shapes_baselines has no targets, so no --strict).
+LACKS = {"shapes_baselines": frozenset({"--strict"})}
+
+
+def command(script: Path, args: argparse.Namespace) -> list[str]:
+    """The command line run_all runs ``script`` with: --out, then the common flags it takes."""
+    cmd = [sys.executable, str(script), "--out", str(args.out_dir / f"{script.stem}.json")]
+    flags = []
+    if args.quick:
+        flags.append(["--quick"])
+    if args.strict:
+        flags.append(["--strict"])
+    if args.threads is not None:
+        flags.append(["--threads", str(args.threads)])
+    lacks = LACKS.get(script.stem, frozenset())
+    for flag in flags:
+        if flag[0] not in lacks:
+            cmd += flag
+    return cmd
 
 
 def main() -> int:
@@ -32,20 +54,14 @@ def main() -> int:
         wanted = {name.removeprefix("bench_").removesuffix(".py") for name in args.only}
         scripts = [s for s in every if s.stem.removeprefix("bench_") in wanted]
     else:
-        scripts = [s for s in every if s.stem != "quality"]
+        scripts = [s for s in every if s.stem not in ON_DEMAND]
     if not scripts:
         print("run_all: no benchmarks to run", file=sys.stderr)
         return 1
     args.out_dir.mkdir(parents=True, exist_ok=True)
     failed = []
     for script in scripts:
-        cmd = [sys.executable, str(script), "--out", str(args.out_dir / f"{script.stem}.json")]
-        if args.quick:
-            cmd.append("--quick")
-        if args.strict:
-            cmd.append("--strict")
-        if args.threads is not None:
-            cmd += ["--threads", str(args.threads)]
+        cmd = command(script, args)
         print(f"\n### {script.name}", flush=True)
         t0 = time.perf_counter()
         rc = subprocess.call(cmd)

@@ -12,6 +12,7 @@ Generates ``--train`` + ``--val`` images (seeded), then reports validation accur
 Usage::
 
     python benchmarks/shapes_baselines.py --threads 1 --out bench-results/shapes_baselines.json
+    python benchmarks/shapes_baselines.py --quick   (seconds: checks the script, not the baselines)
     python benchmarks/shapes_baselines.py --threads 1 --cnn-epochs 0 --vit-epochs 60 --vit-dim 64 --vit-lr 2e-3
 
 Measured (seed 0, 1,200 train / 300 val, 32x32): raw pixels 0.107, CNN (30 epochs) 1.000, ViT
@@ -89,14 +90,19 @@ def train_supervised(model: nn.Module, xtr, ytr, xva, yva, epochs: int, lr: floa
     return float((pred == yva).float().mean())
 
 
-def main() -> None:
+QUICK = {"train": 300, "val": 100, "cnn_epochs": 2}  # --quick: a smoke run of seconds, not a baseline
+FULL = {"train": 1200, "val": 300, "cnn_epochs": 30}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; ``--quick`` shrinks the sizes the user did not set (``QUICK`` instead of ``FULL``)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--train", type=int, default=1200)
-    p.add_argument("--val", type=int, default=300)
+    p.add_argument("--train", type=int, default=None, help=f"training images (default {FULL['train']})")
+    p.add_argument("--val", type=int, default=None, help=f"validation images (default {FULL['val']})")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cnn-epochs", type=int, default=30)
+    p.add_argument("--cnn-epochs", type=int, default=None, help=f"CNN epochs (default {FULL['cnn_epochs']}; 0 skips it)")
     p.add_argument("--vit-epochs", type=int, default=0)
     p.add_argument("--vit-dim", type=int, default=128)
     p.add_argument("--vit-depth", type=int, default=4)
@@ -104,7 +110,18 @@ def main() -> None:
     p.add_argument("--vit-lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args()
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke run: {QUICK['train']} train / {QUICK['val']} val images, {QUICK['cnn_epochs']} CNN epochs "
+                        "(the accuracies then mean little)")
+    args = p.parse_args(argv)
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

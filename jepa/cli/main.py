@@ -224,7 +224,7 @@ def _train(args: argparse.Namespace) -> int:
 
         plot_training_history(history, out_dir / "history.png")
     except ImportError:
-        print("jepa: matplotlib not installed, skipping history.png (pip install 'jepa[plot]')")
+        print("jepa: matplotlib not installed, skipping history.png (a dependency of jepa-torch: pip install matplotlib)")
 
     probe = report["probe"]
     print()

@@ -30,7 +30,7 @@ def native():
         from jepa import _C  # noqa: PLC0415
     except ImportError as exc:  # pragma: no cover - the package is always built with its extension
         raise ImportError(
-            f"jepa.io needs the compiled extension jepa._C ({exc}); reinstall jepa with `pip install .` so it is built"
+            f"jepa.io needs the compiled extension jepa._C ({exc}); reinstall jepa-torch (`pip install jepa-torch`, or `pip install .` in a source checkout) so it is built"
         ) from exc
     return _C
 

@@ -310,7 +310,7 @@ def triton_unavailable_reason(*tensors) -> str:
 
 def _triton_device_reason(devices: list[str]) -> str:
     if not triton_available():
-        return "triton is not installed (pip install 'jepa[gpu]' or pip install triton)"
+        return "triton is not installed (pip install 'jepa-torch[gpu]' or pip install triton)"
     if devices == ["cpu"] and not triton_interpret():
         return "the tensors are on the CPU; Triton kernels run on CUDA tensors (or on CPU under TRITON_INTERPRET=1)"
     if devices and devices not in (["cpu"], ["cuda"]):

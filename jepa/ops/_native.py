@@ -22,7 +22,7 @@ import torch
 
 from jepa.ops._backend import native_module
 
-__all__ = ["TensorListPlan", "dtype_code", "get_plan", "clear_plan_cache"]
+__all__ = ["DeviceTable", "TensorListPlan", "dtype_code", "get_plan", "clear_plan_cache"]
 
 _DATA_PTR = torch.Tensor.data_ptr
 # Exact types whose data_ptr() is a real address (subclasses such as FakeTensor or DTensor are not).
@@ -44,6 +44,59 @@ def dtype_code(dtype: torch.dtype) -> int | None:
     if dtype == torch.bfloat16:
         return int(mod.DTYPE_BFLOAT16)
     return None
+
+
+class DeviceTable:
+    """An int64 launch table copied once to a device and then read by kernels on any stream.
+
+    On CUDA the values go through pinned host memory (kept as long as the table) with an asynchronous copy
+    on the building stream, followed by an event: :meth:`get` makes any other stream wait on that event
+    before its first use and registers the stream with the caching allocator (``record_stream``), so the
+    memory is not handed out again while that stream may still read it. No host synchronization.
+
+    CUDA graphs: build tables before capturing (run the op once on the same tensors, as the warm-up
+    iterations ``torch.cuda.graph`` needs anyway). Building one inside a capture raises ``RuntimeError``:
+    the captured copy would be replayed from a host buffer. A table built before the capture is read by
+    the captured kernels as is (no wait can cross the capture boundary; ``torch.cuda.graph`` and
+    ``make_graphed_callables`` synchronize the device before they capture, so its copy is done).
+    """
+
+    __slots__ = ("tensor", "host", "_event", "_streams")
+
+    def __init__(self, values: Sequence[int], device: torch.device, owner: str) -> None:
+        host = torch.tensor(list(values), dtype=torch.int64)
+        self.host: torch.Tensor | None = None
+        self._event = None
+        self._streams: set[int] = set()
+        if device.type != "cuda":
+            self.tensor = host.to(device)
+            return
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                f"{owner}: its launch table for these tensors would be built inside a CUDA-graph capture, where the "
+                "host-to-device copy would be captured and replayed from a temporary host buffer; call "
+                f"{owner} once on the same tensors before capturing (a warm-up iteration)"
+            )
+        with torch.cuda.device(device):
+            stream = torch.cuda.current_stream(device)
+            self.host = host.pin_memory()
+            self.tensor = self.host.to(device, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record(stream)
+        self._streams.add(stream.cuda_stream)
+
+    def get(self) -> torch.Tensor:
+        """The device table, ready for kernels launched on the current stream of its device."""
+        if self._event is None:
+            return self.tensor
+        stream = torch.cuda.current_stream(self.tensor.device)
+        handle = stream.cuda_stream
+        if handle not in self._streams:
+            if not torch.cuda.is_current_stream_capturing():  # see the class docstring for captures
+                stream.wait_event(self._event)
+            self.tensor.record_stream(stream)
+            self._streams.add(handle)
+        return self.tensor
 
 
 class TensorListPlan:
@@ -73,7 +126,7 @@ class TensorListPlan:
         self.dtype: torch.dtype | None = None
         self.dtypes: frozenset = frozenset()
         self._table = None
-        self._device_table: torch.Tensor | None = None
+        self._device_table: DeviceTable | None = None
         self._refs: list = []
         self._classify(lists)
 
@@ -138,15 +191,15 @@ class TensorListPlan:
             self._table = mod.TensorTable(self.ptrs, self.numels, code)
         return self._table
 
-    def device_table(self) -> torch.Tensor:
+    def device_table(self, owner: str = "ema_update") -> torch.Tensor:
         """The table's device-side layout (``TensorTable.device_layout()``: pointers, element counts,
-        chunk prefix sums) as an int64 tensor on the plan's CUDA device, built once per plan: pinned host
-        memory and an asynchronous copy on the current stream, memory from torch's caching allocator
-        (no cudaMalloc, cudaMemcpy or cudaFree, each of which would synchronize the device)."""
+        chunk prefix sums) as an int64 tensor on the plan's CUDA device, ready for the current stream:
+        a :class:`DeviceTable` built once per plan (pinned host memory, an asynchronous copy, memory from
+        torch's caching allocator: no cudaMalloc, cudaMemcpy or cudaFree, each of which would synchronize
+        the device). Raises ``RuntimeError`` when first asked for inside a CUDA-graph capture."""
         if self._device_table is None:
-            host = torch.tensor(self.table().device_layout(), dtype=torch.int64)
-            self._device_table = host.pin_memory().to(self.device, non_blocking=True)
-        return self._device_table
+            self._device_table = DeviceTable(self.table().device_layout(), self.device, owner)
+        return self._device_table.get()
 
 
 def _forget(key: tuple, plan_ref: "weakref.ref[TensorListPlan]") -> Callable[[object], None]:

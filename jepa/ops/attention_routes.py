@@ -96,9 +96,24 @@ def _arch(device: torch.device) -> str:
 
 def route(q: torch.Tensor, k: torch.Tensor, causal: bool) -> str:
     """``"triton"`` when the table says our kernel is faster for this unmasked CUDA call, else ``"torch"``
-    (SDPA)."""
-    table = load_routes()
-    if not table:
+    (SDPA).
+
+    Safe inside ``torch.compile(fullgraph=True)``: what cannot be traced (reading the table file, asking the
+    GPU for its architecture) runs eagerly when the model is traced, and the traced code reads only the
+    loaded table. A table written or pointed at (``JEPA_ATTENTION_ROUTES``) after a model was compiled
+    is seen by the compiled code after ``torch._dynamo.reset()`` (or a re-trace for another reason).
+    """
+    arch = _arch_if_routed(q.device)
+    if not arch:
         return "torch"
-    key = bucket(_arch(q.device), q.dtype, q.shape[-1], q.shape[-2], k.shape[-2], causal)
-    return table.get(key, "torch")
+    return load_routes().get(bucket(arch, q.dtype, q.shape[-1], q.shape[-2], k.shape[-2], causal), "torch")
+
+
+@torch.compiler.assume_constant_result
+def _arch_if_routed(device: torch.device) -> str:
+    """Loads the route table (filling the cache :func:`route` then reads) and returns ``device``'s
+    architecture, or ``""`` when the table is empty (no CUDA query then).
+
+    Marked constant for dynamo: called eagerly at trace time, its string baked into the graph (file IO and
+    CUDA queries cannot be traced: "Dynamo does not know how to trace the builtin posix.stat")."""
+    return _arch(device) if load_routes() else ""

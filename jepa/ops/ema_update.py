@@ -18,7 +18,10 @@ torch reference. The kernels compute in float32 and round once, like the referen
 
 No host sync on a GPU: the device tables of both kernels are built once per set of tensors (pinned host
 memory, an asynchronous copy, memory from torch's caching allocator) and reused while the same tensors
-keep their addresses (:mod:`jepa.ops._native`), mixed dtypes included.
+keep their addresses (:mod:`jepa.ops._native`), mixed dtypes included. A call on another CUDA stream
+waits for the table's copy (an event, no host sync). CUDA graphs: run ``ema_update`` once on the same
+tensors before capturing it (a warm-up iteration); building a table inside a capture raises
+``RuntimeError`` (:class:`jepa.ops._native.DeviceTable`).
 
 ``momentum`` may be a 0-d tensor. On the CPU it is read once (free). On a GPU it is not read by the
 host at all where possible, so a momentum schedule kept on the device never forces a host sync:
@@ -140,7 +143,8 @@ def _device_momentum(m: float | torch.Tensor, device: torch.device) -> float | t
     return float(m)
 
 
-# Triton launch tables, kept while the plan they were built for is alive (plans are reused while the
+# Triton launch groups and their device tables (_native.DeviceTable: safe on any stream; built before a
+# CUDA-graph capture), kept while the plan they were built for is alive (plans are reused while the
 # same tensors keep the same addresses, mixed dtypes included; see jepa.ops._native).
 _TRITON_TABLES: "weakref.WeakKeyDictionary[_native.TensorListPlan, list]" = weakref.WeakKeyDictionary()
 
@@ -158,17 +162,27 @@ def _check(plan: _native.TensorListPlan) -> Callable[[str], str]:
     return check
 
 
+def _triton_tables(plan: _native.TensorListPlan, targets, onlines) -> tuple[list, list[_native.DeviceTable]]:
+    """The Triton launch groups of ``plan`` and their device tables (built on first use, on the current
+    stream; call inside the tensors' device guard)."""
+    from jepa.kernels.triton import ema_update as kernels  # noqa: PLC0415  (optional dependency)
+
+    staged = _TRITON_TABLES.get(plan) if plan.ptrs is not None else None
+    if staged is None:
+        groups = kernels.build_groups(targets, onlines)
+        staged = (groups, [_native.DeviceTable(g.layout, targets[0].device, "ema_update") for g in groups])
+        if plan.ptrs is not None:
+            _TRITON_TABLES[plan] = staged
+    return staged
+
+
 def _run_triton(plan: _native.TensorListPlan, targets, onlines, m: float | torch.Tensor) -> None:
     from jepa.kernels.triton import ema_update as kernels  # noqa: PLC0415  (optional dependency)
 
-    groups = _TRITON_TABLES.get(plan) if plan.ptrs is not None else None
     device = targets[0].device
     with _backend.device_guard(device):
-        if groups is None:
-            groups = kernels.build_groups(targets, onlines)
-            if plan.ptrs is not None:
-                _TRITON_TABLES[plan] = groups
-        kernels.ema_update(groups, _device_momentum(m, device))
+        groups, tables = _triton_tables(plan, targets, onlines)
+        kernels.ema_update(groups, [t.get() for t in tables], _device_momentum(m, device))
 
 
 def _mark_modified(targets: list[torch.Tensor]) -> None:

@@ -107,12 +107,13 @@ def _info_nce_backward_op(grad, a, b, stats, temperature, symmetric, impl):
         with _backend.device_guard(a.device):
             return kernels.backward(grad, a, b, stats, temperature=temperature, symmetric=symmetric, eps=_NORM_EPS)
     da, db = _torch_backward(grad, a, b, temperature, symmetric)
-    return da, db
+    return da.contiguous(), db.contiguous()  # like the kernels and the fake, whatever a's strides
 
 
 @_info_nce_backward_op.register_fake
 def _(grad, a, b, stats, temperature, symmetric, impl):
-    return torch.empty_like(a), torch.empty_like(b)
+    # Contiguous gradients, as both implementations return them (not empty_like: it keeps permuted strides).
+    return a.new_empty(a.shape), b.new_empty(b.shape)
 
 
 def _setup_context(ctx, inputs, output):

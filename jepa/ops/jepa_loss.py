@@ -162,6 +162,8 @@ def _jepa_loss_op(pred, target, mask, loss, normalize_target, beta, reduction, i
         pred, target, loss=loss, normalize_target=normalize_target, beta=beta, mask=mask, reduction=reduction,
         target_index=target_index,
     )
+    # Contiguous like the fake and the Triton path ("none" would otherwise keep pred's strides).
+    out = out.contiguous()
     out = out.clone() if out is pred or out is target else out
     return out, pred.new_empty((0,), dtype=torch.float32)
 
@@ -192,16 +194,18 @@ def _jepa_loss_backward_op(
                 reduction=reduction, eps=_LN_EPS, target_index=target_index,
             )
         return [gp]
-    return _torch_backward(
+    grads = _torch_backward(
         grad, pred, target, mask, loss, normalize_target, beta, reduction, target_grad, target_index
     )
+    return [g.contiguous() for g in grads]  # like the kernel and the fake, whatever pred's strides
 
 
 @_jepa_loss_backward_op.register_fake
 def _(grad, count, pred, target, mask, loss, normalize_target, beta, reduction, impl, target_grad, target_index=None):
-    out = [torch.empty_like(pred)]
+    # Contiguous gradients, as both implementations return them (not empty_like: it keeps permuted strides).
+    out = [pred.new_empty(pred.shape)]
     if target_grad and impl != "triton":
-        out.append(torch.empty_like(target))
+        out.append(target.new_empty(target.shape))
     return out
 
 

@@ -134,7 +134,8 @@ def _sigreg_ecf_op(z, directions, t_max, knots, impl):
     if impl == "triton":
         from jepa.kernels.triton import sigreg as kernels  # noqa: PLC0415  (optional dependency)
 
-        return kernels.ecf_forward(z, directions, t_max=t_max, knots=knots)
+        with _backend.device_guard(z.device):  # Triton launches on the current device, not z's
+            return kernels.ecf_forward(z, directions, t_max=t_max, knots=knots)
     return sigreg_ecf_reference(z, directions, t_max, knots)
 
 
@@ -154,15 +155,18 @@ def _sigreg_ecf_backward_op(grad, z, directions, t_max, knots, impl, directions_
     if impl == "triton":
         from jepa.kernels.triton import sigreg as kernels  # noqa: PLC0415
 
-        return [kernels.ecf_backward(grad, z, directions, t_max=t_max, knots=knots)]
-    return _torch_backward(grad, z, directions, t_max, knots, directions_grad)
+        with _backend.device_guard(z.device):
+            return [kernels.ecf_backward(grad, z, directions, t_max=t_max, knots=knots)]
+    # Contiguous like the kernel and the fake, whatever z's strides.
+    return [g.contiguous() for g in _torch_backward(grad, z, directions, t_max, knots, directions_grad)]
 
 
 @_sigreg_ecf_backward_op.register_fake
 def _(grad, z, directions, t_max, knots, impl, directions_grad):
-    out = [torch.empty_like(z)]
+    # Contiguous gradients, as both implementations return them (not empty_like: it keeps permuted strides).
+    out = [z.new_empty(z.shape)]
     if directions_grad and impl != "triton":
-        out.append(torch.empty_like(directions))
+        out.append(directions.new_empty(directions.shape))
     return out
 
 

@@ -431,14 +431,14 @@ class JEPAEvaluator:
 
         ``data`` is anything :meth:`encode` takes (or, with ``encoded=True``, an ``(N, D)``
         embedding tensor used as is). ``labels``: ``N`` values (or None). Returns the path.
-        Needs matplotlib (``pip install 'jepa[plot]'``); renders with the Agg backend, without
+        Needs matplotlib (a dependency of jepa-torch); renders with the Agg backend, without
         touching pyplot's global state.
         """
         try:
             from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
             from matplotlib.figure import Figure  # noqa: PLC0415
         except ImportError as exc:
-            raise ImportError("plot_embeddings needs matplotlib: pip install 'jepa[plot]'") from exc
+            raise ImportError("plot_embeddings needs matplotlib (a dependency of jepa-torch): pip install matplotlib") from exc
         if encoded:
             z = torch.as_tensor(_to_numpy(data)).double()
             if z.dim() != 2:

@@ -61,7 +61,7 @@ def plot_training_history(history: Mapping[str, Sequence[float]], save_path: str
     """Plot train/val loss (and lr on a second axis when present) per epoch.
 
     Writes a PNG to ``save_path`` when given and returns the matplotlib figure.
-    Needs matplotlib (``pip install 'jepa[plot]'``).
+    Needs matplotlib (a dependency of jepa-torch; ``pip install matplotlib`` where it is missing).
     """
     try:
         import matplotlib  # noqa: PLC0415
@@ -70,7 +70,7 @@ def plot_training_history(history: Mapping[str, Sequence[float]], save_path: str
             matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError as exc:
-        raise ImportError("plot_training_history needs matplotlib: pip install 'jepa[plot]'") from exc
+        raise ImportError("plot_training_history needs matplotlib (a dependency of jepa-torch): pip install matplotlib") from exc
     if not isinstance(history, Mapping):
         raise TypeError(f"plot_training_history: history must be a mapping of lists, got {type(history).__name__}")
     losses = {k: list(v) for k, v in history.items() if k.endswith("loss") and len(v) > 0}

@@ -1,4 +1,4 @@
-"""The v0 training helpers (``spec/training-api-v0.md``, "Training Utilities"), gathered under one
+"""The v0 training helpers (``docs/training-api/v0.md``, "Training utilities"), gathered under one
 name. Each is defined in the module that owns its job; this module only re-exports them:
 
 - :mod:`jepa.trainer.builders`: ``setup_training``;

@@ -31,10 +31,14 @@ and zero gradients.
 
 Grid: one axis, (batch*head) x blocks flattened (B*H may exceed the 65535 of grid axes 1 and 2).
 
+Offsets: up to each (batch, head) slice they are 64-bit (``b * stride_b`` alone may pass 2**31); inside it
+``row * stride_row`` is computed in the constexpr ``OFFS`` type, int32 unless a slice spans 2**31 elements
+or more (:func:`offsets_dtype`), so the common case keeps the registers of 32-bit offsets.
+
 Tile configurations (BLOCK_M, BLOCK_N, warps, pipeline stages) come from small tables per kernel, dot
 class (16-bit inputs; float32 with ``tf32``; float32 with ``tf32x3``, the float32-accurate split used when
 tf32 is not allowed) and padded head size. Every entry compiles for sm_90 without register spills
-(checked ahead of time by ``tests/ops/test_attention_aot.py``); entries whose shared memory (an upper
+(checked ahead of time by ``tests/ops/test_triton_aot.py``); entries whose shared memory (an upper
 bound, :func:`smem_bytes`, checked against the compiled kernels by the same tests) exceeds the device's
 limit are dropped at run time, and when none fits the smallest runs, never the largest.
 
@@ -260,20 +264,21 @@ def _fwd_inner(
     CAUSAL_DIAG: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    OFFS: tl.constexpr,
 ):
     offs_n0 = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
         n_ok = offs_n < N_K
         if MASK_BOUNDS:
-            kt = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+            kt = tl.load(k_base + offs_n[None, :].to(OFFS) * stride_kn + offs_d[:, None] * stride_kd,
                          mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-            v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+            v = tl.load(v_base + offs_n[:, None].to(OFFS) * stride_vn + offs_d[None, :] * stride_vd,
                         mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         else:
-            kt = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+            kt = tl.load(k_base + offs_n[None, :].to(OFFS) * stride_kn + offs_d[:, None] * stride_kd,
                          mask=d_ok[:, None], other=0.0)
-            v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+            v = tl.load(v_base + offs_n[:, None].to(OFFS) * stride_vn + offs_d[None, :] * stride_vd,
                         mask=d_ok[None, :], other=0.0)
         s = _dot(q, kt, DOT_PRECISION, UPCAST_DOT) * qk_scale  # base-2 logits
         if MASK_BOUNDS:
@@ -281,7 +286,7 @@ def _fwd_inner(
         if CAUSAL_DIAG:
             s = tl.where(offs_n[None, :] <= offs_m[:, None], s, float("-inf"))
         if HAS_KPM:
-            pad = tl.load(kpm_base + offs_n * stride_kpm_n, mask=n_ok, other=1)
+            pad = tl.load(kpm_base + offs_n.to(OFFS) * stride_kpm_n, mask=n_ok, other=1)
             s = tl.where(pad[None, :] == 0, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # Rows with every key masked so far keep m = -inf; shift by 0 there so exp2 gives 0, not NaN.
@@ -311,6 +316,7 @@ def _attn_fwd(
     UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    OFFS: tl.constexpr,
 ):
     start_m, bh = _block_and_head(N_Q, BLOCK_M)
     b = bh // H
@@ -324,7 +330,7 @@ def _attn_fwd(
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < N_Q
     d_ok = offs_d < HEAD_D
-    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+    q = tl.load(q_base + offs_m[:, None].to(OFFS) * stride_qm + offs_d[None, :] * stride_qd,
                 mask=m_ok[:, None] & d_ok[None, :], other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -343,20 +349,20 @@ def _attn_fwd(
         acc, l_i, m_i, q, k_base, v_base, kpm_base,
         stride_kn, stride_kd, stride_vn, stride_vd, stride_kpm_n,
         offs_m, offs_d, d_ok, 0, full_end, N_K, qk_scale,
-        BLOCK_N, HAS_KPM, False, False, DOT_PRECISION, UPCAST_DOT,
+        BLOCK_N, HAS_KPM, False, False, DOT_PRECISION, UPCAST_DOT, OFFS,
     )
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q, k_base, v_base, kpm_base,
         stride_kn, stride_kd, stride_vn, stride_vd, stride_kpm_n,
         offs_m, offs_d, d_ok, full_end, hi, N_K, qk_scale,
-        BLOCK_N, HAS_KPM, True, CAUSAL, DOT_PRECISION, UPCAST_DOT,
+        BLOCK_N, HAS_KPM, True, CAUSAL, DOT_PRECISION, UPCAST_DOT, OFFS,
     )
 
     empty = l_i == 0.0  # every key of the row is masked
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float("inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
     o_base = O + b * stride_ob + h * stride_oh
-    tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+    tl.store(o_base + offs_m[:, None].to(OFFS) * stride_om + offs_d[None, :] * stride_od,
              out.to(O.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
     tl.store(LSE + bh * N_Q + offs_m, lse, mask=m_ok)
 
@@ -375,6 +381,7 @@ def _attn_bwd_delta(
     HEAD_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    OFFS: tl.constexpr,
 ):
     start_m, bh = _block_and_head(N_Q, BLOCK_M)
     b = bh // H
@@ -382,9 +389,9 @@ def _attn_bwd_delta(
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m < N_Q)[:, None] & (offs_d < HEAD_D)[None, :]
-    o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+    o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None].to(OFFS) * stride_om + offs_d[None, :] * stride_od,
                 mask=mask, other=0.0).to(tl.float32)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod,
+    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None].to(OFFS) * stride_dom + offs_d[None, :] * stride_dod,
                  mask=mask, other=0.0).to(tl.float32)
     tl.store(DELTA + bh * N_Q + offs_m, tl.sum(o * do, 1), mask=offs_m < N_Q)
 
@@ -399,14 +406,15 @@ def _dkdv_inner(
     MASK_CAUSAL: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    OFFS: tl.constexpr,
 ):
     offs_m0 = tl.arange(0, BLOCK_M)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_m0
         m_ok = offs_m < N_Q
         md_mask = m_ok[:, None] & d_ok[None, :]
-        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=md_mask, other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=md_mask, other=0.0)
+        q = tl.load(q_base + offs_m[:, None].to(OFFS) * stride_qm + offs_d[None, :] * stride_qd, mask=md_mask, other=0.0)
+        do = tl.load(do_base + offs_m[:, None].to(OFFS) * stride_dom + offs_d[None, :] * stride_dod, mask=md_mask, other=0.0)
         # Rows past N_Q: lse = +inf makes P = 0 there (and q = dO = 0).
         lse2 = tl.load(LSE + bh * N_Q + offs_m, mask=m_ok, other=float("inf")) * 1.4426950408889634
         delta = tl.load(DELTA + bh * N_Q + offs_m, mask=m_ok, other=0.0)
@@ -443,6 +451,7 @@ def _attn_bwd_dkdv(
     UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    OFFS: tl.constexpr,
 ):
     start_n, bh = _block_and_head(N_K, BLOCK_N)
     b = bh // H
@@ -455,15 +464,15 @@ def _attn_bwd_dkdv(
     n_ok = offs_n < N_K
     d_ok = offs_d < HEAD_D
     nd_mask = n_ok[:, None] & d_ok[None, :]
-    k = tl.load(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+    k = tl.load(K + b * stride_kb + h * stride_kh + offs_n[:, None].to(OFFS) * stride_kn + offs_d[None, :] * stride_kd,
                 mask=nd_mask, other=0.0)
-    v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+    v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None].to(OFFS) * stride_vn + offs_d[None, :] * stride_vd,
                 mask=nd_mask, other=0.0)
     # Keys past N_K need no mask in the loop: each key row of dK/dV depends only on that key's column
     # of P, and those rows are never stored. Padded keys do: their P must be exactly 0.
     key_ok = n_ok
     if HAS_KPM:
-        pad = tl.load(KPM + b * stride_kpm_b + offs_n * stride_kpm_n, mask=n_ok, other=1)
+        pad = tl.load(KPM + b * stride_kpm_b + offs_n.to(OFFS) * stride_kpm_n, mask=n_ok, other=1)
         key_ok = key_ok & (pad == 0)
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -477,7 +486,7 @@ def _attn_bwd_dkdv(
             dk, dv, k, v, key_ok, offs_n, q_base, do_base, LSE, DELTA, bh,
             stride_qm, stride_qd, stride_dom, stride_dod,
             offs_d, d_ok, lo, tl.minimum(diag_end, N_Q), N_Q, qk_scale,
-            BLOCK_M, HAS_KPM, True, DOT_PRECISION, UPCAST_DOT,
+            BLOCK_M, HAS_KPM, True, DOT_PRECISION, UPCAST_DOT, OFFS,
         )
     else:
         diag_end = 0
@@ -485,12 +494,12 @@ def _attn_bwd_dkdv(
         dk, dv, k, v, key_ok, offs_n, q_base, do_base, LSE, DELTA, bh,
         stride_qm, stride_qd, stride_dom, stride_dod,
         offs_d, d_ok, diag_end, N_Q, N_Q, qk_scale,
-        BLOCK_M, HAS_KPM, False, DOT_PRECISION, UPCAST_DOT,
+        BLOCK_M, HAS_KPM, False, DOT_PRECISION, UPCAST_DOT, OFFS,
     )
     dk = dk * sm_scale
-    tl.store(DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+    tl.store(DK + b * stride_dkb + h * stride_dkh + offs_n[:, None].to(OFFS) * stride_dkn + offs_d[None, :] * stride_dkd,
              dk.to(DK.dtype.element_ty), mask=nd_mask)
-    tl.store(DV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
+    tl.store(DV + b * stride_dvb + h * stride_dvh + offs_n[:, None].to(OFFS) * stride_dvn + offs_d[None, :] * stride_dvd,
              dv.to(DV.dtype.element_ty), mask=nd_mask)
 
 
@@ -505,20 +514,21 @@ def _dq_inner(
     CAUSAL_DIAG: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     UPCAST_DOT: tl.constexpr,
+    OFFS: tl.constexpr,
 ):
     offs_n0 = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
         n_ok = offs_n < N_K
         if MASK_BOUNDS:
-            kt = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+            kt = tl.load(k_base + offs_n[None, :].to(OFFS) * stride_kn + offs_d[:, None] * stride_kd,
                          mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-            vt = tl.load(v_base + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd,
+            vt = tl.load(v_base + offs_n[None, :].to(OFFS) * stride_vn + offs_d[:, None] * stride_vd,
                          mask=n_ok[None, :] & d_ok[:, None], other=0.0)
         else:
-            kt = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+            kt = tl.load(k_base + offs_n[None, :].to(OFFS) * stride_kn + offs_d[:, None] * stride_kd,
                          mask=d_ok[:, None], other=0.0)
-            vt = tl.load(v_base + offs_n[None, :] * stride_vn + offs_d[:, None] * stride_vd,
+            vt = tl.load(v_base + offs_n[None, :].to(OFFS) * stride_vn + offs_d[:, None] * stride_vd,
                          mask=d_ok[:, None], other=0.0)
         s = _dot(q, kt, DOT_PRECISION, UPCAST_DOT) * qk_scale
         p = tl.math.exp2(s - lse2[:, None])
@@ -528,7 +538,7 @@ def _dq_inner(
         if CAUSAL_DIAG:
             p = tl.where(offs_n[None, :] <= offs_m[:, None], p, 0.0)
         if HAS_KPM:
-            pad = tl.load(kpm_base + offs_n * stride_kpm_n, mask=n_ok, other=1)
+            pad = tl.load(kpm_base + offs_n.to(OFFS) * stride_kpm_n, mask=n_ok, other=1)
             p = tl.where(pad[None, :] == 0, p, 0.0)
         dp = _dot(do, vt, DOT_PRECISION, UPCAST_DOT)
         ds = p * (dp - delta[:, None])
@@ -554,6 +564,7 @@ def _attn_bwd_dq(
     UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    OFFS: tl.constexpr,
 ):
     start_m, bh = _block_and_head(N_Q, BLOCK_M)
     b = bh // H
@@ -567,9 +578,9 @@ def _attn_bwd_dq(
     m_ok = offs_m < N_Q
     d_ok = offs_d < HEAD_D
     md_mask = m_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None].to(OFFS) * stride_qm + offs_d[None, :] * stride_qd,
                 mask=md_mask, other=0.0)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod,
+    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None].to(OFFS) * stride_dom + offs_d[None, :] * stride_dod,
                  mask=md_mask, other=0.0)
     lse2 = tl.load(LSE + bh * N_Q + offs_m, mask=m_ok, other=float("inf")) * 1.4426950408889634
     delta = tl.load(DELTA + bh * N_Q + offs_m, mask=m_ok, other=0.0)
@@ -587,16 +598,16 @@ def _attn_bwd_dq(
         dq, q, do, lse2, delta, k_base, v_base, kpm_base,
         stride_kn, stride_kd, stride_vn, stride_vd, stride_kpm_n,
         offs_m, offs_d, d_ok, 0, full_end, N_K, qk_scale,
-        BLOCK_N, HAS_KPM, False, False, DOT_PRECISION, UPCAST_DOT,
+        BLOCK_N, HAS_KPM, False, False, DOT_PRECISION, UPCAST_DOT, OFFS,
     )
     dq = _dq_inner(
         dq, q, do, lse2, delta, k_base, v_base, kpm_base,
         stride_kn, stride_kd, stride_vn, stride_vd, stride_kpm_n,
         offs_m, offs_d, d_ok, full_end, hi, N_K, qk_scale,
-        BLOCK_N, HAS_KPM, True, CAUSAL, DOT_PRECISION, UPCAST_DOT,
+        BLOCK_N, HAS_KPM, True, CAUSAL, DOT_PRECISION, UPCAST_DOT, OFFS,
     )
     dq = dq * sm_scale
-    tl.store(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+    tl.store(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None].to(OFFS) * stride_dqm + offs_d[None, :] * stride_dqd,
              dq.to(DQ.dtype.element_ty), mask=md_mask)
 
 
@@ -659,6 +670,27 @@ def _upcast_dot(dtype: torch.dtype) -> bool:
     return dtype == torch.bfloat16 and _interpreting()
 
 
+_MAX_BLOCK = 256  # no tile has more rows: masked rows past the end still compute an address
+
+
+def offsets_dtype(*tensors: torch.Tensor) -> tl.dtype:
+    """The integer type of the kernels' offsets inside one (batch, head) slice (constexpr ``OFFS``).
+
+    Offsets up to a slice (``b * stride_b + h * stride_h``, ``bh * N``) are always 64-bit. Inside it,
+    ``row * stride_row`` is 32-bit when every tensor's slice spans less than 2**31 elements (rows padded
+    to a whole tile), which keeps the kernels' registers as they are; int64 beyond (huge sequences, or
+    views with large row strides), where 32-bit products would wrap and address the wrong memory.
+    ``tensors``: the (B, H, N, d) operands and outputs and the (B, N) key padding mask."""
+    for t in tensors:
+        span = 0
+        for dim in range(1 if t.dim() == 2 else 2, t.dim()):
+            rows = t.shape[dim] + (_MAX_BLOCK if dim == t.dim() - 2 or t.dim() == 2 else 0)
+            span += max(rows - 1, 0) * abs(t.stride(dim))
+        if span >= 2**31:
+            return tl.int64
+    return tl.int32
+
+
 def _kpm_args(key_padding_mask: torch.Tensor | None, like: torch.Tensor):
     if key_padding_mask is None:
         return like, 0, 0, False  # never read (HAS_KPM=False)
@@ -707,7 +739,8 @@ def attention_forward(
          s_kb, s_kn,
          H, n_q, n_k, _bucket(n_q, n_k), float(scale) * _LOG2E),
         dict(HEAD_D=d, BLOCK_D=padded_head_dim(d), CAUSAL=bool(causal), HAS_KPM=has_kpm,
-             DOT_PRECISION=_dot_precision(q.dtype), UPCAST_DOT=_upcast_dot(q.dtype)),
+             DOT_PRECISION=_dot_precision(q.dtype), UPCAST_DOT=_upcast_dot(q.dtype),
+             OFFS=offsets_dtype(q, k, v, out, *([kpm] if has_kpm else []))),
     )
     return out, lse
 
@@ -742,16 +775,17 @@ def attention_backward(
     kpm, s_kb, s_kn, has_kpm = _kpm_args(key_padding_mask, q)
     precision = _dot_precision(q.dtype)
     qk_scale = float(scale) * _LOG2E
+    offs = offsets_dtype(q, k, v, out, grad_out, dq, dk, dv, *([kpm] if has_kpm else []))
 
     delta = _alloc((B, H, n_q), torch.float32, q.device)
     block_delta = 16 if _interpreting() else 64
     _attn_bwd_delta[(triton.cdiv(n_q, block_delta) * B * H,)](
         out, grad_out, delta, *out.stride(), *grad_out.stride(), H, n_q,
         HEAD_D=d,
-        BLOCK_M=block_delta, BLOCK_D=block_d,
+        BLOCK_M=block_delta, BLOCK_D=block_d, OFFS=offs,
     )
     consts = dict(HEAD_D=d, BLOCK_D=block_d, CAUSAL=bool(causal), HAS_KPM=has_kpm, DOT_PRECISION=precision,
-                  UPCAST_DOT=_upcast_dot(q.dtype))
+                  UPCAST_DOT=_upcast_dot(q.dtype), OFFS=offs)
     _launch(
         "dkdv", lambda meta: triton.cdiv(n_k, meta["BLOCK_N"]) * B * H,
         (q, k, v, kpm, grad_out, lse, delta, dk, dv,

@@ -2,8 +2,9 @@
 
 The tensors are described by one int64 table (apex's multi-tensor-apply shape, kept on the device and
 reused while the tensors do not move), laid out as ``[target addresses (T) | online addresses (T) |
-element counts (T) | chunk -> tensor (C) | chunk -> first element (C)]``: one host-to-device copy builds
-it. One program updates one chunk of up to ``CHUNK`` elements of one tensor, so a launch covers every
+element counts (T) | chunk -> tensor (C) | chunk -> first element (C)]``: :func:`build_groups` computes
+it on the host, the caller copies it to the device once (jepa.ops does, safely across streams) and
+passes the device copy to every :func:`ema_update`. One program updates one chunk of up to ``CHUNK`` elements of one tensor, so a launch covers every
 parameter whatever their sizes, and tiny tensors cost one small program each, not one launch each.
 
 Loads are 16 bytes wide where they can be: when every address of a group is 16-byte aligned (checked on
@@ -51,11 +52,12 @@ def _ema_kernel(
     ALIGNED: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    ti = tl.load(TABLE + 3 * T + pid)
-    start = tl.load(TABLE + 3 * T + C + pid)
-    n = tl.load(TABLE + 2 * T + ti)
+    t64 = tl.cast(T, tl.int64)  # table offsets in 64 bits, as every size product (tl.cast: T may be the constant 1)
+    ti = tl.load(TABLE + 3 * t64 + pid)
+    start = tl.load(TABLE + 3 * t64 + C + pid)
+    n = tl.load(TABLE + 2 * t64 + ti)
     tp = tl.load(TABLE + ti).to(tl.pointer_type(DTYPE))
-    op = tl.load(TABLE + T + ti).to(tl.pointer_type(DTYPE))
+    op = tl.load(TABLE + t64 + ti).to(tl.pointer_type(DTYPE))
     if M_FROM_PTR:
         w = 1.0 - tl.load(M_PTR).to(tl.float32)
     else:
@@ -85,28 +87,18 @@ def _ema_kernel(
 
 @dataclass
 class EmaGroup:
-    """One dtype's launch table, on the tensors' device."""
+    """One dtype's launch table, on the host."""
 
     dtype: torch.dtype
-    table: torch.Tensor  # int64 [3 T + 2 C], layout in the module docstring
+    layout: list[int]  # the int64 table [3 T + 2 C], layout in the module docstring
     num_tensors: int
     num_chunks: int
     aligned: bool
 
 
-def _host_table(values: list[int], device: torch.device) -> torch.Tensor:
-    """``values`` as an int64 tensor on ``device``: for CUDA through pinned memory and an asynchronous
-    copy on the current stream (a pageable source would make the copy synchronous)."""
-    host = torch.tensor(values, dtype=torch.int64)
-    if device.type == "cuda":
-        return host.pin_memory().to(device, non_blocking=True)
-    return host.to(device)
-
-
 def build_groups(targets: list[torch.Tensor], onlines: list[torch.Tensor]) -> list[EmaGroup]:
     """Launch tables for ``targets``/``onlines`` (contiguous, one device, float32/float16/bfloat16),
-    one group per dtype. Empty tensors get no chunk."""
-    device = targets[0].device
+    one group per dtype, computed on the host. Empty tensors get no chunk."""
     by_dtype: dict[torch.dtype, list[int]] = {}
     for i, t in enumerate(targets):
         by_dtype.setdefault(t.dtype, []).append(i)
@@ -124,20 +116,21 @@ def build_groups(targets: list[torch.Tensor], onlines: list[torch.Tensor]) -> li
         if not c_start:
             continue
         aligned = all(p % _ALIGN == 0 for p, n in zip(tptrs + optrs, numels + numels) if n)
-        table = _host_table(tptrs + optrs + numels + c_tensor + c_start, device)
-        groups.append(EmaGroup(dtype, table, len(idxs), len(c_start), aligned))
+        layout = tptrs + optrs + numels + c_tensor + c_start
+        groups.append(EmaGroup(dtype, layout, len(idxs), len(c_start), aligned))
     return groups
 
 
-def ema_update(groups: list[EmaGroup], momentum: float | torch.Tensor) -> None:
-    """Run the EMA over every group; ``momentum`` a float or a 0-d float32 tensor on the device.
-    Launches on the current device (the caller makes it the tensors')."""
+def ema_update(groups: list[EmaGroup], tables: list[torch.Tensor], momentum: float | torch.Tensor) -> None:
+    """Run the EMA over every group; ``tables[i]`` is ``groups[i].layout`` as an int64 tensor on the
+    tensors' device, readable on the current stream; ``momentum`` a float or a 0-d float32 tensor on the
+    device. Launches on the current device (the caller makes it the tensors')."""
     from_ptr = isinstance(momentum, torch.Tensor)
     w_value = 0.0 if from_ptr else float(1.0 - float(momentum))
-    for g in groups:
-        m_ptr = momentum if from_ptr else g.table  # placeholder pointer, unused when M_FROM_PTR is False
+    for g, table in zip(groups, tables, strict=True):
+        m_ptr = momentum if from_ptr else table  # placeholder pointer, unused when M_FROM_PTR is False
         _ema_kernel[(g.num_chunks,)](
-            g.table, m_ptr, w_value, g.num_tensors, g.num_chunks,
+            table, m_ptr, w_value, g.num_tensors, g.num_chunks,
             DTYPE=TORCH_TO_TL[g.dtype], M_FROM_PTR=from_ptr, CHUNK=CHUNK, BLOCK=_BLOCK, ALIGNED=g.aligned,
             num_warps=4,
         )

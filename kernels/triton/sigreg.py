@@ -75,7 +75,9 @@ def _projection_tile(Z, A, rows, cols, rm, cm, D, M, BLOCK_N: tl.constexpr, BLOC
         ks = k0 + tl.arange(0, BLOCK_K)
         km = ks < D
         z = tl.load(Z + rows[:, None] * D + ks[None, :], mask=rm[:, None] & km[None, :], other=0.0).to(tl.float32)
-        a = tl.load(A + ks[:, None] * M + cols[None, :], mask=km[:, None] & cm[None, :], other=0.0).to(tl.float32)
+        # 64-bit offsets: ks * M (like rows * D) may pass 2**31 on large problems.
+        a = tl.load(A + ks[:, None].to(tl.int64) * M + cols[None, :], mask=km[:, None] & cm[None, :],
+                    other=0.0).to(tl.float32)
         x = tl.dot(z, a, x, input_precision=DOT_PRECISION)
     return x
 
@@ -111,7 +113,7 @@ def _ecf_fwd_kernel(
     offs = chunk * 2 * M * KNOTS + cols[:, None] * KNOTS + kk
     mask = cm[:, None] & (kk < KNOTS)
     tl.store(PART + offs, acc_c, mask=mask)
-    tl.store(PART + offs + M * KNOTS, acc_s, mask=mask)
+    tl.store(PART + offs + tl.cast(M, tl.int64) * KNOTS, acc_s, mask=mask)  # tl.cast: M may be the constant 1
 
 
 @triton.jit
@@ -134,7 +136,7 @@ def _ecf_bwd_kernel(
     for k in range(1, KNOTS):
         c, s = c * c1 - s * s1, s * c1 + c * s1
         g_cos = tl.load(G + cols * KNOTS + k, mask=cm, other=0.0)
-        g_sin = tl.load(G + M * KNOTS + cols * KNOTS + k, mask=cm, other=0.0)
+        g_sin = tl.load(G + tl.cast(M, tl.int64) * KNOTS + cols * KNOTS + k, mask=cm, other=0.0)
         dx += g_sin[None, :] * c - g_cos[None, :] * s
     tl.store(DX + rows[:, None] * M + cols[None, :], dx, mask=rm[:, None] & cm[None, :])
 

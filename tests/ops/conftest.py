@@ -36,8 +36,12 @@ def native():
 
 @pytest.fixture(autouse=True)
 def _clean_backend_state(monkeypatch):
-    """Each test starts with no forced backend and an empty plan cache."""
+    """Each test starts with no forced backend and an empty plan cache; on a GPU, the attention kernels
+    run their pinned tiles (what the aot tests compile) unless JEPA_TRITON_AUTOTUNE is set explicitly:
+    autotuning would compile up to 20 configurations per shape key of every test."""
     monkeypatch.delenv("JEPA_BACKEND", raising=False)
+    if "JEPA_TRITON_AUTOTUNE" not in os.environ:
+        monkeypatch.setenv("JEPA_TRITON_AUTOTUNE", "0")
     _native.clear_plan_cache()
     yield
     _native.clear_plan_cache()

@@ -276,3 +276,78 @@ def test_the_shipped_route_table_loads():
     attention_routes.clear_cache()
     table = attention_routes.load_routes(attention_routes.ROUTES_FILE)
     assert all(v in ("triton", "torch") for v in table.values())
+
+
+def _untraceable_capability(index=None):
+    """Stands in for the CUDA driver query (C code dynamo cannot trace) on an sm_90 GPU."""
+    import os  # noqa: PLC0415
+
+    os.stat(__file__)  # a builtin dynamo refuses, as it refuses the real driver call
+    return (9, 0)
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_routing_traces_under_fullgraph_with_a_cold_cache(tmp_path, monkeypatch, dynamic):
+    # The first unmasked CUDA call of a compiled model routes while dynamo traces it: reading the table
+    # file and asking the GPU for its architecture must not happen inside the trace.
+    import json  # noqa: PLC0415
+
+    from jepa.ops import attention_routes  # noqa: PLC0415
+
+    path = tmp_path / "routes.json"
+    path.write_text(json.dumps({"format": 1, "entries": [
+        {"arch": "sm_90", "dtype": "float32", "head_dim": 16, "n": 16, "causal": False, "backend": "triton"}]}))
+    monkeypatch.setenv("JEPA_ATTENTION_ROUTES", str(path))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", _untraceable_capability)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(attention_routes, "_arch_cache", {})
+    attention_routes.clear_cache()
+
+    def f(q, k):  # a graph whose value shows the route taken
+        return q * 2 if attention_routes.route(q, k, False) == "triton" else q - 1
+
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(f, fullgraph=True, backend="eager", dynamic=dynamic)
+        q = torch.randn(1, 2, 9, 16)  # bucket (sm_90, float32, 16, 16, False): measured faster
+        assert torch.equal(compiled(q, q), q * 2)
+        q = torch.randn(1, 2, 40, 16)  # bucket n=64: not in the table -> SDPA
+        assert torch.equal(compiled(q, q), q - 1)
+    finally:
+        torch._dynamo.reset()
+        attention_routes.clear_cache()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_unmasked_block_compiles_fullgraph_on_cuda_with_auto_routing(tmp_path, monkeypatch):  # pragma: no cover
+    # GPU only: the real driver query and the route table read on the first (traced) CUDA call.
+    import json  # noqa: PLC0415
+
+    from jepa.models.layers import TransformerBlock  # noqa: PLC0415
+    from jepa.ops import attention_routes  # noqa: PLC0415
+
+    major, minor = torch.cuda.get_device_capability()
+    path = tmp_path / "routes.json"
+    path.write_text(json.dumps({"format": 1, "entries": [
+        {"arch": f"sm_{major}{minor}", "dtype": "float32", "head_dim": 16, "n": 16, "causal": False,
+         "backend": "triton"}]}))
+    monkeypatch.setenv("JEPA_ATTENTION_ROUTES", str(path))
+    monkeypatch.setenv("JEPA_TRITON_AUTOTUNE", "0")
+    monkeypatch.setattr(attention_routes, "_arch_cache", {})
+    attention_routes.clear_cache()
+    torch.manual_seed(0)
+    block = TransformerBlock(32, 2).cuda()
+    x = torch.randn(2, 11, 32, device="cuda")
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+        ye, yc = block(x), compiled(x)  # d=16, N=11: bucket routed to Triton by the table
+        torch.testing.assert_close(yc, ye, rtol=1e-4, atol=1e-5)
+        attention_routes.clear_cache()
+        monkeypatch.delenv("JEPA_ATTENTION_ROUTES")
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(block, fullgraph=True, backend="aot_eager")(x), ye,
+                                   rtol=1e-4, atol=1e-5)  # the shipped table: SDPA
+    finally:
+        torch._dynamo.reset()
+        attention_routes.clear_cache()

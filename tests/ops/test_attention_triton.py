@@ -152,6 +152,46 @@ def test_strided_inputs_from_a_fused_qkv_projection():
     assert rel_err(qkv.grad, qkv64.grad) <= 1e-5
 
 
+def test_offsets_inside_a_slice_are_64_bit_once_a_slice_spans_2_to_the_31_elements(kern):
+    import triton.language as tl  # noqa: PLC0415
+
+    def meta(shape, stride):  # sizes and strides only: nothing is allocated
+        return torch.empty_strided(shape, stride, device="meta")
+
+    small = meta((64, 16, 4096, 128), (16 * 4096 * 128, 4096 * 128, 128, 1))  # 2**32 elements in all: bases are 64-bit
+    assert kern.offsets_dtype(small, small) == tl.int32
+    # a (B, N, 3, H, d) projection viewed as (B, H, N, d): row stride 3 * H * d; 2**31 / (3 * 16 * 128) rows
+    rows = 2**31 // (3 * 16 * 128)
+    qkv = meta((1, 16, rows, 128), (rows * 3 * 16 * 128, 128, 3 * 16 * 128, 1))
+    assert kern.offsets_dtype(small, qkv) == tl.int64
+    fits = meta((1, 16, rows - 300, 128), (rows * 3 * 16 * 128, 128, 3 * 16 * 128, 1))
+    assert kern.offsets_dtype(fits) == tl.int32  # padded to a whole tile (256 rows), still below 2**31
+    assert kern.offsets_dtype(meta((2, 2**31 - 200), (2**31, 1))) == tl.int64  # a (B, N_k) key padding mask
+    assert kern.offsets_dtype(meta((2, 2**20), (2**20, 1))) == tl.int32
+
+
+def test_64_bit_offsets_compute_what_32_bit_ones_do(kern, monkeypatch):
+    # The OFFS=int64 build (huge slices) on a small problem: the same results as the int32 one, bit for bit.
+    import triton.language as tl  # noqa: PLC0415
+
+    b, n, h, d = 2, 37, 2, 16
+    qkv = torch.randn(b, n, 3, h, d, device=DEVICE)
+    kpm = torch.rand(b, n, device=DEVICE) < 0.25
+    grad = torch.randn(b, n, h, d, device=DEVICE).transpose(1, 2)
+    results = []
+    for offs in (tl.int32, tl.int64):
+        monkeypatch.setattr(kern, "offsets_dtype", lambda *tensors, offs=offs: offs)
+        x = qkv.clone().requires_grad_()
+        q, k, v = x.permute(2, 0, 3, 1, 4)
+        with use_backend("triton"):
+            out = attention(q, k, v, key_padding_mask=kpm, causal=True)
+        out.backward(grad)
+        results.append((out.detach(), x.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    q64, k64, v64 = qkv.double().permute(2, 0, 3, 1, 4)
+    assert rel_err(results[1][0], ref64(q64, k64, v64, key_padding_mask=kpm, causal=True)) <= 1e-5
+
+
 def test_lse_is_the_float64_logsumexp_and_inf_on_empty_rows(kern):
     q, k, v, kpm = _inputs(3, 2, 17, 17, 16, torch.float32, pad=True, pad_all_first=True)
     scale = 0.25
@@ -227,6 +267,13 @@ def test_custom_op_passes_opcheck():
     q, k, v, kpm = _inputs(2, 1, 9, 9, 16, torch.float32, pad=True)
     args = (q, k, v, kpm, True, 0.3)
     torch.library.opcheck(torch.ops.jepa.attention_fwd.default, args)
+
+
+def test_custom_op_passes_opcheck_with_fused_qkv_strides():
+    qkv = torch.randn(2, 9, 3, 2, 16, device=DEVICE).permute(2, 0, 3, 1, 4)  # (3, B, H, N, d), strided
+    q, k, v = (t.requires_grad_() for t in qkv.detach().clone().unbind(0))
+    assert not q.is_contiguous()
+    torch.library.opcheck(torch.ops.jepa.attention_fwd.default, (q, k, v, None, False, 0.25))
 
 
 def test_torch_compile_fullgraph_with_the_triton_op_matches_eager():

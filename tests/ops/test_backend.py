@@ -174,3 +174,9 @@ def test_a_training_step_runs_under_global_cpp(native, monkeypatch):
     monkeypatch.setenv("JEPA_BACKEND", "cpp,attention=cpp")
     with pytest.raises(BackendUnavailableError, match="'cpp' does not implement attention"):
         online(x, kpm)
+
+
+def test_without_triton_the_reason_names_the_distribution_to_install(monkeypatch):
+    monkeypatch.setattr(_backend, "triton_available", lambda: False)
+    reason = _backend.triton_unavailable_reason(torch.zeros(2))
+    assert reason == "triton is not installed (pip install 'jepa-torch[gpu]' or pip install triton)"

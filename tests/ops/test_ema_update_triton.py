@@ -201,7 +201,7 @@ def test_forced_triton_without_triton_installed_raises(monkeypatch):
 @pytest.mark.parametrize(
     "native_ok, triton_ok, tensor_momentum, expected",
     [
-        (True, True, False, "cuda"),  # jepa._C's CUDA kernel first (DESIGN.md)
+        (True, True, False, "cuda"),  # jepa._C's CUDA kernel first (the auto order of jepa/ops/ema_update.py's docstring)
         (True, True, True, "triton"),  # ... unless the momentum lives on the device: no host sync
         (False, True, False, "triton"),
         (True, False, True, "cuda"),

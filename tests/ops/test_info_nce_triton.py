@@ -18,7 +18,8 @@ if not _backend.triton_can_run(torch.empty(1, device="cuda" if torch.cuda.is_ava
     pytest.skip("Triton cannot run here (no GPU and TRITON_INTERPRET is not set)", allow_module_level=True)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# float32: tl.dot runs tf32x3 on GPUs (about float32 accuracy); DESIGN.md allows 5e-4 where tf32 is used.
+# float32: tl.dot runs tf32x3 on GPUs (about float32 accuracy); docs/guides/kernels.md ("How to add an op")
+# allows 5e-4 where tf32 is used.
 TOL = {torch.float32: 1e-5 if DEVICE == "cpu" else 5e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
 
@@ -206,6 +207,26 @@ def test_custom_op_opcheck(impl):
         torch.ops.jepa.info_nce.default,
         (a, b, 0.5, True, impl),
         test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
+    )
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_custom_op_opcheck_with_permuted_inputs(impl):
+    # The backward kernels return contiguous gradients; the fake and the torch path must too.
+    gen = torch.Generator().manual_seed(10)
+    a = torch.randn(5, 9, generator=gen).to(DEVICE).T.requires_grad_(True)
+    b = torch.randn(5, 9, generator=gen).to(DEVICE).T.requires_grad_(True)
+    assert not a.is_contiguous()
+    torch.library.opcheck(
+        torch.ops.jepa.info_nce.default,
+        (a, b, 0.5, False, impl),
+        test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
+    )
+    loss, stats = torch.ops.jepa.info_nce(a, b, 0.5, False, impl)
+    torch.library.opcheck(  # the backward op on its own: opcheck above does not compare its fake
+        torch.ops.jepa.info_nce_backward.default,
+        (torch.ones_like(loss), a.detach(), b.detach(), stats, 0.5, False, impl),
+        test_utils=("test_schema", "test_faketensor"),
     )
 
 

@@ -314,6 +314,30 @@ def test_custom_op_opcheck(impl):
         )
 
 
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_custom_op_opcheck_with_permuted_inputs(impl):
+    # Fake and real outputs must agree on strides too: the kernels return contiguous tensors whatever
+    # the inputs' layout, and so must the fakes and the torch path.
+    gen = torch.Generator().manual_seed(10)
+    pred = torch.randn(9, 5, 2, generator=gen).to(DEVICE).permute(2, 1, 0).requires_grad_(True)
+    target = torch.randn(9, 5, 2, generator=gen).to(DEVICE).permute(2, 1, 0).requires_grad_(impl == "torch")
+    mask = (torch.rand(5, 2, generator=gen) > 0.3).to(DEVICE).T
+    assert not pred.is_contiguous() and not mask.is_contiguous()
+    for reduction in ("mean", "none"):
+        torch.library.opcheck(
+            torch.ops.jepa.jepa_loss.default,
+            (pred, target, mask, "mse", False, 1.0, reduction, impl),
+            test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
+        )
+        out, count = torch.ops.jepa.jepa_loss(pred, target, mask, "mse", False, 1.0, reduction, impl)
+        torch.library.opcheck(  # the backward op on its own: opcheck above does not compare its fake
+            torch.ops.jepa.jepa_loss_backward.default,
+            (torch.ones_like(out), count, pred.detach(), target.detach(), mask, "mse", False, 1.0, reduction, impl,
+             impl == "torch"),
+            test_utils=("test_schema", "test_faketensor"),
+        )
+
+
 def test_relative_error_helper_catches_nan():
     with pytest.raises(AssertionError, match="NaN"):
         _rel(torch.tensor([math.nan]), torch.tensor([1.0]))

@@ -24,7 +24,7 @@ if not _backend.triton_can_run(torch.empty(1, device="cuda" if torch.cuda.is_ava
     pytest.skip("Triton cannot run here (no GPU and TRITON_INTERPRET is not set)", allow_module_level=True)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-KERNEL_MODULES = ("attention", "jepa_loss", "info_nce", "ema_update")
+KERNEL_MODULES = ("attention", "jepa_loss", "info_nce", "ema_update", "sigreg")
 
 
 class _Watched:
@@ -63,6 +63,9 @@ def launches(monkeypatch):
             state["current"].pop()
 
     monkeypatch.setattr(_backend, "device_guard", guard)
+    # On a GPU the autotuner launches the jit functions it was built with (kern._TUNED), not the watched
+    # wrappers of _KERNELS: watch the pinned path, which every launch then takes.
+    monkeypatch.setenv("JEPA_TRITON_AUTOTUNE", "0")
     for mod_name in KERNEL_MODULES:
         mod = importlib.import_module(f"jepa.kernels.triton.{mod_name}")
         for name, obj in list(vars(mod).items()):
@@ -106,3 +109,11 @@ def test_ema_update_launches_on_the_tensors_device(launches):
         ops.ema_update(t, o, 0.5)
     _check(launches, ["ema_update._ema_kernel"], t[0].device)
     assert sum(n == "ema_update._ema_kernel" for n, _ in launches) == 2  # one launch per dtype
+
+
+def test_sigreg_launches_on_the_tensors_device(launches):
+    z = torch.randn(9, 5, device=DEVICE, requires_grad=True)
+    directions = torch.nn.functional.normalize(torch.randn(5, 3, device=DEVICE), dim=0)
+    with ops.use_backend(sigreg="triton"):
+        ops.sigreg(z, directions, knots=5).backward()
+    _check(launches, ["sigreg._ecf_fwd_kernel", "sigreg._ecf_bwd_kernel"], z.device)

@@ -17,7 +17,7 @@ if not _backend.triton_can_run(torch.empty(1, device="cuda" if torch.cuda.is_ava
     pytest.skip("Triton cannot run here (no GPU and TRITON_INTERPRET is not set)", allow_module_level=True)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# float32: the projection's tl.dot runs tf32x3 on GPUs (about float32 accuracy, DESIGN.md allows 5e-4
+# float32: the projection's tl.dot runs tf32x3 on GPUs (about float32 accuracy, docs/guides/kernels.md allows 5e-4
 # where tf32 is used) and IEEE float32 under the interpreter.
 TOL = {torch.float32: 1e-5 if DEVICE == "cpu" else 5e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -209,6 +209,26 @@ def test_custom_op_opcheck(impl):
     )
 
 
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_custom_op_opcheck_with_permuted_inputs(impl):
+    # The backward kernel returns a contiguous dz; the fake and the torch path must too.
+    gen = torch.Generator().manual_seed(10)
+    z = torch.randn(5, 9, generator=gen).to(DEVICE).T.requires_grad_(True)
+    a = _unit_columns(5, 4, gen).T.contiguous().T.requires_grad_(impl == "torch")
+    assert not z.is_contiguous() and not a.is_contiguous()
+    torch.library.opcheck(
+        torch.ops.jepa.sigreg_ecf.default,
+        (z, a, 3.0, 7, impl),
+        test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
+    )
+    ecf = torch.ops.jepa.sigreg_ecf(z, a, 3.0, 7, impl)
+    torch.library.opcheck(  # the backward op on its own: opcheck above does not compare its fake
+        torch.ops.jepa.sigreg_ecf_backward.default,
+        (torch.ones_like(ecf), z.detach(), a.detach(), 3.0, 7, impl, impl == "torch"),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+
 # ----------------------------------------------------------------------------- ahead-of-time build (sm_80, sm_90)
 
 _AOT_SCRIPT = r"""
@@ -219,6 +239,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import jepa.kernels.triton.sigreg as S
+sys.path.insert(0, os.environ["JEPA_AOT_HELPERS"])
+from _aot_worker import size_products
 
 try:
     from triton.backends.nvidia.compiler import get_ptxas
@@ -244,7 +266,8 @@ def build(fn, sig, consts, cap):
         sys.exit(proc.stderr)
     spills = [int(a) + int(b) for a, b in re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", proc.stderr)]
     regs = [int(r) for r in re.findall(r"Used (\d+) registers", proc.stderr)]
-    return {"shared": k.metadata.shared, "spill_bytes": sum(spills), "registers": max(regs), "reports": len(spills)}
+    return {"shared": k.metadata.shared, "spill_bytes": sum(spills), "registers": max(regs), "reports": len(spills),
+            "size_products": size_products(k.asm["ttir"])}
 
 out = {}
 for cap in (90, 80):
@@ -267,7 +290,8 @@ _SHARED_LIMIT = {90: 232448, 80: 166912}
 @pytest.mark.aot
 def test_kernels_compile_for_sm80_and_sm90_within_shared_memory_and_without_spills(tmp_path):
     """Triton's real compiler (no GPU needed): the interpreter never builds the kernels, so lowering
-    errors, shared memory beyond the device limit and register spills would go unseen."""
+    errors, shared memory beyond the device limit, register spills and 32-bit offset products (which wrap
+    past 2**31 elements) would go unseen."""
     import json  # noqa: PLC0415
     import os  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
@@ -281,6 +305,7 @@ def test_kernels_compile_for_sm80_and_sm90_within_shared_memory_and_without_spil
         pytest.skip("this triton has no NVIDIA backend")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
+    env["JEPA_AOT_HELPERS"] = os.path.dirname(os.path.abspath(__file__))  # _aot_worker.size_products: the TTIR scan
     proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -292,6 +317,9 @@ def test_kernels_compile_for_sm80_and_sm90_within_shared_memory_and_without_spil
         assert r["reports"] == 1, f"{name}: ptxas reported {r['reports']} functions"
         assert 0 < r["shared"] <= _SHARED_LIMIT[cap], f"{name}: {r['shared']} B of shared memory"
         assert r["spill_bytes"] == 0, f"{name}: {r['spill_bytes']} bytes of register spills ({r['registers']} registers)"
+        # 64-bit offsets (rows * D, ks * M, M * knots ...): 32-bit ones wrap past 2**31 elements
+        assert r["size_products"]["i32"] == [], f"{name}: 32-bit size products {r['size_products']['i32']}"
+        assert r["size_products"]["i64"] >= 2, f"{name}: {r['size_products']}"
 
 
 def test_triton_under_autocast_matches_without():

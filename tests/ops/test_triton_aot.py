@@ -13,7 +13,9 @@ TRITON_INTERPRET, a pool of workers, each configuration once) and checked:
   run-time pruner uses is an upper bound of every compiled kernel's;
 - every kernel of every module compiles with all its integer arguments equal to 1 (Triton turns those
   into constants: ``R.to(...)`` on one failed at the first single-row call) and with ordinary ones;
-- the Triton EMA's aligned path loads and stores 16-byte vectors.
+- the Triton EMA's aligned path loads and stores 16-byte vectors;
+- no kernel multiplies a size or stride argument in 32 bits (``row * D``, ``offs_m * stride_qm``: these wrap
+  past 2**31 elements and address the wrong memory): every such product in the TTIR is 64-bit.
 
 Marked ``aot``; they run in the default test run (a Triton with its NVIDIA backend is all they need).
 """
@@ -58,11 +60,11 @@ def _arg_names(module: str, kernel: str) -> list[str]:
     return list(inspect.signature(fn).parameters)
 
 
-def _attn_job(kernel, dtype_name, head_dim, cfg, cap, *, ones=False, ptx=False):
+def _attn_job(kernel, dtype_name, head_dim, cfg, cap, *, ones=False, ptx=False, offs="tl.int32"):
     dtype, precision = DTYPES[dtype_name]
     ptr = PTR[dtype]
     sig, divisible = {}, []
-    consts = dict(HEAD_D=head_dim, BLOCK_D=kern.padded_head_dim(head_dim))
+    consts = dict(HEAD_D=head_dim, BLOCK_D=kern.padded_head_dim(head_dim), OFFS=offs)
     if kernel != "delta":
         consts.update(CAUSAL=True, HAS_KPM=True, DOT_PRECISION=precision, UPCAST_DOT=False)
     bm, bn, warps, stages = cfg
@@ -207,6 +209,25 @@ def _value_one_attention_jobs() -> dict:
     return jobs
 
 
+def _wide_offset_attention_jobs() -> dict:
+    """The OFFS=int64 builds (slices of 2**31 elements or more) of every attention kernel, pinned tiles."""
+    jobs = {}
+    for dtype_name, d in (("bf16", 64), ("fp32-tf32x3", 80)):
+        dtype, precision = DTYPES[dtype_name]
+        for kernel in ("fwd", "dkdv", "dq", "delta"):
+            cfg = (64, 0, 4, 1) if kernel == "delta" else kern.fitting_configs(
+                kernel, dtype, precision, kern.padded_head_dim(d), SMEM[90])[0]
+            jobs[("wide", dtype_name, d, kernel)] = _attn_job(kernel, dtype_name, d, cfg, 90, offs="tl.int64")
+    return jobs
+
+
+def _size_product_examples() -> dict:
+    sig = {"X": "*fp32", "Y": "*fp32", "D": "i32"}
+    return {("examples", name): {"module": "_aot_examples", "kernel": name, "cap": 90, "signature": sig,
+                                 "constexprs": {"BLOCK": 128}}
+            for name in ("narrow_row_copy", "wide_row_copy")}
+
+
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     """Every job of this module compiled once, in one subprocess: {key: result}."""
@@ -218,7 +239,8 @@ def compiled(tmp_path_factory):
         pytest.skip("this triton has no NVIDIA backend")
     pinned = _pinned_jobs()
     jobs = {**pinned, **_candidate_jobs(pinned), **_jepa_loss_jobs(False), **_jepa_loss_jobs(True),
-            **_info_nce_jobs(False), **_info_nce_jobs(True), **_ema_jobs(), **_value_one_attention_jobs()}
+            **_info_nce_jobs(False), **_info_nce_jobs(True), **_ema_jobs(), **_value_one_attention_jobs(),
+            **_size_product_examples(), **_wide_offset_attention_jobs()}
     keys = list(jobs)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path_factory.mktemp("triton_cache"))
@@ -304,3 +326,35 @@ def test_triton_ema_aligned_path_moves_16_byte_vectors(compiled):
         if job["constexprs"]["ALIGNED"]:
             assert any(op.startswith("ld.") for op in vec) and any(op.startswith("st.") for op in vec), (key, res["ptx_ops"])
         assert res["stack"] == 0, key
+
+
+def test_the_size_product_scan_tells_32_from_64_bit_offsets(compiled):
+    narrow = compiled[("examples", "narrow_row_copy")][1]
+    wide = compiled[("examples", "wide_row_copy")][1]
+    assert "error" not in narrow and "error" not in wide, (narrow.get("error"), wide.get("error"))
+    assert len(narrow["size_products"]["i32"]) >= 1 and narrow["size_products"]["i64"] == 0, narrow["size_products"]
+    assert wide["size_products"] == {"i32": [], "i64": wide["size_products"]["i64"]} and wide["size_products"]["i64"] >= 1
+
+
+def test_no_kernel_multiplies_a_size_or_stride_in_32_bits(compiled):
+    # Attention's default builds (OFFS=int32) keep row * stride inside one (batch, head) slice in 32 bits,
+    # which the host picks only when every slice spans < 2**31 elements (tests/ops/test_attention_triton.py);
+    # its OFFS=int64 builds ("wide") and every other kernel have no 32-bit size product at all.
+    narrow_by_design = ("pinned", "candidate", "attention_ones")
+    problems, errors = [], []
+    for key, (job, res) in compiled.items():
+        if key[0] == "examples" or key[0] in narrow_by_design:
+            continue
+        if "error" in res:
+            errors.append(f"{key}: {res['error'][-400:]}")
+        elif res["size_products"]["i32"]:
+            problems.append(f"{key}: {res['size_products']['i32']}")
+    assert not errors, "\n".join(errors)
+    assert not problems, "32-bit products of sizes or strides (cast a factor to tl.int64):\n" + "\n".join(problems)
+    wide = {k: res for k, (job, res) in compiled.items() if k[0] == "wide"}
+    assert len(wide) == 8
+    for key, res in wide.items():  # the scan sees them: (batch, head) bases and the rows of Q, K, V, O, ...
+        assert res["size_products"]["i64"] >= (4 if key[3] == "delta" else 10), (key, res["size_products"])
+    for key, (job, res) in compiled.items():  # the default builds: 64-bit up to the slice all the same
+        if key[0] == "pinned" and key[1] == 90:
+            assert res["size_products"]["i64"] >= 6, (key, res["size_products"])

@@ -65,7 +65,7 @@ def test_cpp_matches_torch_reference_bit_for_bit(native, dtype, inv):
         ops.unscale_(grads, inv_t, found)
     _assert_same(grads, expect)
     assert found.item() == 0.0 == found_ref.item()
-    # against float64 (DESIGN.md tolerances): inv * x rounded once to the storage dtype
+    # against float64 (the tolerances of docs/guides/kernels.md, "How to add an op"): inv * x rounded once to the storage dtype
     refs = [b.double() * float(inv_t) for b in before]
     err = _rel_err(grads, refs)
     assert err <= TOL[dtype], f"relative error {err} > {TOL[dtype]}"

@@ -59,7 +59,7 @@ class RecordingLogger:
 
 
 def v0_example(out: Path) -> None:
-    """spec/training-api-v0.md, "Distributed Training", as written (gloo on CPU)."""
+    """docs/training-api/v0.md, "Distributed training with your own process group", as written (gloo on CPU)."""
     import torch.distributed as dist
 
     from jepa.config import load_config

@@ -247,3 +247,12 @@ def test_plot_embeddings_writes_a_png(tmp_path):
     assert out2.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="labels"):
         ev.plot_embeddings(x, y[:3], tmp_path / "bad.png")
+
+
+def test_plot_embeddings_without_matplotlib_says_what_to_install(monkeypatch, tmp_path):
+    import sys  # noqa: PLC0415
+
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)  # as where it is not installed
+    x, y = _blobs(n_per=4)
+    with pytest.raises(ImportError, match=r"matplotlib \(a dependency of jepa-torch\): pip install matplotlib$"):
+        _evaluator(LinearEncoder()).plot_embeddings(x, y, tmp_path / "emb.png", encoded=True)

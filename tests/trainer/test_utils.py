@@ -103,3 +103,11 @@ def test_log_model_summary_lists_modules(caplog):
         text = log_model_summary(model)
     assert "Linear" in text and "16" in text and "total: 16 parameters" in text
     assert "model summary" in caplog.text
+
+
+def test_plot_training_history_without_matplotlib_says_what_to_install(monkeypatch, tmp_path):
+    import sys  # noqa: PLC0415
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as where it is not installed
+    with pytest.raises(ImportError, match=r"matplotlib \(a dependency of jepa-torch\): pip install matplotlib$"):
+        plot_training_history({"train_loss": [1.0]}, tmp_path / "h.png")

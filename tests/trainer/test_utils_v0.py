@@ -1,4 +1,4 @@
-"""The v0 training helpers of jepa.trainer.utils (spec/training-api-v0.md, "Training Utilities")."""
+"""The v0 training helpers of jepa.trainer.utils (docs/training-api/v0.md, "Training utilities")."""
 
 import io
 import logging
