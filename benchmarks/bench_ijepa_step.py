@@ -180,7 +180,7 @@ def make_reference_epoch(ref: Reference, batches: list[tuple], device: torch.dev
                 m = 0.996
                 for q, k in zip(ref.encoder.parameters(), ref.target.parameters()):
                     k.mul_(m).add_((1.0 - m) * q.detach().data)
-            losses.append(float(loss))  # the reference's loss meter: a host sync every step
+            losses.append(float(loss.detach()))  # the reference's loss meter: a host sync every step
 
     return epoch
 

@@ -11,11 +11,14 @@ and reads its ``metrics.json``: linear-probe accuracy (logistic regression on st
 features, fit on the training images, scored on the validation images) of the pretrained ViT, the
 same ViT at random init and the raw pixels, with 10 labels per class and with all labels.
 
-Recipes (the shipped ``ijepa`` config, which ``jepa train --data`` uses, plus overrides):
+Recipes (the shipped ``ijepa`` config, which ``jepa train --data`` uses, with overrides; a recipe
+whose overrides are the shipped values runs without ``--config``):
 
-* ``ema``: plain I-JEPA (EMA target, smooth-L1 to the layer-normed target tokens), as shipped;
+* ``ema``: plain I-JEPA (EMA target, smooth-L1 to the layer-normed target tokens, no regulariser);
 * ``ema_vc``: the same plus the variance/covariance regulariser on a projector of the pooled
-  context (``loss.var_weight``/``cov_weight`` 1, projector 256-256).
+  context (``loss.var_weight``/``cov_weight`` 1, projector 256-256);
+* ``ema_vc_pooled``: the regulariser on the pooled context itself (no projector), the features the
+  probes read.
 
 It prints a markdown table per recipe (mean +- std over seeds) with the command and the training
 seconds, says whether the pretrained ViT beats random init and raw pixels by >= 5 points with all
@@ -55,8 +58,9 @@ from _harness import environment  # noqa: E402
 GAP_TARGET = 5.0  # points, linear probe with all labels: pretrained - max(random init, raw pixels)
 FEATURES = (("pretrained", "pretrained ViT"), ("random_init", "same ViT, random init"), ("raw_input", "raw pixels"))
 RECIPES: dict[str, dict[str, Any]] = {
-    "ema": {},
+    "ema": {"loss": {"var_weight": 0.0, "cov_weight": 0.0}, "model": {"projector_hidden_dim": 0, "projector_dim": 0}},
     "ema_vc": {"loss": {"var_weight": 1.0, "cov_weight": 1.0}, "model": {"projector_hidden_dim": 256, "projector_dim": 256}},
+    "ema_vc_pooled": {"loss": {"var_weight": 1.0, "cov_weight": 1.0}, "model": {"projector_hidden_dim": 0, "projector_dim": 0}},
 }
 START, END = "<!-- quality_images:start -->", "<!-- quality_images:end -->"
 
@@ -69,12 +73,14 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def recipe_config(name: str, folder: Path) -> Path | None:
-    """A YAML file of the ``ijepa`` config with the recipe's overrides (None: the shipped config as is)."""
-    if not RECIPES[name]:
-        return None
+    """A YAML file of the ``ijepa`` config with the recipe's overrides (None: they are the shipped
+    config's own values, so the run is plain ``jepa train --data DIR``)."""
     from jepa.config import load_config  # noqa: PLC0415
 
-    data = _merge(load_config("ijepa").to_dict(), RECIPES[name])
+    shipped = load_config("ijepa").to_dict()
+    data = _merge(shipped, RECIPES[name])
+    if data == shipped:
+        return None
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -184,7 +190,7 @@ def main() -> int:
         text, ok = table(name, runs, args.epochs)
         all_ok &= ok
         shown = " ".join(command(Path("DIR"), Path("runs/shapes"), args.seeds[0], args.epochs, None)[:10])
-        extra = f" --config <ijepa + {json.dumps(RECIPES[name])}>" if RECIPES[name] else ""
+        extra = f" --config <ijepa + {json.dumps(RECIPES[name])}>" if config is not None else " (the shipped default)"
         blocks.append(f"{text}\n\nCommand (per seed S): `{shown.replace(f'--seed {args.seeds[0]}', '--seed S')}{extra}`")
         results["recipes"][name] = {"overrides": RECIPES[name], "runs": runs, "meets_target": ok}
     made_by = (f"`python benchmarks/quality_images.py --recipes {' '.join(args.recipes)} --seeds {' '.join(map(str, args.seeds))}"

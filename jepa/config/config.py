@@ -113,11 +113,13 @@ class OptimizerConfig:
 @dataclass
 class SchedulerConfig:
     """``training.scheduler``: the learning-rate schedule (cosine, linear, step, constant, plateau) after
-    ``warmup_epochs`` of linear warmup (0: 5% of the steps), down to ``min_lr``."""
+    ``warmup_epochs`` of linear warmup (0: 5% of the steps; from ``start_lr``, null: from zero), down
+    to ``min_lr``."""
 
     type: str = "cosine"
     warmup_epochs: float = 0.0
     min_lr: float = 1e-5
+    start_lr: float | None = None  # cosine: the warmup's first learning rate (I-JEPA: 2e-4 up to 1e-3)
 
 
 @dataclass

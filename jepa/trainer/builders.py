@@ -32,7 +32,7 @@ from jepa.trainer.fixed_views import FixedViews
 from jepa.trainer.images import image_data, image_loaders, image_loss, image_model, is_image_run, pixel_statistics, resolve_image_config
 from jepa.trainer.losses import REGULARIZERS, JEPALoss, SIGRegLoss
 from jepa.trainer.optimizers import create_optimizer
-from jepa.trainer.schedulers import create_scheduler
+from jepa.trainer.schedulers import create_scheduler, warmup_cosine_schedule
 from jepa.trainer.splits import stratified_holdout
 from jepa.trainer.weight_decay import WeightDecaySchedule
 from jepa.trainer.world_model_builders import TASKS, world_model_objects
@@ -84,6 +84,7 @@ def check_training(config: Config) -> None:
     check_int("training.batch_size", t.batch_size, minimum=1, noun="")
     check_choice("training.strategy", t.strategy, ("ddp", "fsdp"))
     check_number("training.weight_decay_end", t.weight_decay_end, low=0, optional=True, noun="")
+    check_number("training.scheduler.start_lr", t.scheduler.start_lr, low=0, high=t.learning_rate, optional=True, noun="")
 
 
 def _digits_subset(pairs: DigitsPairs, index: np.ndarray) -> DigitsPairs:
@@ -238,10 +239,25 @@ class _ConfigScheduler:
         )
 
 
+class _StartLRCosine:
+    """Warmup from ``training.scheduler.start_lr`` then cosine, sized once the number of steps is known."""
+
+    def __init__(self, config: Config) -> None:
+        t = config.training
+        self.warmup_fraction = _warmup_fraction(config)
+        self.min_lr_ratio = min(1.0, t.scheduler.min_lr / t.learning_rate)
+        self.start_ratio = t.scheduler.start_lr / t.learning_rate
+
+    def __call__(self, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
+        warmup = int(round(self.warmup_fraction * total_steps))
+        return warmup_cosine_schedule(optimizer, total_steps, warmup, self.min_lr_ratio, self.start_ratio)
+
+
 def scheduler_spec(config: Config) -> Any:
-    """``"cosine"`` (the trainer's own warmup+cosine sized to the run) or a factory for the others."""
+    """``"cosine"`` (the trainer's own warmup+cosine sized to the run; warming up from
+    ``training.scheduler.start_lr`` when set) or a factory for the others."""
     if config.training.scheduler.type.lower() == "cosine":
-        return "cosine"
+        return "cosine" if config.training.scheduler.start_lr is None else _StartLRCosine(config)
     return _ConfigScheduler(config)
 
 

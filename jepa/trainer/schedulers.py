@@ -15,10 +15,11 @@ from jepa.trainer.checks import check_choice, check_int, check_number
 log = logging.getLogger("jepa")
 
 
-def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
-    """Multiplier of the base lr at ``step``: linear warmup, then cosine decay to ``min_lr_ratio``."""
+def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float, start_ratio: float = 0.0) -> float:
+    """Multiplier of the base lr at ``step``: linear warmup from ``start_ratio`` (I-JEPA's
+    ``start_lr / lr``; 0: from zero), then cosine decay to ``min_lr_ratio``."""
     if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
+        return start_ratio + (1.0 - start_ratio) * (step + 1) / warmup_steps
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -27,21 +28,25 @@ def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int, min_lr_
 class _WarmupCosine:
     """Picklable lr-lambda (a closure would break ``scheduler.state_dict()`` round trips)."""
 
-    def __init__(self, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> None:
+    def __init__(self, total_steps: int, warmup_steps: int, min_lr_ratio: float, start_ratio: float = 0.0) -> None:
         self.total_steps, self.warmup_steps, self.min_lr_ratio = total_steps, warmup_steps, min_lr_ratio
+        self.start_ratio = start_ratio
 
     def __call__(self, step: int) -> float:
-        return warmup_cosine_factor(step, self.total_steps, self.warmup_steps, self.min_lr_ratio)
+        return warmup_cosine_factor(step, self.total_steps, self.warmup_steps, self.min_lr_ratio, self.start_ratio)
 
 
 def warmup_cosine_schedule(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.01
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.01,
+    start_ratio: float = 0.0,
 ) -> LambdaLR:
-    """A ``LambdaLR`` for per-step linear warmup then cosine decay over ``total_steps``."""
+    """A ``LambdaLR`` for per-step linear warmup (from ``start_ratio`` times the base lr) then cosine
+    decay over ``total_steps``."""
     check_int("total_steps", total_steps, above=0)
     check_int("warmup_steps", warmup_steps, minimum=0, maximum=total_steps, maximum_name="total_steps")
     check_number("min_lr_ratio", min_lr_ratio, low=0.0, high=1.0)
-    return LambdaLR(optimizer, _WarmupCosine(total_steps, warmup_steps, min_lr_ratio))
+    check_number("start_ratio", start_ratio, low=0.0, high=1.0)
+    return LambdaLR(optimizer, _WarmupCosine(total_steps, warmup_steps, min_lr_ratio, start_ratio))
 
 
 def _warmup_or(step: int, warmup_steps: int) -> float | None:
