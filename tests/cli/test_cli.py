@@ -33,6 +33,14 @@ def test_train_writes_metrics_table_and_checkpoints(tmp_path):
             assert abs(metrics["probe"][who][k] - again) <= 2 / len(te), (who, k)
     assert 1.0 <= metrics["effective_rank"] <= metrics["embedding_dim"] == 64
     assert "linear probe accuracy" in out.stdout and "effective rank" in out.stdout
+    # the recipe, the best-checkpoint rule and the run-health monitors, printed and in metrics.json
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert metrics["recipe"]["name"] == "I-JEPA + VC" and "recipe: I-JEPA + VC" in out.stdout
+    assert metrics["best_model"] == {"monitor": "val_accuracy", "mode": "max", "value": history["val_accuracy"][0]}
+    assert "best_model.pt: kept by val_accuracy" in out.stdout
+    mons = metrics["monitors"]
+    assert mons["val_accuracy"] == history["val_accuracy"][-1] and 0.5 < mons["val_accuracy"] <= 1.0
+    assert 1.0 <= mons["rankme"] <= 64 and mons["lidar"] > 0 and "last monitors: val_accuracy" in out.stdout
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
     assert (tmp_path / "run" / "config.yaml").is_file()
 
