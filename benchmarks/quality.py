@@ -151,6 +151,7 @@ def run_seed(args: argparse.Namespace, seed: int, workdir: Path, config_name: st
         "epochs": t.epochs,
         "recipe": report.get("recipe", {}),
         "monitors": report.get("monitors", {}),
+        "probe_cost": report.get("probe_cost", {}),
         "probe": report["probe"],
         "knn": knn,
         "effective_rank": report["effective_rank"],
@@ -179,6 +180,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["embedding_dim"] = runs[0]["embedding_dim"]
     out["train_seconds"] = _mean_std([r["train_seconds"] for r in runs])
     out["total_seconds_per_seed"] = _mean_std([r["train_seconds"] + r["eval_seconds"] for r in runs])
+    costs = [r["probe_cost"] for r in runs if r.get("probe_cost")]
+    if costs:  # the online probe's seconds per validation, as a share of an epoch
+        out["probe_percent_of_epoch"] = _mean_std([100 * c["fraction_of_epoch"] for c in costs])
     return out
 
 
@@ -207,7 +211,8 @@ def markdown(summary: dict[str, Any], runs: list[dict[str, Any]], title: str, co
     lines += [
         "",
         f"Effective rank of the pretrained test embeddings: {_pm(summary['effective_rank'])} of {summary['embedding_dim']}; "
-        f"training {_pm(summary['train_seconds'])} s per seed ({_pm(summary['total_seconds_per_seed'])} s with the probes).",
+        f"training {_pm(summary['train_seconds'])} s per seed ({_pm(summary['total_seconds_per_seed'])} s with the probes)"
+        + (f"; the online probe took {_pm(summary['probe_percent_of_epoch'])}% of an epoch." if "probe_percent_of_epoch" in summary else "."),
         "",
         "| seed | probe pre 10/class | probe rand 10/class | gap | probe raw 10/class | probe pre all | kNN pre 10/class | erank | train s |",
         "|---|---|---|---|---|---|---|---|---|",

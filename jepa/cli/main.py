@@ -257,6 +257,10 @@ def _health_lines(report: dict) -> str:
     shown += [(name, f"{mon[k]:.1f}") for k, name in (("rankme", "RankMe"), ("lidar", "LiDAR")) if k in mon]
     if shown:
         lines.append("last monitors: " + ", ".join(f"{k} {v}" for k, v in shown))
+    cost = report.get("probe_cost")
+    if cost:
+        lines.append(f"online probe: {cost['probe_seconds']:.3f}s per validation, {100 * cost['fraction_of_epoch']:.1f}% of an epoch "
+                     f"({cost['epoch_seconds']:.2f}s)")
     return "\n".join(lines)
 
 

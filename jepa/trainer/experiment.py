@@ -29,16 +29,26 @@ from jepa.trainer.trainer import JEPATrainer
 __all__ = ["build_probe_run", "run_health", "train_and_probe"]
 
 
-def run_health(trainer: JEPATrainer) -> dict[str, Any]:
+def run_health(trainer: JEPATrainer, train_seconds: float | None = None) -> dict[str, Any]:
     """The recipe, what ``best_model.pt`` followed, and the monitors' last values of a trained run:
     ``{"recipe": {...}, "best_model": {"monitor", "mode", "value"}, "monitors": {"val_accuracy",
-    "val_knn_accuracy", "rankme", "lidar"}}`` (a monitor that did not run is absent)."""
+    "val_knn_accuracy", "rankme", "lidar"}}`` (a monitor that did not run is absent).
+
+    With ``train_seconds`` (the wall time of ``trainer.train()``) and an online probe that ran, also
+    ``"probe_cost": {"probe_seconds", "epoch_seconds", "fraction_of_epoch"}``: the probe's mean seconds per
+    validation against the mean seconds of an epoch (training, validation and probe included)."""
     config = trainer.config
     monitors: dict[str, float] = {}
+    cost: dict[str, float] = {}
     for cb in trainer.callbacks:
         if isinstance(cb, OnlineProbe) and cb.records:
             monitors["val_accuracy"] = cb.records[-1]["val_accuracy"]
             monitors["val_knn_accuracy"] = cb.records[-1]["val_knn_accuracy"]
+            epochs = len(trainer.history.get("train_loss", []))
+            if train_seconds is not None and epochs:
+                probe = sum(r["seconds"] for r in cb.records) / len(cb.records)
+                epoch = train_seconds / epochs
+                cost = {"probe_seconds": probe, "epoch_seconds": epoch, "fraction_of_epoch": probe / epoch}
         elif isinstance(cb, LiDAR) and cb.records:
             monitors["lidar"] = cb.records[-1]["lidar"]
         elif isinstance(cb, CollapseMonitor) and cb.records:
@@ -47,7 +57,10 @@ def run_health(trainer: JEPATrainer) -> dict[str, Any]:
     recipe = {"name": recipe_name(config), "target_encoder": config.model.target_encoder, "regularizer": config.loss.regularizer,
               "regularizer_weight": config.loss.regularizer_weight} if config is not None else {}
     best = {"monitor": monitor, "mode": trainer.best_mode, "value": trainer.best_score if trainer.save_best else None}
-    return {"recipe": recipe, "best_model": best, "monitors": monitors}
+    out = {"recipe": recipe, "best_model": best, "monitors": monitors}
+    if cost:
+        out["probe_cost"] = cost
+    return out
 
 
 def build_probe_run(config: Config, *, distributed: bool = False) -> tuple[JEPATrainer, torch.nn.Module]:
@@ -111,5 +124,5 @@ def train_and_probe(trainer: JEPATrainer, random_init: torch.nn.Module, labels_p
             _probed_model(trainer), random_init, tr.tokens, tr.labels, te.tokens, te.labels, tr.images, te.images,
             labels_per_class=labels_per_class, seed=config.training.seed,
         )
-    report.update(run_health(trainer))
+    report.update(run_health(trainer, train_seconds))
     return {"history": history, "report": report, "train_seconds": train_seconds}

@@ -33,6 +33,18 @@ def test_train_writes_metrics_table_and_checkpoints(tmp_path):
             assert abs(metrics["probe"][who][k] - again) <= 2 / len(te), (who, k)
     assert 1.0 <= metrics["effective_rank"] <= metrics["embedding_dim"] == 64
     assert "linear probe accuracy" in out.stdout and "effective rank" in out.stdout
+    # the recipe, the best-checkpoint rule and the run-health monitors, printed and in metrics.json
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert metrics["recipe"]["name"] == "I-JEPA + VC" and "recipe: I-JEPA + VC" in out.stdout
+    assert metrics["best_model"] == {"monitor": "val_accuracy", "mode": "max", "value": history["val_accuracy"][0]}
+    assert "best_model.pt: kept by val_accuracy" in out.stdout
+    mons = metrics["monitors"]
+    assert mons["val_accuracy"] == history["val_accuracy"][-1] and 0.5 < mons["val_accuracy"] <= 1.0
+    assert 1.0 <= mons["rankme"] <= 64 and mons["lidar"] > 0 and "last monitors: val_accuracy" in out.stdout
+    cost = metrics["probe_cost"]  # the online probe's share of an epoch, measured and printed
+    assert 0 < cost["probe_seconds"] < cost["epoch_seconds"] <= metrics["train_seconds"] + 0.005  # train_seconds: rounded to 0.01 s
+    assert cost["fraction_of_epoch"] == pytest.approx(cost["probe_seconds"] / cost["epoch_seconds"])
+    assert f"{100 * cost['fraction_of_epoch']:.1f}% of an epoch" in out.stdout
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
     assert (tmp_path / "run" / "config.yaml").is_file()
 

@@ -43,7 +43,7 @@ def test_shipped_default_yaml_matches_dataclass_defaults():
     assert load_config("default") == Config()
 
 
-@pytest.mark.parametrize("name", ["ijepa", "quick"])
+@pytest.mark.parametrize("name", ["ijepa", "quick", "lejepa", "ijepa_sigreg"])
 def test_every_shipped_config_loads_and_trains_one_epoch(name, tmp_path):
     from jepa.trainer import JEPATrainer
 
@@ -53,3 +53,26 @@ def test_every_shipped_config_loads_and_trains_one_epoch(name, tmp_path):
     cfg.logging.progress_bar = False
     history = JEPATrainer(cfg).train()
     assert len(history["train_loss"]) == 1
+    assert 0.3 < history["val_accuracy"][0] <= 1.0  # the digits have labels: the online probe ran (chance: 0.1)
+
+
+def test_shipped_recipes_are_config_choices():
+    """The recipes differ only in model/loss keys (so they apply to any data): target encoder and regularizer."""
+    from jepa.trainer.builders import build_loss, model_from_config, recipe_name
+    from jepa.trainer.losses import SIGRegLoss
+
+    assert set(shipped_configs()) >= {"default", "ijepa", "quick", "lejepa", "ijepa_sigreg"}
+    assert recipe_name(load_config("lejepa")) == "LeJEPA-style" and recipe_name(load_config("ijepa_sigreg")) == "I-JEPA + SIGReg"
+    for name in ("lejepa", "ijepa_sigreg"):
+        cfg = load_config(name)
+        assert cfg.data == Config().data and cfg.training == Config().training  # only the recipe differs
+        loss = build_loss(cfg)
+        assert isinstance(loss.sigreg, SIGRegLoss) and loss.sigreg.num_slices == cfg.loss.sigreg.num_slices
+        assert loss.regularizer_weight == cfg.loss.regularizer_weight
+        model = model_from_config(cfg, input_dim=4, num_tokens=16)
+        assert (model.target_encoder is None) == (name == "lejepa") and loss.stop_gradient == (name != "lejepa")
+    cfg = Config()
+    for target, reg, expected in [("ema", "none", "I-JEPA (EMA)"), ("ema", "vc", "I-JEPA + VC"), ("shared", "vc", "shared target + VC"),
+                                  ("none", "none", "online target, no regularizer")]:
+        cfg.model.target_encoder, cfg.loss.regularizer = target, reg
+        assert recipe_name(cfg) == expected

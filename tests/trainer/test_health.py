@@ -1,6 +1,8 @@
 """Run-health measures (jepa.trainer.health) against independent computations: scikit-learn for the
 probes, a numpy/scipy float64 re-statement of LiDAR, and hand-computed cases."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -83,6 +85,24 @@ def test_lidar_matches_a_numpy_reference_on_odd_sizes():
     centres = torch.randn(13, 1, 5, generator=g) * torch.tensor([3.0, 2.0, 1.0, 0.5, 0.1])
     views = centres + 0.3 * torch.randn(13, 7, 5, generator=g)
     assert lidar(views) == pytest.approx(_lidar_reference(views.double().numpy()), rel=1e-8)
+
+
+def test_lidar_on_a_hand_computed_case():
+    """4 samples x 2 views in 2-D, worked out by hand: the sample means (+-1, 0), (0, +-2) give
+    S_b = diag(0.5, 2); views at mean +- (1, 0) for the first two samples and mean +- (0, t) for the
+    others give S_w = diag(0.5, t^2 / 2) (+ delta). The eigenvalues of S_w^-1/2 S_b S_w^-1/2 are
+    0.5 / (0.5 + delta) and 2 / (t^2 / 2 + delta): t = 1 -> proportions (0.2, 0.8), LiDAR =
+    exp(H(0.2, 0.8)) = 1.6494; t = 2 -> (0.5, 0.5), LiDAR = 2 (the within-sample spread whitens the
+    between-sample one)."""
+    means = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0], [0.0, -2.0]], dtype=torch.float64)
+
+    def views(t):
+        w = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, t], [0.0, t]], dtype=torch.float64)
+        return torch.stack([means + w, means - w], dim=1)
+
+    assert lidar(views(1.0)) == pytest.approx(math.exp(-(0.2 * math.log(0.2) + 0.8 * math.log(0.8))), rel=1e-7)
+    assert lidar(views(2.0)) == pytest.approx(2.0, rel=1e-7)
+    assert lidar(views(1.0).float()) == pytest.approx(1.6493849, rel=1e-6)  # float32 input: computed in float64
 
 
 def test_lidar_is_high_for_isotropic_spread_and_near_one_for_collapse():

@@ -267,3 +267,9 @@ def test_run_report_names_recipe_best_rule_and_last_monitors(tmp_path):
     rank = [cb for cb in trainer.callbacks if isinstance(cb, CollapseMonitor)][0]
     assert mons["lidar"] == lid.records[-1]["lidar"] and lid.records[-1]["step"] == trainer.global_step
     assert mons["rankme"] == rank.records[-1]["effective_rank"] and 1 <= mons["rankme"] <= 16 and math.isfinite(mons["lidar"])
+    # the probe's cost: its mean seconds per validation against the mean epoch of a timed run
+    assert "probe_cost" not in health  # not timed: no cost
+    (probe,) = [cb for cb in trainer.callbacks if isinstance(cb, OnlineProbe)]
+    cost = run_health(trainer, train_seconds=8.0)["probe_cost"]
+    mean = sum(r["seconds"] for r in probe.records) / len(probe.records)
+    assert cost == pytest.approx({"probe_seconds": mean, "epoch_seconds": 8.0, "fraction_of_epoch": mean / 8.0})
