@@ -67,6 +67,7 @@ class ModelConfig:
     arch: str | None = None  # None: token JEPA | "auto" | "vit_tiny" | "vit_small" | "vit_base" | "vit_large" | "vit_huge"
     patch_size: int | None = None  # ViT patch side in pixels (None: chosen for the image size)
     vit: VitConfig = field(default_factory=VitConfig)
+    init_from: str | None = None  # continue pretraining: encoder weights from a checkpoint or saved directory (jepa.trainer.init_from)
 
 
 @dataclass
