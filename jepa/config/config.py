@@ -1,7 +1,7 @@
 """Typed configuration: dataclasses loaded from and saved to YAML.
 
 ``load_config(path_or_name)`` reads a YAML file (or a shipped config by name, e.g. ``"default"``)
-into a :class:`Config`. Unknown keys are refused with the closest valid key suggested; values are
+into a :class:`~jepa.config.Config`. Unknown keys are refused with the closest valid key suggested; values are
 checked against the field types (``1e-4`` written without a dot, which YAML reads as a string,
 becomes a float).
 """
@@ -300,7 +300,7 @@ def _build(cls: type, data: dict[str, Any], path: str) -> Any:
 
 
 def config_from_dict(data: dict[str, Any] | None) -> Config:
-    """Build a :class:`Config` from a nested dict (missing keys keep their defaults)."""
+    """Build a :class:`~jepa.config.Config` from a nested dict (missing keys keep their defaults)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):

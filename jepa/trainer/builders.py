@@ -64,7 +64,7 @@ MONITORS = ("auto", "val_loss", "val_accuracy", "val_knn_accuracy")
 
 
 def as_config(config: Any) -> Config:
-    """A :class:`Config` from a Config, a YAML path / shipped config name, or a nested dict."""
+    """A :class:`~jepa.config.Config` from a Config, a YAML path / shipped config name, or a nested dict."""
     if isinstance(config, Config):
         return config
     if isinstance(config, (str, os.PathLike)):
