@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--strategy", choices=("ddp", "fsdp"), help="with --distributed true: ddp (replicated model, default) or fsdp (sharded)")
     train.add_argument("--seed", type=int)
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument("--init-from", help="continue pretraining: encoder weights from a checkpoint (.pt), a save_pretrained "
+                       "folder or a Hugging Face IJepaModel folder (model.init_from)")
     images.add_train_flags(train, _positive_int)
     from jepa.cli.world_model import add_train_arguments  # noqa: PLC0415  (--task world_model, --horizon)
 
@@ -166,13 +168,15 @@ def _train(args: argparse.Namespace) -> int:
         config.logging.progress_bar = False
     if args.strategy is not None:
         t.strategy = args.strategy
+    if args.init_from is not None:
+        config.model.init_from = args.init_from
     out_dir = Path(config.logging.output_dir)
 
     if args.resume and args.resume != "auto" and not Path(args.resume).is_file():
         raise CLIError(f"--resume: checkpoint not found: {args.resume!r}")
     try:
         trainer, random_init = build_probe_run(config, distributed=bool(args.distributed))
-    except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
+    except (ValueError, FileNotFoundError, NotADirectoryError, ImportError, NotImplementedError) as exc:
         raise CLIError(str(exc)) from None
     config = trainer.config  # an image run's sizes and model are resolved there
     model = trainer.model
@@ -207,6 +211,8 @@ def _train(args: argparse.Namespace) -> int:
             f"jepa: training a JEPA on '{config.data.dataset}' ({len(train_set)} train / {len(val_set)} val pairs, "
             f"{params}) on {trainer.device}{world}"
         )
+    if config.model.init_from:
+        print(f"encoder initialised from {config.model.init_from} (model.init_from)")
     try:
         result = train_and_probe(trainer, random_init, labels_per_class=10)
     except ImageDecodeError as exc:  # raised in a loader worker, re-raised here with the worker's traceback

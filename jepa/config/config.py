@@ -1,7 +1,7 @@
 """Typed configuration: dataclasses loaded from and saved to YAML.
 
 ``load_config(path_or_name)`` reads a YAML file (or a shipped config by name, e.g. ``"default"``)
-into a :class:`Config`. Unknown keys are refused with the closest valid key suggested; values are
+into a :class:`~jepa.config.Config`. Unknown keys are refused with the closest valid key suggested; values are
 checked against the field types (``1e-4`` written without a dot, which YAML reads as a string,
 becomes a float).
 """
@@ -69,6 +69,7 @@ class ModelConfig:
     arch: str | None = None  # None: token JEPA | "auto" | "vit_tiny" | "vit_small" | "vit_base" | "vit_large" | "vit_huge"
     patch_size: int | None = None  # ViT patch side in pixels (None: chosen for the image size)
     vit: VitConfig = field(default_factory=VitConfig)
+    init_from: str | None = None  # continue pretraining: encoder weights from a checkpoint or saved directory (jepa.trainer.init_from)
 
 
 @dataclass
@@ -305,7 +306,7 @@ def _build(cls: type, data: dict[str, Any], path: str) -> Any:
 
 
 def config_from_dict(data: dict[str, Any] | None) -> Config:
-    """Build a :class:`Config` from a nested dict (missing keys keep their defaults)."""
+    """Build a :class:`~jepa.config.Config` from a nested dict (missing keys keep their defaults)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -118,7 +118,7 @@ def vit_from_ijepa_state_dict(
 
     Args:
         state_dict: the ``encoder`` or ``target_encoder`` state dict of an I-JEPA checkpoint.
-        num_heads: attention heads (default: I-JEPA's preset for the width, :data:`IJEPA_HEADS`).
+        num_heads: attention heads (default: I-JEPA's preset for the width, :data:`~jepa.hub.ijepa.IJEPA_HEADS`).
         what: how error messages name the state dict.
     """
     state = strip_module_prefix(state_dict)

@@ -35,7 +35,7 @@ class WorldModel(JEPAAction):
     Targets (``target_encoder``):
 
     * ``"ema"``: a frozen EMA copy of the state encoder (I-JEPA / V-JEPA 2-AC); call
-      :meth:`update_target_encoder` after every optimizer step (the machinery of
+      :meth:`~jepa.models.JEPAAction.update_target_encoder` after every optimizer step (the machinery of
       :class:`~jepa.models.JEPA`).
     * ``"shared"``: the state encoder itself under stop-gradient.
     * ``"online"``: the state encoder itself *with* gradient, no EMA (LeWorldModel); pair it with an

@@ -1,6 +1,6 @@
 """jepa.ops: the one door to every compute backend (torch reference, C++, CUDA, Triton).
 
-Which backend runs is decided per call by :func:`jepa.ops._backend.choose`; ``JEPA_BACKEND`` and
+Which backend runs is decided per call by ``jepa.ops._backend.choose`` (see the kernels guide); ``JEPA_BACKEND`` and
 :func:`use_backend` force one, globally (``triton``) or per op (``ema_update=cuda,attention=torch``).
 """
 

@@ -185,8 +185,9 @@ def unscale_(grads: Iterable[torch.Tensor | None], inv_scale: torch.Tensor, foun
         found_inf: 1-element float32 tensor on the same device, written in place.
 
     Raises:
-        TypeError / ValueError: a non-tensor, sparse or integer gradient, a gradient on another device,
+        TypeError: a non-tensor, sparse or integer gradient, a gradient on another device,
             or ``inv_scale``/``found_inf`` that are not 1-element float32 tensors on one device.
+        ValueError: the same checks, for a bad value rather than a bad type.
         BackendUnavailableError: a forced backend (``JEPA_BACKEND`` / :func:`jepa.ops.use_backend`) cannot
             run on these tensors.
 

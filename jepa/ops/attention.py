@@ -266,7 +266,8 @@ def attention(
         ``(B, H, N_q, d_v)`` in q's dtype. Rows with no key to attend to are zeros (zero gradients).
 
     Raises:
-        TypeError / ValueError: mismatched shapes, dtypes or devices, a non-bool or misshaped mask, a bad scale.
+        TypeError: mismatched shapes, dtypes or devices, a non-bool or misshaped mask, a bad scale.
+        ValueError: the same checks, for a bad value rather than a bad type.
         BackendUnavailableError: the backend forced for attention cannot run on these tensors
             (``triton`` needs triton, CUDA tensors or ``TRITON_INTERPRET=1``, float32/float16/bfloat16
             and head size <= 128), or a per-op setting names ``cuda``/``cpp`` (no attention there).

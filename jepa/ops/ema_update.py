@@ -205,8 +205,9 @@ def ema_update(
             on the device, see the module docstring); 1 keeps the targets, 0 copies the onlines.
 
     Raises:
-        TypeError / ValueError: mismatched lengths, shapes, dtypes or devices, non-tensors, or a
+        TypeError: mismatched lengths, shapes, dtypes or devices, non-tensors, or a
             momentum outside [0, 1].
+        ValueError: the same checks, for a bad value rather than a bad type.
         BackendUnavailableError: a forced backend (``JEPA_BACKEND`` / :func:`jepa.ops.use_backend`) cannot
             run on these tensors.
 

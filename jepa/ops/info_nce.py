@@ -161,7 +161,8 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, *, temperature: float = 0.1, symm
         A scalar tensor (dtype of ``a``).
 
     Raises:
-        ValueError / TypeError: on bad shapes, dtypes or a non-positive temperature.
+        ValueError: on bad shapes, dtypes or a non-positive temperature.
+        TypeError: the same checks, for a bad type rather than a bad value.
         BackendUnavailableError: when the backend forced for this op cannot run (``triton`` without
             triton, on CPU tensors without ``TRITON_INTERPRET=1``, ...; ``info_nce=cpp`` or
             ``info_nce=cuda``: the op has no such backend).

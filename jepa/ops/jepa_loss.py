@@ -318,7 +318,8 @@ def jepa_loss(
         The loss: a scalar, or a tensor shaped like ``pred`` for ``reduction="none"``.
 
     Raises:
-        ValueError / TypeError: on bad shapes, dtypes or option values.
+        ValueError: on bad shapes, dtypes or option values.
+        TypeError: the same checks, for a bad type rather than a bad value.
         BackendUnavailableError: when the backend forced for this op cannot run (``triton`` without
             triton, on CPU tensors without ``TRITON_INTERPRET=1``, ...; ``jepa_loss=cpp`` or
             ``jepa_loss=cuda``: the op has no such backend).

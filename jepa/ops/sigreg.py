@@ -263,7 +263,8 @@ def sigreg_ecf(z: torch.Tensor, directions: torch.Tensor, t_max: float = 3.0, kn
         ``z`` (and in ``directions`` on the torch backend).
 
     Raises:
-        ValueError / TypeError: on bad shapes, dtypes, devices, ``t_max`` or ``knots``.
+        ValueError: on bad shapes, dtypes, devices, ``t_max`` or ``knots``.
+        TypeError: the same checks, for a bad type rather than a bad value.
         BackendUnavailableError: when the forced backend cannot run.
     """
     _check_inputs(z, directions, t_max, knots, "sigreg_ecf")
@@ -321,7 +322,8 @@ def sigreg(z: torch.Tensor, directions: torch.Tensor, t_max: float = 3.0, knots:
         A scalar tensor: float32 (float64 when an input is float64).
 
     Raises:
-        ValueError / TypeError: on bad shapes, dtypes, devices, ``t_max`` or ``knots``.
+        ValueError: on bad shapes, dtypes, devices, ``t_max`` or ``knots``.
+        TypeError: the same checks, for a bad type rather than a bad value.
         BackendUnavailableError: when the forced backend cannot run.
     """
     ecf = sigreg_ecf(z, directions, t_max, knots)

@@ -87,7 +87,7 @@ class LatentPlanner(ABC):
         if seed is not None:
             self.generator.manual_seed(int(seed))
         self._previous: torch.Tensor | None = None
-        #: Seconds taken by each :meth:`plan` call since the last :meth:`reset`.
+        #: Seconds taken by each :meth:`~LatentPlanner.plan` call since the last :meth:`~LatentPlanner.reset`.
         self.plan_seconds: list[float] = []
 
     def reset(self) -> None:

@@ -14,7 +14,7 @@ class CEM(LatentPlanner):
 
     Each iteration samples ``samples`` sequences from a Gaussian per step and action dimension
     (clipped to the action box; the current mean is always one of them), rolls all of them out in
-    one batched forward, and refits the Gaussian to the ``elites`` cheapest. :meth:`plan` returns
+    one batched forward, and refits the Gaussian to the ``elites`` cheapest. :meth:`~jepa.planning.LatentPlanner.plan` returns
     the final mean. See :class:`~jepa.planning.LatentPlanner` for the model protocol and the cost.
 
     Args:
@@ -22,7 +22,7 @@ class CEM(LatentPlanner):
         action_low, action_high: action bounds, one value per action dimension.
         horizon: planned steps ``H``.
         samples: candidate sequences per iteration.
-        iterations: refits per :meth:`plan` call.
+        iterations: refits per :meth:`~jepa.planning.LatentPlanner.plan` call.
         elites: candidates the Gaussian is refitted to.
         init_std: initial standard deviation, as a fraction of the half-width of the action box.
         min_std: floor of the standard deviation (same unit), so the search never freezes early.

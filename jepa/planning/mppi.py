@@ -24,7 +24,7 @@ class MPPI(LatentPlanner):
         action_low, action_high: action bounds, one value per action dimension.
         horizon: planned steps ``H``.
         samples: candidate sequences per iteration.
-        iterations: weighted updates per :meth:`plan` call.
+        iterations: weighted updates per :meth:`~jepa.planning.LatentPlanner.plan` call.
         temperature: softmax temperature in units of the costs' standard deviation (smaller = greedier).
         noise_std: perturbation standard deviation, as a fraction of the half-width of the action box.
         noise_decay: the noise is multiplied by this after every iteration (1 = constant).

@@ -30,6 +30,7 @@ from jepa.trainer.distributed import DistributedContext, init_distributed
 from jepa.trainer.environment import setup_reproducibility
 from jepa.trainer.fixed_views import FixedViews
 from jepa.trainer.images import image_data, image_loaders, image_loss, image_model, is_image_run, pixel_statistics, resolve_image_config
+from jepa.trainer.init_from import init_encoder_from
 from jepa.trainer.losses import REGULARIZERS, JEPALoss, SIGRegLoss
 from jepa.trainer.optimizers import create_optimizer
 from jepa.trainer.schedulers import create_scheduler, warmup_cosine_schedule
@@ -64,7 +65,7 @@ MONITORS = ("auto", "val_loss", "val_accuracy", "val_knn_accuracy")
 
 
 def as_config(config: Any) -> Config:
-    """A :class:`Config` from a Config, a YAML path / shipped config name, or a nested dict."""
+    """A :class:`~jepa.config.Config` from a Config, a YAML path / shipped config name, or a nested dict."""
     if isinstance(config, Config):
         return config
     if isinstance(config, (str, os.PathLike)):
@@ -328,6 +329,8 @@ def trainer_kwargs(config: Any, given: Mapping[str, Any] | None = None) -> dict[
         train_loader, val_loader = build_loaders(config, train_set, val_set)
         loss_fn = build_loss(config)
         probe_data = (labelled_data(train_set), labelled_data(val_set))
+    if config.model.init_from:
+        init_encoder_from(model, config.model.init_from)
     if on_device:
         model = model.to(device)
     optimizer = create_optimizer(

@@ -5,7 +5,7 @@
 * :func:`knn_accuracy`: cosine k-nearest-neighbour accuracy;
 * :func:`lidar`: LiDAR (Thilak et al., 2023), the effective rank of the linear-discriminant matrix
   of several augmented views of the same samples;
-* :func:`effective_rank` (RankMe) lives in :mod:`jepa.trainer.eval`.
+* :func:`~jepa.trainer.eval.effective_rank` (RankMe) lives in :mod:`jepa.trainer.eval`.
 
 A leaf of :mod:`jepa.trainer`: it imports nothing else from it.
 """

@@ -128,8 +128,8 @@ class JEPALoss(nn.Module):
             when ``normalize_target`` is true.
         token_weight: weight of the per-token prediction term (``pred_loss``).
         regularizer: the anti-collapse term: ``"vc"`` (the variance/covariance terms above),
-            ``"sigreg"`` (LeJEPA's SIGReg, :class:`SIGRegLoss` with its defaults; pass a
-            :class:`SIGRegLoss` to choose its slices, knots and seed) or ``"none"``. SIGReg acts on
+            ``"sigreg"`` (LeJEPA's SIGReg, :class:`~jepa.trainer.losses.SIGRegLoss` with its defaults; pass a
+            :class:`~jepa.trainer.losses.SIGRegLoss` to choose its slices, knots and seed) or ``"none"``. SIGReg acts on
             the same rows as the variance/covariance terms (the projection, else ``regularize``'s
             rows) and is logged as ``sigreg_loss``.
         regularizer_weight: multiplies the regularizer's terms (``var_weight``/``cov_weight`` for
@@ -143,7 +143,7 @@ class JEPALoss(nn.Module):
     over ranks itself (SIGReg on the projection or the context: one all-reduce of its characteristic
     function); the trainer does not gather those (:func:`jepa.trainer.objective.gathered_inputs`).
     With ``regularize="prediction"`` SIGReg acts on the prediction the trainer gathers, so it must
-    not reduce again: a :class:`SIGRegLoss` passed with ``distributed=True`` is refused.
+    not reduce again: a :class:`~jepa.trainer.losses.SIGRegLoss` passed with ``distributed=True`` is refused.
     """
 
     uses_context = True
@@ -257,8 +257,8 @@ class JEPALoss(nn.Module):
 
     @property
     def reduces_over_ranks(self) -> frozenset[str]:
-        """Outputs whose statistics this loss reduces over ranks itself (not to be gathered): the
-        projection and the context when a distributed SIGReg regularizes them; else none."""
+        """The outputs whose statistics this loss reduces over ranks itself, which are therefore not
+        gathered: the projection and the context when a distributed SIGReg regularizes them; else none."""
         if self.sigreg is None or not self.sigreg.distributed or self.regularizer_weight == 0:
             return frozenset()
         return frozenset({"projection", "context"})
@@ -698,7 +698,7 @@ class SIGRegLoss(nn.Module):
 
     @property
     def calls(self) -> int:
-        """How many times the loss has been called: the index of the next call's directions."""
+        """The number of calls so far, which is the index of the next call's directions."""
         return self._calls
 
     def directions(self, dim: int, device: torch.device | str = "cpu", call: int | None = None) -> torch.Tensor:

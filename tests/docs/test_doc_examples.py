@@ -215,7 +215,7 @@ def _command_lines(page: str) -> list[str]:
 def test_documented_jepa_commands_use_existing_flags():
     """torchrun gets `-m jepa.cli` (never `python -m ...`, which makes it look for a script named
     python), and every `jepa <command> --flag` of the pages is a flag of that command."""
-    pages = ("training-api/v1.md", "training-api/v0.md", "guides/distributed.md", "guides/quickstart.md")
+    pages = ("training-api/v1.md", "training-api/v0.md", "guides/distributed.md", "guides/quickstart.md", "guides/weights.md")
     pages += ("guides/world_models.md",)
     lines = [line for page in pages for line in _command_lines(page)]
     torchrun = [line for line in lines if line.startswith("torchrun")]
