@@ -264,6 +264,14 @@ class ShardedDataParallel(ParallelStrategy):
         """The loss scaler for ``mixed_precision="fp16"`` under FSDP."""
         return ShardedGradScaler(device_type)
 
+    def adapt_trainer(self, trainer: Any) -> None:
+        """What a trainer changes under FSDP: a loss scaler whose inf/NaN check of the sharded
+        gradients is agreed over the ranks; sharded checkpoints are written synchronously."""
+        if trainer.scaler is not None:
+            trainer.scaler = self.grad_scaler(trainer.device.type)
+        if trainer.async_checkpoint:
+            log.warning("async_checkpoint: sharded checkpoints (strategy='fsdp') are written synchronously by every rank")
+
     # ------------------------------------------------------------------ checkpoints
     def save_state(self, state: Mapping[str, Any], path: str | Path) -> Path:
         """Write the trainer ``state`` (its DTensors are this rank's shards) as a sharded checkpoint at

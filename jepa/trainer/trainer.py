@@ -61,9 +61,8 @@ from jepa.trainer.objective import gathered_inputs, loss_terms, model_outputs, u
 from jepa.trainer.schedulers import LRControl
 from jepa.trainer.strategies import build_strategy, check_strategy
 
-# Also importable from here, as before the split (documented where they live): CHECKPOINT_FORMAT,
-# CHECKPOINT_SUFFIXES, find_latest_checkpoint, model_from_checkpoint_state (checkpoints),
-# move_to_device, resolve_device, unpack_batch (batches), PeerFailureError (distributed).
+# Also importable from here, as before the split (documented where they live): CHECKPOINT_FORMAT, CHECKPOINT_SUFFIXES,
+# find_latest_checkpoint, model_from_checkpoint_state, move_to_device, resolve_device, unpack_batch, PeerFailureError.
 __all__ = ["BaseTrainer", "JEPATrainer"]
 
 log = logging.getLogger("jepa")
@@ -237,10 +236,7 @@ class BaseTrainer(TrainerCheckpoints):
             activation_checkpointing=activation_checkpointing, find_unused_parameters=ddp_find_unused_parameters,
         )
         if self._sharded_strategy():
-            if self.scaler is not None:  # the inf/NaN check of sharded gradients is agreed over the ranks
-                self.scaler = self.parallel.grad_scaler(self.device.type)
-            if self.async_checkpoint:
-                log.warning("async_checkpoint: sharded checkpoints (strategy='fsdp') are written synchronously by every rank")
+            self.parallel.adapt_trainer(self)
 
     def _init_precision(self, clip: float | None, accumulation: int, mixed_precision: str | bool | None) -> None:
         """Accumulation, clipping, autocast dtype and loss scaling."""
@@ -447,11 +443,7 @@ class BaseTrainer(TrainerCheckpoints):
 
     def _end_epoch(self, epoch: int, sums: list, val_loader: Any) -> None:
         """History, validation, epoch-wise scheduler, callbacks and checkpoints after epoch ``epoch``."""
-        if self.multi_process:
-            totals = self.parallel.reduce(torch.stack([sums[0], torch.tensor(float(sums[1]), device=self.device)]), "sum")
-            epoch_loss = float(totals[0]) / max(1.0, float(totals[1]))
-        else:
-            epoch_loss = float(sums[0]) / max(1, sums[1])
+        epoch_loss = self._global_mean(sums[0], sums[1]) or 0.0
         self.history["train_loss"].append(epoch_loss)
         self.history["lr"].append(self.current_lr())
         monitored = epoch_loss
@@ -503,10 +495,7 @@ class BaseTrainer(TrainerCheckpoints):
     def validate(self, val_loader: DataLoader | None = None) -> float | None:
         """Mean validation loss over ``val_loader`` (None when ``validation_step`` returned None
         for every batch). Uses the model in eval mode; deterministic for a deterministic loader."""
-        if val_loader is None:
-            val_loader = self.val_loader
-            if val_loader is None:
-                raise TypeError("validate() needs a val_loader (only a trainer built from a config has a default one)")
+        val_loader = self._loader_or_default(val_loader, "validate() needs a val_loader")
         # float64 accumulation: the same sum as JEPAEvaluator.evaluate's, so evaluate()["loss"] == validate()
         total, count, n_batches = torch.zeros((), dtype=torch.float64 if self.device.type != "mps" else torch.float32, device=self.device), 0, 0
         with evaluating(self.model):
@@ -519,24 +508,29 @@ class BaseTrainer(TrainerCheckpoints):
                     count += 1
         if n_batches == 0:
             raise ValueError("val_loader yields no batches")
-        if self.multi_process:
-            totals = self.parallel.reduce(torch.stack([total.float(), torch.tensor(float(count), device=self.device)]), "sum")
-            return float(totals[0]) / float(totals[1]) if float(totals[1]) else None
-        return float(total) / count if count else None
+        return self._global_mean(total, count)
 
     def evaluate(self, loader: DataLoader | None = None) -> dict[str, float]:
         """Prediction and representation metrics of the current model on ``loader`` (default: the
         validation loader): ``loss`` (the same number as :meth:`validate` on that loader, in one
         process), ``mse``, ``cosine_similarity``, effective rank, ... (see
         :meth:`~jepa.trainer.eval.JEPAEvaluator.evaluate`)."""
-        if loader is None:
-            loader = self.val_loader
-            if loader is None:
-                raise TypeError("evaluate() needs a loader (only a trainer built from a config has a default one)")
+        loader = self._loader_or_default(loader, "evaluate() needs a loader")
         with evaluating(self.model):  # the evaluator switches to eval mode; the trainer's mode comes back after
             return JEPAEvaluator(self.model, device=self.device, loss_fn=self.loss_fn, mixed_precision=self.mixed_precision).evaluate(loader)
 
     # ------------------------------------------------------------------ helpers
+    def _loader_or_default(self, loader: Any, needs: str) -> Any:
+        if loader is None and self.val_loader is None:
+            raise TypeError(f"{needs} (only a trainer built from a config has a default one)")
+        return self.val_loader if loader is None else loader
+
+    def _global_mean(self, total: torch.Tensor, count: int) -> float | None:
+        """``total / count``, both summed over the ranks of a distributed run; None when ``count`` is 0."""
+        if self.multi_process:
+            total, count = self.parallel.reduce(torch.stack([total.float(), torch.tensor(float(count), device=self.device)]), "sum")
+        return float(total) / float(count) if float(count) else None
+
     def _steps_per_epoch(self, loader: DataLoader) -> int:
         try:
             n = len(loader)
