@@ -11,14 +11,20 @@ and reads its ``metrics.json``: linear-probe accuracy (logistic regression on st
 features, fit on the training images, scored on the validation images) of the pretrained ViT, the
 same ViT at random init and the raw pixels, with 10 labels per class and with all labels.
 
-Recipes (the shipped ``ijepa`` config, which ``jepa train --data`` uses, with overrides; a recipe
-whose overrides are the shipped values runs without ``--config``):
+Recipes (the shipped ``ijepa`` config, which ``jepa train --data`` uses, with overrides of the
+recipe keys ``model.target_encoder`` and ``loss.regularizer``; see docs/guides/objectives.md; a
+recipe whose overrides are the shipped values runs without ``--config``):
 
 * ``ema``: plain I-JEPA (EMA target, smooth-L1 to the layer-normed target tokens, no regulariser);
 * ``ema_vc``: the same plus the variance/covariance regulariser on a projector of the pooled
   context (``loss.var_weight``/``cov_weight`` 1, projector 256-256);
 * ``ema_vc_pooled``: the regulariser on the pooled context itself (no projector), the features the
   probes read.
+* ``ema_sigreg``: EMA target plus LeJEPA's SIGReg on the same projector (weight 0.05, LeJEPA's
+  lambda, 1024 slices);
+* ``lejepa``: LeJEPA-style: the target tokens are the online encoder's on the full image, with
+  gradients (``model.target_encoder: none``: no EMA, no stop-gradient), SIGReg (weight 0.05) on the
+  projector alone keeping it from collapsing.
 
 It prints a markdown table per recipe (mean +- std over seeds) with the command and the training
 seconds, says whether the pretrained ViT beats random init and raw pixels by >= 5 points with all
@@ -57,10 +63,14 @@ from _harness import environment  # noqa: E402
 
 GAP_TARGET = 5.0  # points, linear probe with all labels: pretrained - max(random init, raw pixels)
 FEATURES = (("pretrained", "pretrained ViT"), ("random_init", "same ViT, random init"), ("raw_input", "raw pixels"))
+_PROJECTOR = {"projector_hidden_dim": 256, "projector_dim": 256}
+_SIGREG = {"regularizer": "sigreg", "regularizer_weight": 0.05, "sigreg": {"num_slices": 1024, "t_max": 3.0, "knots": 17}}
 RECIPES: dict[str, dict[str, Any]] = {
-    "ema": {"loss": {"var_weight": 0.0, "cov_weight": 0.0}, "model": {"projector_hidden_dim": 0, "projector_dim": 0}},
-    "ema_vc": {"loss": {"var_weight": 1.0, "cov_weight": 1.0}, "model": {"projector_hidden_dim": 256, "projector_dim": 256}},
-    "ema_vc_pooled": {"loss": {"var_weight": 1.0, "cov_weight": 1.0}, "model": {"projector_hidden_dim": 0, "projector_dim": 0}},
+    "ema": {"loss": {"regularizer": "none", "var_weight": 0.0, "cov_weight": 0.0}, "model": {"projector_hidden_dim": 0, "projector_dim": 0}},
+    "ema_vc": {"loss": {"regularizer": "vc", "var_weight": 1.0, "cov_weight": 1.0}, "model": dict(_PROJECTOR)},
+    "ema_vc_pooled": {"loss": {"regularizer": "vc", "var_weight": 1.0, "cov_weight": 1.0}, "model": {"projector_hidden_dim": 0, "projector_dim": 0}},
+    "ema_sigreg": {"loss": dict(_SIGREG), "model": {"target_encoder": "ema", **_PROJECTOR}},
+    "lejepa": {"loss": dict(_SIGREG), "model": {"target_encoder": "none", **_PROJECTOR}},
 }
 START, END = "<!-- quality_images:start -->", "<!-- quality_images:end -->"
 

@@ -1,6 +1,7 @@
 """IJEPA: I-JEPA on images (ViT context encoder on the visible patches, masked predictor, EMA target).
 
-The EMA target encoder, its momentum schedule and ``embed`` come from :class:`~jepa.models.JEPA`;
+The target encoder (EMA, shared under stop-gradient, or none: LeJEPA-style), its momentum schedule
+and ``embed`` come from :class:`~jepa.models.JEPA`;
 this class only changes what one forward computes. The model returns named outputs and computes no
 loss: the I-JEPA objective over those outputs is :class:`jepa.trainer.losses.IJEPALoss`.
 """
@@ -30,7 +31,10 @@ class IJEPA(JEPA):
 
     One forward (:meth:`forward_features`, also ``forward``):
 
-    1. target encoder (the EMA copy, no gradient) on the full images -> ``(B, N, D)`` tokens;
+    1. target encoder on the full images -> ``(B, N, D)`` tokens: the EMA copy without gradient
+       (``target_encoder="ema"``, I-JEPA), the context encoder itself without gradient (``"shared"``)
+       or the context encoder itself *with* gradients (``"none"``, LeJEPA-style: no EMA copy, no
+       EMA state; pair it with ``IJEPALoss(regularizer="sigreg", stop_gradient=False)``);
     2. context encoder on the context patches only (``keep=context_idx``) -> ``(B, Lc, D)``;
     3. predictor from the context tokens and the target positions -> ``(B, K, Lt, D)``.
 
@@ -45,7 +49,8 @@ class IJEPA(JEPA):
     Args:
         encoder: the context encoder, a :class:`~jepa.models.vision.VisionTransformer`.
         predictor: a :class:`~jepa.models.vision.MaskedPredictor` of the same grid and width.
-        target_encoder: ``"ema"`` (I-JEPA) or ``"shared"`` (see :class:`~jepa.models.JEPA`).
+        target_encoder: ``"ema"`` (I-JEPA), ``"shared"`` or ``"none"`` (see step 1 and
+            :class:`~jepa.models.JEPA`).
         momentum: EMA momentum at the start (I-JEPA: 0.996).
         momentum_end: EMA momentum at the end of the cosine schedule (I-JEPA: 1.0).
         projector: optional module applied to the pooled context, output ``"projection"`` (for a
@@ -125,7 +130,7 @@ class IJEPA(JEPA):
 
         * ``prediction`` ``(B, M, D)``: predicted target tokens (gradient flows here);
         * ``target_tokens`` ``(B, N, D)``: the target encoder's tokens of the full images, not
-          layer-normed, detached;
+          layer-normed; detached, except with ``target_encoder="none"``;
         * ``target_index`` ``(B, M)`` long: the patch of ``target_tokens`` each prediction is for;
         * ``target_valid`` ``(B, M)`` bool: False for padded target rows;
         * ``context`` ``(B, Lc, D)``: context-encoder tokens (padded rows zero);

@@ -31,8 +31,9 @@ from jepa.trainer.environment import setup_reproducibility
 from jepa.trainer.fixed_views import FixedViews
 from jepa.trainer.images import image_data, image_loaders, image_loss, image_model, is_image_run, pixel_statistics, resolve_image_config
 from jepa.trainer.init_from import init_encoder_from
-from jepa.trainer.losses import REGULARIZERS, JEPALoss, SIGRegLoss
+from jepa.trainer.losses import JEPALoss
 from jepa.trainer.optimizers import create_optimizer
+from jepa.trainer.recipes import build_regularizer, recipe_name
 from jepa.trainer.schedulers import create_scheduler, warmup_cosine_schedule
 from jepa.trainer.splits import stratified_holdout
 from jepa.trainer.weight_decay import WeightDecaySchedule
@@ -159,23 +160,6 @@ def model_from_config(config: Config, input_dim: int, num_tokens: int) -> JEPA:
     )
 
 
-def build_regularizer(config: Config) -> str | SIGRegLoss:
-    """``loss.regularizer`` as :class:`~jepa.trainer.losses.JEPALoss` takes it: ``"vc"``, ``"none"``, or a
-    :class:`~jepa.trainer.losses.SIGRegLoss` with ``loss.sigreg``'s settings, seeded by ``training.seed``
-    (reducing over ranks itself unless it regularizes the prediction, which the trainer gathers)."""
-    lc = config.loss
-    check_choice("loss.regularizer", lc.regularizer, REGULARIZERS)
-    check_number("loss.regularizer_weight", lc.regularizer_weight, low=0, noun="")
-    if lc.regularizer != "sigreg":
-        return lc.regularizer
-    sc = lc.sigreg
-    check_int("loss.sigreg.num_slices", sc.num_slices, minimum=1, noun="")
-    check_int("loss.sigreg.knots", sc.knots, minimum=2, noun="")
-    check_number("loss.sigreg.t_max", sc.t_max, low=0, low_open=True, noun="")
-    return SIGRegLoss(num_slices=sc.num_slices, t_max=sc.t_max, knots=sc.knots, seed=max(0, int(config.training.seed)),
-                      distributed=lc.regularize != "prediction")
-
-
 def build_loss(config: Config) -> JEPALoss:
     """The :class:`~jepa.trainer.losses.JEPALoss` of ``config.loss`` (no stop-gradient on the target when
     ``model.target_encoder`` is ``"none"``)."""
@@ -190,24 +174,10 @@ def build_loss(config: Config) -> JEPALoss:
         var_gamma=lc.var_gamma,
         cov_weight=lc.cov_weight,
         regularize=lc.regularize,
-        regularizer=build_regularizer(config),
+        regularizer=build_regularizer(config, distributed=lc.regularize != "prediction"),
         regularizer_weight=lc.regularizer_weight,
         stop_gradient=config.model.target_encoder != "none",
     )
-
-
-def recipe_name(config: Config) -> str:
-    """The recipe ``config`` trains, named by its target encoder and regularizer: ``"I-JEPA (EMA)"``,
-    ``"I-JEPA + VC"``, ``"I-JEPA + SIGReg"``, ``"LeJEPA-style"`` (no EMA, no stop-gradient, SIGReg), or a
-    plain description for the other combinations (``"shared target + VC"``, ...)."""
-    target, reg = config.model.target_encoder, config.loss.regularizer
-    if config.loss.regularizer_weight == 0:
-        reg = "none"
-    named = {("ema", "none"): "I-JEPA (EMA)", ("ema", "vc"): "I-JEPA + VC", ("ema", "sigreg"): "I-JEPA + SIGReg", ("none", "sigreg"): "LeJEPA-style"}
-    if (target, reg) in named:
-        return named[(target, reg)]
-    who = {"shared": "shared target", "none": "online target"}.get(target, f"{target} target")
-    return f"{who} + {'VC' if reg == 'vc' else 'SIGReg'}" if reg != "none" else f"{who}, no regularizer"
 
 
 def build_loaders(config: Config, train_set: Dataset, val_set: Dataset | None) -> tuple[DataLoader, DataLoader | None]:

@@ -50,6 +50,7 @@ from jepa.models.vision import VIT_PRESETS
 from jepa.trainer.checks import check_choice, check_int, check_number
 from jepa.trainer.fixed_views import sample_seed
 from jepa.trainer.losses import IJEPALoss
+from jepa.trainer.recipes import build_regularizer
 from jepa.trainer.splits import stratified_holdout
 
 __all__ = [
@@ -302,8 +303,9 @@ def pixel_statistics(config: Config, data: ImageData) -> tuple[list[float] | Non
 # ----------------------------------------------------------------------------------- model and loss
 def image_model(config: Config, in_chans: int, pixel_mean: list[float] | None, pixel_std: list[float] | None) -> IJEPA:
     """The :class:`~jepa.models.IJEPA` of a resolved image run: the ``model.arch`` preset with
-    ``model.patch_size`` and the ``model.vit`` overrides, the EMA settings of ``model``, and a
-    projector (``model.projector_*``) when the loss regularises (``loss.var_weight``/``cov_weight``)."""
+    ``model.patch_size`` and the ``model.vit`` overrides, the target encoder (``model.target_encoder``)
+    and EMA settings of ``model``, and a projector (``model.projector_*``) when the loss regularises
+    (:attr:`~jepa.trainer.losses.IJEPALoss.regularizes`)."""
     m, v = config.model, config.model.vit
     check_choice("model.arch", m.arch, tuple(VIT_PRESETS))
     encoder_overrides = {k: getattr(v, k) for k in ("embed_dim", "depth", "num_heads") if getattr(v, k) is not None}
@@ -313,8 +315,7 @@ def image_model(config: Config, in_chans: int, pixel_mean: list[float] | None, p
         target_encoder=m.target_encoder, momentum=m.ema_momentum, momentum_end=m.ema_momentum_end,
         pixel_mean=pixel_mean, pixel_std=pixel_std, **encoder_overrides,
     )
-    regularized = config.loss.var_weight > 0 or config.loss.cov_weight > 0
-    if regularized and m.projector_hidden_dim and m.projector_dim:
+    if image_loss(config).regularizes and m.projector_hidden_dim and m.projector_dim:
         projector = Projector(model.encoder.embed_dim, m.projector_hidden_dim, m.projector_dim)
         model = IJEPA(model.encoder, model.predictor, target_encoder=m.target_encoder, momentum=m.ema_momentum,
                       momentum_end=m.ema_momentum_end, projector=projector)
@@ -323,10 +324,12 @@ def image_model(config: Config, in_chans: int, pixel_mean: list[float] | None, p
 
 def image_loss(config: Config) -> IJEPALoss:
     """The :class:`~jepa.trainer.losses.IJEPALoss` of ``config.loss`` (its ``type``, whether targets are
-    layer-normed, and the optional variance/covariance weights)."""
+    layer-normed, the regularizer ``loss.regularizer`` with its weights) and ``model.target_encoder``
+    (``none``: no stop-gradient on the target tokens, LeJEPA-style)."""
     lc = config.loss
     return IJEPALoss(loss=lc.type, normalize_target=lc.normalize_target, var_weight=lc.var_weight,
-                     cov_weight=lc.cov_weight, var_gamma=lc.var_gamma)
+                     cov_weight=lc.cov_weight, var_gamma=lc.var_gamma, regularizer=build_regularizer(config),
+                     regularizer_weight=lc.regularizer_weight, stop_gradient=config.model.target_encoder != "none")
 
 
 # ----------------------------------------------------------------------------------- loaders

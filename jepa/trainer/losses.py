@@ -301,16 +301,25 @@ class IJEPALoss(nn.Module):
     (no affine) and compared with the predictions ``prediction`` ``(B, M, D)`` at the patches
     ``target_index`` ``(B, M)``; padded rows (``target_valid`` False) do not count. The gather is
     fused into :func:`jepa.ops.jepa_loss` (``target_index=``): the gathered targets are never
-    materialised on the Triton path. The target gets no gradient (stop-gradient).
+    materialised on the Triton path. The target gets no gradient (stop-gradient) unless
+    ``stop_gradient=False``.
 
-    Optionally the variance/covariance regulariser of :class:`JEPALoss` acts on ``projection``
-    (the model's projector on the pooled context) or, without a projector, on ``pooled``.
+    An anti-collapse regularizer (``regularizer``) acts on ``projection`` (the model's projector on
+    the pooled context) or, without a projector, on ``pooled``: the variance/covariance terms of
+    :class:`JEPALoss` (``"vc"``, weighted by ``var_weight``/``cov_weight``), LeJEPA's SIGReg
+    (``"sigreg"``, :class:`SIGRegLoss`) or nothing (``"none"``). The four recipes of the objectives
+    guide are then: I-JEPA (``regularizer="none"``, EMA target), I-JEPA + VC, I-JEPA + SIGReg, and
+    LeJEPA-style (``IJEPA(target_encoder="none")``, ``regularizer="sigreg"``, ``stop_gradient=False``).
 
     Under DDP the token outputs are not gathered (each rank's masks have their own sizes; the
     prediction term is the mean over the rank's valid tokens, as in I-JEPA, and DDP averages the
-    gradients); ``projection``/``pooled`` are, so the regulariser sees the global batch.
+    gradients); ``projection``/``pooled`` are gathered for the variance/covariance terms, so they see
+    the global batch. A distributed :class:`SIGRegLoss` reduces its characteristic function over
+    ranks itself, so with SIGReg :attr:`reduces_over_ranks` names ``projection``/``pooled`` and the
+    trainer passes each rank its own rows (:func:`jepa.trainer.objective.gathered_inputs`).
 
-    ``terms(...)`` returns ``loss``, ``pred_loss`` and, when enabled, ``var_loss``/``cov_loss``.
+    ``terms(...)`` returns ``loss``, ``pred_loss`` and, when enabled, ``var_loss``/``cov_loss`` or
+    ``sigreg_loss``.
 
     Args:
         loss: ``"smooth_l1"`` (I-JEPA), ``"mse"`` (L2) or ``"l1"``.
@@ -319,6 +328,13 @@ class IJEPALoss(nn.Module):
         var_weight: weight of the variance hinge (0: off, plain I-JEPA).
         cov_weight: weight of the covariance term (0: off).
         var_gamma: target standard deviation of the variance hinge.
+        regularizer: ``"vc"`` (the variance/covariance terms; with both weights 0, none),
+            ``"sigreg"`` (a :class:`SIGRegLoss` with its defaults; pass a :class:`SIGRegLoss` to choose
+            its slices, knots, seed and whether it reduces over ranks) or ``"none"``.
+        regularizer_weight: multiplies the regularizer's terms (>= 0; 0 disables it).
+        stop_gradient: detach the target tokens (I-JEPA). ``False`` for LeJEPA-style training, where
+            the target tokens are the online encoder's on the full image
+            (``IJEPA(target_encoder="none")``) and the regularizer alone prevents collapse.
     """
 
     def __init__(
@@ -329,6 +345,10 @@ class IJEPALoss(nn.Module):
         var_weight: float = 0.0,
         cov_weight: float = 0.0,
         var_gamma: float = 1.0,
+        *,
+        regularizer: "str | SIGRegLoss" = "vc",
+        regularizer_weight: float = 1.0,
+        stop_gradient: bool = True,
     ) -> None:
         super().__init__()
         owner = "IJEPALoss"
@@ -337,10 +357,36 @@ class IJEPALoss(nn.Module):
         check_number("var_weight", var_weight, low=0, owner=owner)
         check_number("cov_weight", cov_weight, low=0, owner=owner)
         check_number("var_gamma", var_gamma, low=0, low_open=True, owner=owner)
+        check_number("regularizer_weight", regularizer_weight, low=0, owner=owner)
         if not isinstance(normalize_target, bool):
             raise TypeError(f"IJEPALoss: normalize_target must be a bool, got {normalize_target!r}")
+        if not isinstance(stop_gradient, bool):
+            raise TypeError(f"IJEPALoss: stop_gradient must be a bool, got {type(stop_gradient).__name__}")
+        self.sigreg: SIGRegLoss | None = None
+        if isinstance(regularizer, SIGRegLoss):
+            self.sigreg, regularizer = regularizer, "sigreg"
+        check_choice("regularizer", regularizer, REGULARIZERS, owner=owner)
+        if regularizer == "sigreg" and self.sigreg is None:
+            self.sigreg = SIGRegLoss()
         self.loss, self.beta, self.normalize_target = loss, float(beta), normalize_target
         self.var_weight, self.cov_weight, self.var_gamma = float(var_weight), float(cov_weight), float(var_gamma)
+        self.regularizer, self.regularizer_weight, self.stop_gradient = regularizer, float(regularizer_weight), stop_gradient
+
+    @property
+    def regularizes(self) -> bool:
+        """Whether a regularizer term is computed (``"vc"`` with a weight > 0, or ``"sigreg"``, and
+        ``regularizer_weight > 0``): the model then needs ``projection`` or ``pooled``."""
+        if self.regularizer_weight == 0 or self.regularizer == "none":
+            return False
+        return self.regularizer == "sigreg" or self.var_weight > 0 or self.cov_weight > 0
+
+    @property
+    def reduces_over_ranks(self) -> frozenset[str]:
+        """Outputs this loss reduces over ranks itself (not gathered by the trainer): ``projection``
+        and ``pooled`` when a distributed SIGReg regularizes them; else none."""
+        if not self.regularizes or self.sigreg is None or not self.sigreg.distributed:
+            return frozenset()
+        return frozenset({"projection", "pooled"})
 
     def terms(
         self,
@@ -355,7 +401,7 @@ class IJEPALoss(nn.Module):
         for name, value in (("prediction", prediction), ("target_tokens", target_tokens), ("target_index", target_index)):
             if not isinstance(value, torch.Tensor):
                 raise TypeError(f"IJEPALoss: {name} must be a tensor, got {type(value).__name__}")
-        pred, target = _common_dtype(prediction, target_tokens.detach())
+        pred, target = _common_dtype(prediction, target_tokens.detach() if self.stop_gradient else target_tokens)
         out = {
             "pred_loss": jepa_loss(
                 pred, target, loss=self.loss, beta=self.beta, mask=target_valid,
@@ -363,20 +409,25 @@ class IJEPALoss(nn.Module):
             )
         }
         total = out["pred_loss"]
-        if self.var_weight > 0 or self.cov_weight > 0:
+        if self.regularizes:
             z = projection if projection is not None else pooled
             if z is None:
                 raise TypeError(
-                    "IJEPALoss: var_weight/cov_weight > 0 need the model's 'projection' or 'pooled' output; "
+                    f"IJEPALoss: regularizer={self.regularizer!r} needs the model's 'projection' or 'pooled' output; "
                     "the model returned neither"
                 )
-            var_loss, cov_loss = _variance_covariance(z, self.var_gamma, 1e-4, self.var_weight > 0, self.cov_weight > 0)
-            if var_loss is not None:
-                out["var_loss"] = var_loss
-                total = total + self.var_weight * var_loss
-            if cov_loss is not None:
-                out["cov_loss"] = cov_loss
-                total = total + self.cov_weight * cov_loss
+            w = self.regularizer_weight
+            if self.sigreg is not None:
+                out["sigreg_loss"] = self.sigreg(z)
+                total = total + w * out["sigreg_loss"]
+            else:
+                var_loss, cov_loss = _variance_covariance(z, self.var_gamma, 1e-4, self.var_weight > 0, self.cov_weight > 0)
+                if var_loss is not None:
+                    out["var_loss"] = var_loss
+                    total = total + w * self.var_weight * var_loss
+                if cov_loss is not None:
+                    out["cov_loss"] = cov_loss
+                    total = total + w * self.cov_weight * cov_loss
         out["loss"] = total
         return out
 
@@ -393,7 +444,8 @@ class IJEPALoss(nn.Module):
         return self.terms(prediction, target_tokens, target_index, target_valid, projection, pooled)["loss"]
 
     def extra_repr(self) -> str:
-        return f"loss={self.loss!r}, beta={self.beta}, var_weight={self.var_weight}, cov_weight={self.cov_weight}"
+        return (f"loss={self.loss!r}, beta={self.beta}, regularizer={self.regularizer!r}, regularizer_weight={self.regularizer_weight}, "
+                f"var_weight={self.var_weight}, cov_weight={self.cov_weight}, stop_gradient={self.stop_gradient}")
 
 
 def default_loss(model: nn.Module) -> nn.Module:
