@@ -205,7 +205,7 @@ def test_config_keys_build_the_loss_and_model_of_each_recipe(folder):
             assert isinstance(loss.sigreg, SIGRegLoss) and loss.sigreg.distributed
             assert (loss.sigreg.num_slices, loss.sigreg.knots, loss.sigreg.seed) == (32, 9, 1)
             assert loss.reduces_over_ranks == {"projection", "pooled"}
-    # the shipped ijepa config leaves loss.regularizer at "vc" with zero weights: plain I-JEPA
+    # loss.regularizer "vc" with zero weights (and no projector) is plain I-JEPA
     shipped = _config(folder, "ema_vc")
     shipped.loss.var_weight = shipped.loss.cov_weight = 0.0
     assert active_regularizer(shipped) == "none" and recipe_name(shipped) == "I-JEPA (EMA)"
