@@ -212,8 +212,7 @@ class BaseTrainer(TrainerCheckpoints):
         self.optimizer = optimizer
         self.base_lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
         self.loss_fn = loss_fn if loss_fn is not None else JEPALoss()
-        self.logger = logger
-        self.progress_bar = progress_bar
+        self.logger, self.progress_bar = logger, progress_bar
         self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, minimum=1)
         self.val_every_n_epochs = check_int("val_every_n_epochs", val_every_n_epochs, minimum=1)
         self.schedule = LRControl(optimizer, scheduler, scheduler_interval, warmup_fraction, min_lr_ratio)
