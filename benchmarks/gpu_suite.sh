@@ -151,6 +151,8 @@ if wanted bench; then
     # specializations); every shape of the script (~46 specializations, several minutes) by hand:
     # python benchmarks/bench_attention.py --no-cpu --out FILE.
     JEPA_TRITON_AUTOTUNE="${JEPA_TRITON_AUTOTUNE:-0}" bench attention 120 --no-cpu --quick
+    # One I-JEPA training step, ViT-B/16 at 224 px in bf16, ours vs the reference-style step (issue 13).
+    bench ijepa_step 60 --no-cpu
     run_step checkpoint 30 "$OUT/checkpoint.log" "$PY" -P benchmarks/bench_checkpoint.py --quick --out "$OUT/checkpoint.json"
 fi
 

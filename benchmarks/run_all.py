@@ -1,6 +1,6 @@
 """Run every benchmark script of benchmarks/ (bench_<op>.py: CPU and GPU rows in one script each,
 bench_trainer.py, bench_checkpoint.py, ...), each writing its JSON into --out-dir. The training runs
-(quality.py: multi-seed JEPA runs; shapes_baselines.py: supervised baselines of the shapes set; minutes
+(quality.py: multi-seed JEPA runs; quality_images.py: jepa train --data runs per recipe; shapes_baselines.py: supervised baselines of the shapes set; minutes
 each) only run when named with --only, and then get --quick when run_all has it. On a GPU machine,
 benchmarks/gpu_suite.sh builds with CUDA, runs the GPU tests and the GPU rows in one go.
 
@@ -18,9 +18,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # Training runs of minutes: only run when named with --only.
-ON_DEMAND = frozenset({"quality", "shapes_baselines"})
-# Common flags a script does not take (shapes_baselines has no targets, so no --strict).
-LACKS = {"shapes_baselines": frozenset({"--strict"})}
+ON_DEMAND = frozenset({"quality", "quality_images", "shapes_baselines"})
+# Common flags a script does not take (shapes_baselines has no targets, so no --strict; quality_images
+# sizes its runs with --epochs/--seeds instead of --quick).
+LACKS = {"shapes_baselines": frozenset({"--strict"}), "quality_images": frozenset({"--quick", "--strict"})}
 
 
 def command(script: Path, args: argparse.Namespace) -> list[str]:
