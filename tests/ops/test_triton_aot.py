@@ -156,31 +156,73 @@ def _jepa_loss_jobs(ones: bool) -> dict:
     return jobs
 
 
+_INFO_NCE_DIVISIBLE = {"_inv_norm_kernel": ["X", "OUT"], "_lse_kernel": ["X", "Y", "RX", "RY", "LSE", "POS"],
+                       "_bwd_kernel": ["X", "Y", "RX", "RY", "LSE_ROW", "LSE_COL", "DXH"],
+                       "_finish_kernel": ["X", "RX", "DXH", "DX"]}
+
+
 def _info_nce_jobs(ones: bool) -> dict:
+    """The launches of ``kernels/triton/info_nce.py`` with the configuration its ``_blocks`` picks.
+
+    ``ones``: bf16 with N = D = 1 (Triton's value-1 specialization) on sm_90. Otherwise, for sm_90 and
+    sm_80, fp32 (tf32x3 dots), fp16 (the G_SCALE path) and bf16 at large N and D (the largest tiles), once
+    with N and D of no particular alignment and once divisible by 16 (Triton specializes those: other
+    code, other register counts)."""
+    info = pytest.importorskip("jepa.kernels.triton.info_nce")
     mod = "jepa.kernels.triton.info_nce"
-    nd = {"N": "i32", "D": "i32"}
-    one = {"N": 1, "D": 1} if ones else {}
-    sig_nd = {} if ones else nd
     jobs = {}
-    # fp32 (tf32x3 dots) and fp16 (the G_SCALE path); bf16 (same code as fp16 but the type) with ones
-    variants = (("fp32", "tf32x3", 32, 1.0), ("fp16", "tf32", 64, 16384.0), ("bf16", "tf32", 64, 1.0))
-    for dt, prec, block, gs in (variants[2:] if ones else variants[:2]):
+    if ones:
+        plan = [(90, "bf16", False)]
+    else:
+        plan = [(cap, dt, div) for cap in (90, 80) for dt in ("fp32", "fp16", "bf16") for div in (False, True)]
+    torch_dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    for cap, dt, div in plan:
+        n = d = 1 if ones else 4096
+        cfg = info._blocks(n, d, torch_dt[dt])
+        prec = "tf32x3" if dt == "fp32" else "tf32"
+        one = {"N": 1, "D": 1} if ones else {}
+        sig_nd = {} if ones else {"N": "i32", "D": "i32"}
         p = f"*{dt}"
-        jobs[("info_nce_norm", dt, ones)] = {"module": mod, "kernel": "_inv_norm_kernel", "cap": 90, "num_warps": 4,
-            "signature": {"X": p, "OUT": "*fp32", "eps": "fp32", **sig_nd}, "constexprs": {"BLOCK_R": 64, "BLOCK_K": 64, **one}}
-        common = {"BLOCK_M": block, "BLOCK_N": block, "BLOCK_K": 64, "DOT_PRECISION": prec, **one}
-        jobs[("info_nce_lse", dt, ones)] = {"module": mod, "kernel": "_lse_kernel", "cap": 90, "num_warps": 8,
-            "signature": {"X": p, "Y": p, "RX": "*fp32", "RY": "*fp32", "LSE": "*fp32", "POS": "*fp32",
-                          "scale2": "fp32", "inv_t": "fp32", **sig_nd},
-            "constexprs": {**common, "WRITE_POS": True}}
-        jobs[("info_nce_bwd", dt, ones)] = {"module": mod, "kernel": "_bwd_kernel", "cap": 90, "num_warps": 8,
-            "signature": {"X": p, "Y": p, "RX": "*fp32", "RY": "*fp32", "LSE_ROW": "*fp32", "LSE_COL": "*fp32",
-                          "DXH": "*fp32", "scale2": "fp32", "inv_t": "fp32", **sig_nd},
-            "constexprs": {**common, "ROW_TERM": True, "COL_TERM": True, "DIAG": 2.0, "BLOCK_DO": 256, "G_SCALE": gs}}
-        jobs[("info_nce_finish", dt, ones)] = {"module": mod, "kernel": "_finish_kernel", "cap": 90, "num_warps": 4,
-            "signature": {"X": p, "RX": "*fp32", "DXH": "*fp32", "COEF": "*fp32", "DX": p, "eps": "fp32", **sig_nd},
-            "constexprs": {"BLOCK_R": 64, "BLOCK_K": 64, **one}}
+        tag = (cap, dt, div, ones)
+
+        def job(kernel, sig, consts, warps, stages=3):
+            divisible = (_INFO_NCE_DIVISIBLE[kernel] + ["N", "D"]) if div else []
+            return {"module": mod, "kernel": kernel, "cap": cap, "num_warps": warps, "num_stages": stages,
+                    "signature": {**sig, **sig_nd}, "constexprs": {**consts, **one}, "divisible": divisible}
+
+        rows = {"BLOCK_R": cfg.block_r, "BLOCK_K": cfg.block_kr}
+        jobs[("info_nce_norm",) + tag] = job("_inv_norm_kernel", {"X": p, "OUT": "*fp32", "eps": "fp32"}, rows, 4)
+        tiles = {"BLOCK_M": cfg.block, "BLOCK_N": cfg.block, "BLOCK_K": cfg.block_k, "DOT_PRECISION": prec}
+        jobs[("info_nce_lse",) + tag] = job(
+            "_lse_kernel", {"X": p, "Y": p, "RX": "*fp32", "RY": "*fp32", "LSE": "*fp32", "POS": "*fp32",
+                            "scale2": "fp32", "inv_t": "fp32"},
+            {**tiles, "WRITE_POS": True}, cfg.warps, cfg.lse_stages)
+        jobs[("info_nce_bwd",) + tag] = job(
+            "_bwd_kernel", {"X": p, "Y": p, "RX": "*fp32", "RY": "*fp32", "LSE_ROW": "*fp32", "LSE_COL": "*fp32",
+                            "DXH": "*fp32", "scale2": "fp32", "inv_t": "fp32"},
+            {**tiles, "ROW_TERM": True, "COL_TERM": True, "DIAG": 2.0, "BLOCK_DO": cfg.block_do,
+             "G_SCALE": info._g_scale(torch_dt[dt])}, cfg.warps, cfg.bwd_stages)
+        jobs[("info_nce_finish",) + tag] = job(
+            "_finish_kernel", {"X": p, "RX": "*fp32", "DXH": "*fp32", "COEF": "*fp32", "DX": p, "eps": "fp32"},
+            rows, 4)
     return jobs
+
+
+def test_info_nce_default_configs_fit_and_do_not_spill(compiled):
+    """Every info_nce kernel at the configuration the dispatcher launches, sm_90 and sm_80, every dtype."""
+    keys = [k for k in compiled if k[0].startswith("info_nce_") and not k[-1]]
+    assert len(keys) == 4 * 2 * 3 * 2
+    problems = []
+    for key in keys:
+        job, res = compiled[key]
+        if "error" in res:
+            problems.append(f"{key}: {res['error'][-400:]}")
+            continue
+        if res["shared"] > SMEM[job["cap"]]:
+            problems.append(f"{key}: {res['shared']} B of shared memory > the device's {SMEM[job['cap']]}")
+        if res["stack"] is None or res["stack"] > 0:
+            problems.append(f"{key}: {res['stack']} B stack frame (register spills), {res['regs']} registers")
+    assert not problems, "\n".join(problems)
 
 
 def _ema_jobs() -> dict:
