@@ -99,33 +99,36 @@ def _pinned_jobs() -> dict:
     """(cap, dtype, head dim, kernel) -> job of the pinned configuration."""
     jobs = {}
     # bf16 at every head size; float32 at every padded width, padded (24, 80; 96 pads to 128 like 80) and
-    # not (64, 128); fp16 shares bf16's tiles and code but for the dot's input type: one size. sm_80: the
-    # widest head size, where its smaller shared memory decides the tiles.
+    # not (64, 128); fp16 shares bf16's tiles and code but for the dot's input type: one size. sm_80 (its
+    # own tables, SM80_TILE_TABLES, and smaller shared memory): one head size per padded width and class.
     plan = {90: {"bf16": HEAD_DIMS, "fp32-tf32": (24, 64, 80, 128), "fp32-tf32x3": (24, 64, 80, 128),
                  "fp16": (64,)},
-            80: {"bf16": (128,), "fp32-tf32": (128,)}}
+            80: {"bf16": (24, 64, 80), "fp32-tf32": (24, 64, 128), "fp32-tf32x3": (24, 64, 96), "fp16": (128,)}}
     for cap, per_dtype in plan.items():
         for dtype_name, dims in per_dtype.items():
             dtype, precision = DTYPES[dtype_name]
             for d in dims:
                 for kernel in ("fwd", "dkdv", "dq"):
-                    cfg = kern.fitting_configs(kernel, dtype, precision, kern.padded_head_dim(d), SMEM[cap])[0]
+                    cfg = kern.fitting_configs(kernel, dtype, precision, kern.padded_head_dim(d), SMEM[cap], cap)[0]
                     jobs[("pinned", cap, dtype_name, d, kernel)] = _attn_job(kernel, dtype_name, d, cfg, cap, ptx=True)
     return jobs
 
 
 def _candidate_jobs(pinned: dict) -> dict:
-    """Every tile-table entry for sm_90 not already compiled as a pinned configuration."""
-    seen = {(k[4], kern.dot_class(*DTYPES[k[2]]), kern.padded_head_dim(k[3]), tuple(j["constexprs"][x] for x in ("BLOCK_M", "BLOCK_N")) + (j["num_warps"], j["num_stages"]))
-            for k, j in pinned.items() if k[1] == 90}
+    """Every tile-table entry a device of each architecture can select (sm_90: TILE_TABLES; sm_80: those
+    with SM80_TILE_TABLES replacing entries) not already compiled as a pinned configuration."""
+    seen = {(k[1], k[4], kern.dot_class(*DTYPES[k[2]]), kern.padded_head_dim(k[3]), tuple(j["constexprs"][x] for x in ("BLOCK_M", "BLOCK_N")) + (j["num_warps"], j["num_stages"]))
+            for k, j in pinned.items()}
     rep = {"16bit": "bf16", "tf32": "fp32-tf32", "tf32x3": "fp32-tf32x3"}
     jobs = {}
-    for kernel, tables in kern.TILE_TABLES.items():
-        for (cls, block_d), entries in tables.items():
-            for cfg in entries:
-                if (kernel, cls, block_d, tuple(cfg)) in seen:
-                    continue
-                jobs[("candidate", kernel, cls, block_d, tuple(cfg))] = _attn_job(kernel, rep[cls], block_d, cfg, 90)
+    for cap in (90, 80):
+        for kernel, tables in kern.TILE_TABLES.items():
+            for (cls, block_d) in tables:
+                dtype, precision = DTYPES[rep[cls]]
+                for cfg in kern.table_configs(kernel, dtype, precision, block_d, cap):
+                    if (cap, kernel, cls, block_d, tuple(cfg)) in seen:
+                        continue
+                    jobs[("candidate", cap, kernel, cls, block_d, tuple(cfg))] = _attn_job(kernel, rep[cls], block_d, cfg, cap)
     return jobs
 
 
@@ -300,7 +303,7 @@ def _select(compiled, kind):
 
 def test_pinned_attention_configs_fit_do_not_spill_and_use_tensor_cores(compiled):
     pinned = _select(compiled, "pinned")
-    assert len(pinned) == 3 * (len(HEAD_DIMS) + 4 + 4 + 1 + 2)
+    assert len(pinned) == 3 * (len(HEAD_DIMS) + 4 + 4 + 1 + 10)
     problems = []
     for (kind, cap, dtype_name, d, kernel), (job, res) in pinned.items():
         name = f"sm_{cap} {dtype_name} d={d} {kernel} {job['constexprs']['BLOCK_M']}x{job['constexprs']['BLOCK_N']}"
@@ -309,7 +312,7 @@ def test_pinned_attention_configs_fit_do_not_spill_and_use_tensor_cores(compiled
             continue
         if res["shared"] > SMEM[cap]:
             problems.append(f"{name}: {res['shared']} B of shared memory > the device's {SMEM[cap]}")
-        if cap == 90 and res["stack"]:
+        if res["stack"]:
             problems.append(f"{name}: {res['stack']} B stack frame (register spills), {res['regs']} registers")
         wants = "wgmma" if cap >= 90 and job["constexprs"]["BLOCK_M" if kernel != "dkdv" else "BLOCK_N"] >= 64 else None
         if wants == "wgmma" and not res["wgmma"]:
@@ -334,7 +337,7 @@ def test_every_autotuning_candidate_compiles_without_spills_within_its_estimate(
         estimate = kern.smem_bytes(kernel, cls, c["BLOCK_D"], cfg)
         if res["shared"] > estimate:
             problems.append(f"{key}: compiled {res['shared']} B of shared memory > the pruner's estimate {estimate}")
-        if job["cap"] == 90 and res["stack"]:
+        if res["stack"]:
             problems.append(f"{key}: {res['stack']} B stack frame (register spills), {res['regs']} registers")
     assert not problems, "\n".join(problems)
 
@@ -351,6 +354,13 @@ def test_pruner_never_keeps_a_config_over_the_limit_and_falls_back_to_the_smalle
                 assert kept == (fits or [min(entries, key=sizes.get)])
                 pinned = kern.pinned_config(kernel, dtype, precision, block_d, limit)
                 assert (pinned.kwargs["BLOCK_M"], pinned.kwargs["BLOCK_N"], pinned.num_warps, pinned.num_stages) == kept[0]
+            # below compute capability 9.0 the SM80 entries replace the table's where listed
+            sm80 = kern.SM80_TILE_TABLES[kernel].get((cls, block_d), entries)
+            assert kern.table_configs(kernel, dtype, precision, block_d, 80) == sm80
+            assert kern.table_configs(kernel, dtype, precision, block_d, 86) == sm80
+            assert kern.table_configs(kernel, dtype, precision, block_d, 100) == entries
+            kept = kern.fitting_configs(kernel, dtype, precision, block_d, SMEM[80], 80)
+            assert kept == [c for c in sm80 if kern.smem_bytes(kernel, cls, block_d, c) <= SMEM[80]]
 
 
 def test_every_kernel_compiles_with_integer_arguments_of_one_and_without(compiled):
