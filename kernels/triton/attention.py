@@ -132,6 +132,7 @@ TILE_TABLES: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]] =
 SM80_TILE_TABLES: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]] = {
     "fwd": {
         ("16bit", 128): [(128, 32, 8, 3), (64, 32, 4, 3)],
+        ("tf32", 32): [(128, 64, 8, 2), (64, 64, 4, 3)],
         ("tf32", 128): [(32, 64, 4, 2)],
         ("tf32x3", 32): [(64, 32, 8, 3), (32, 32, 4, 3)],
         ("tf32x3", 64): [(32, 32, 4, 3), (32, 32, 4, 2)],
