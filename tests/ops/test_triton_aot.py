@@ -228,6 +228,43 @@ def test_info_nce_default_configs_fit_and_do_not_spill(compiled):
     assert not problems, "\n".join(problems)
 
 
+def _row_kernel_jobs() -> dict:
+    """jepa_loss (fp32 and bf16, the launch shape ``_launch_shape`` picks for D = 768 and 4096; rows wider
+    than 4096 run one whole row per program and spill at D = MAX_D = 16384, see kernels/README.md) and
+    the EMA at their launch configurations, for sm_90 and sm_80: the spill and shared-memory checks."""
+    from jepa.kernels.triton import jepa_loss as jl  # noqa: PLC0415
+
+    jobs = {}
+    for cap in (90, 80):
+        for dt in ("fp32", "bf16"):
+            for d in (768, 4096):
+                block_r, block_d, _, warps = jl._launch_shape(4096, d)
+                for key, job in _jepa_loss_jobs(False).items():
+                    if key[0] == "jepa_loss_finalize":
+                        continue
+                    job = json.loads(json.dumps(job).replace('"*fp32"', f'"*{dt}"') if dt != "fp32" else json.dumps(job))
+                    job["signature"].update(PARTIAL="*fp32", **({"COUNT": "*fp32"} if "COUNT" in job["signature"] else {}))
+                    job.update(cap=cap, num_warps=warps)
+                    job["constexprs"].update(BLOCK_R=block_r, BLOCK_D=block_d)
+                    jobs[("rowspill", cap, dt, d) + key] = job
+        for key, job in _ema_jobs().items():
+            jobs[("rowspill", cap) + key] = {**job, "cap": cap}
+    return jobs
+
+
+def test_row_kernels_do_not_spill_on_sm90_and_sm80(compiled):
+    keys = [k for k in compiled if k[0] == "rowspill"]
+    assert len(keys) == 2 * (2 * 2 * 4 + 3)
+    problems = []
+    for key in keys:
+        job, res = compiled[key]
+        if "error" in res:
+            problems.append(f"{key}: {res['error'][-400:]}")
+        elif res["stack"] is None or res["stack"] > 0 or res["shared"] > SMEM[job["cap"]]:
+            problems.append(f"{key}: {res['stack']} B stack frame, {res['regs']} registers, {res['shared']} B shared")
+    assert not problems, "\n".join(problems)
+
+
 def _ema_jobs() -> dict:
     from jepa.kernels.triton.ema_update import _BLOCK, CHUNK  # noqa: PLC0415
 
@@ -285,7 +322,7 @@ def compiled(tmp_path_factory):
     pinned = _pinned_jobs()
     jobs = {**pinned, **_candidate_jobs(pinned), **_jepa_loss_jobs(False), **_jepa_loss_jobs(True),
             **_info_nce_jobs(False), **_info_nce_jobs(True), **_ema_jobs(), **_value_one_attention_jobs(),
-            **_size_product_examples(), **_wide_offset_attention_jobs()}
+            **_size_product_examples(), **_wide_offset_attention_jobs(), **_row_kernel_jobs()}
     keys = list(jobs)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path_factory.mktemp("triton_cache"))
@@ -395,7 +432,7 @@ def test_no_kernel_multiplies_a_size_or_stride_in_32_bits(compiled):
     narrow_by_design = ("pinned", "candidate", "attention_ones")
     problems, errors = [], []
     for key, (job, res) in compiled.items():
-        if key[0] == "examples" or key[0] in narrow_by_design:
+        if key[0] in ("examples", "rowspill") or key[0] in narrow_by_design:
             continue
         if "error" in res:
             errors.append(f"{key}: {res['error'][-400:]}")
