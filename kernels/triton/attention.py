@@ -37,8 +37,9 @@ or more (:func:`offsets_dtype`), so the common case keeps the registers of 32-bi
 
 Tile configurations (BLOCK_M, BLOCK_N, warps, pipeline stages) come from small tables per kernel, dot
 class (16-bit inputs; float32 with ``tf32``; float32 with ``tf32x3``, the float32-accurate split used when
-tf32 is not allowed) and padded head size. Every entry compiles for sm_90 without register spills
-(checked ahead of time by ``tests/ops/test_triton_aot.py``); entries whose shared memory (an upper
+tf32 is not allowed) and padded head size, with ``SM80_TILE_TABLES`` replacing entries on devices below
+compute capability 9.0. Every entry compiles without register spills for sm_90 and, where the device
+uses it, sm_80 (checked ahead of time by ``tests/ops/test_triton_aot.py``); entries whose shared memory (an upper
 bound, :func:`smem_bytes`, checked against the compiled kernels by the same tests) exceeds the device's
 limit are dropped at run time, and when none fits the smallest runs, never the largest.
 
@@ -63,8 +64,9 @@ import triton
 import triton.language as tl
 
 __all__ = [
-    "INTERPRET_CONFIGS", "MAX_HEAD_DIM", "SUPPORTED_DTYPES", "TILE_TABLES", "attention_backward", "attention_forward",
-    "autotune_enabled", "dot_class", "fitting_configs", "padded_head_dim", "pinned_config", "smem_bytes",
+    "INTERPRET_CONFIGS", "MAX_HEAD_DIM", "SM80_TILE_TABLES", "SUPPORTED_DTYPES", "TILE_TABLES", "attention_backward",
+    "attention_forward", "autotune_enabled", "device_capability", "dot_class", "fitting_configs", "padded_head_dim",
+    "pinned_config", "smem_bytes",
 ]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -124,6 +126,34 @@ TILE_TABLES: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]] =
     },
 }
 
+# Devices below compute capability 9.0 (A100 and other mma.sync GPUs: the dot operands live in registers,
+# where sm_90's wgmma reads them from shared memory) replace these table entries: the sm_90 ones spill there.
+# Every entry compiles for sm_80 without spills (tests/ops/test_triton_aot.py); keys not listed use TILE_TABLES.
+SM80_TILE_TABLES: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]] = {
+    "fwd": {
+        ("16bit", 128): [(128, 32, 8, 3), (64, 32, 4, 3)],
+        ("tf32", 32): [(128, 64, 8, 2), (64, 64, 4, 3)],
+        ("tf32", 128): [(32, 64, 4, 2)],
+        ("tf32x3", 32): [(64, 32, 8, 3), (32, 32, 4, 3)],
+        ("tf32x3", 64): [(32, 32, 4, 3), (32, 32, 4, 2)],
+    },
+    "dkdv": {
+        ("16bit", 64): [(32, 128, 8, 3)],
+        ("16bit", 128): [(32, 64, 8, 2), (32, 32, 4, 2)],
+        ("tf32", 64): [(32, 128, 8, 2)],
+        ("tf32x3", 32): [(16, 64, 8, 2), (32, 16, 4, 2)],
+    },
+    "dq": {
+        ("16bit", 32): [(128, 64, 8, 3)],
+        ("16bit", 64): [(128, 32, 8, 3)],
+        ("16bit", 128): [(64, 32, 8, 3), (64, 64, 8, 2), (64, 32, 4, 3)],
+        ("tf32", 32): [(64, 32, 4, 3)],
+        ("tf32", 64): [(32, 64, 4, 2), (32, 32, 4, 2)],
+        ("tf32x3", 32): [(64, 32, 8, 2), (32, 32, 4, 2)],
+        ("tf32x3", 64): [(16, 32, 4, 2), (32, 32, 4, 2)],
+    },
+}
+
 # Under TRITON_INTERPRET=1: one small configuration per kernel (BLOCK_M != BLOCK_N); tests replace entries.
 INTERPRET_CONFIGS = {
     "fwd": triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1),
@@ -156,26 +186,34 @@ def smem_bytes(kernel: str, cls: str, block_d: int, cfg: tuple[int, int, int, in
     return (stages * 2 * streamed * block_d + copies * 2 * resident * block_d + 2 * bm * bn) * esize
 
 
-def table_configs(kernel: str, dtype: torch.dtype, precision: str, block_d: int) -> list[tuple[int, int, int, int]]:
-    """The table entries of ``kernel`` for these inputs (before the shared-memory filter)."""
-    return TILE_TABLES[kernel][(dot_class(dtype, precision), max(32, block_d))]
+def table_configs(
+    kernel: str, dtype: torch.dtype, precision: str, block_d: int, cap: int = 90
+) -> list[tuple[int, int, int, int]]:
+    """The table entries of ``kernel`` for these inputs (before the shared-memory filter) on a device of
+    compute capability ``cap`` (major * 10 + minor): :data:`SM80_TILE_TABLES` below 90, else TILE_TABLES."""
+    key = (dot_class(dtype, precision), max(32, block_d))
+    if cap < 90 and key in SM80_TILE_TABLES[kernel]:
+        return SM80_TILE_TABLES[kernel][key]
+    return TILE_TABLES[kernel][key]
 
 
 def fitting_configs(
-    kernel: str, dtype: torch.dtype, precision: str, block_d: int, smem_limit: int
+    kernel: str, dtype: torch.dtype, precision: str, block_d: int, smem_limit: int, cap: int = 90
 ) -> list[tuple[int, int, int, int]]:
     """The entries whose shared memory fits ``smem_limit`` bytes, in table order; when none does, the
     smallest one alone (it may still fail to launch on a very small device, but never the largest)."""
     cls = dot_class(dtype, precision)
-    table = table_configs(kernel, dtype, precision, block_d)
+    table = table_configs(kernel, dtype, precision, block_d, cap)
     fits = [c for c in table if smem_bytes(kernel, cls, max(32, block_d), c) <= smem_limit]
     return fits or [min(table, key=lambda c: smem_bytes(kernel, cls, max(32, block_d), c))]
 
 
-def pinned_config(kernel: str, dtype: torch.dtype, precision: str, block_d: int, smem_limit: int) -> triton.Config:
+def pinned_config(
+    kernel: str, dtype: torch.dtype, precision: str, block_d: int, smem_limit: int, cap: int = 90
+) -> triton.Config:
     """The one configuration ``JEPA_TRITON_AUTOTUNE=0`` runs for these inputs on a device with
-    ``smem_limit`` bytes of shared memory per block."""
-    return _config(fitting_configs(kernel, dtype, precision, block_d, smem_limit)[0])
+    ``smem_limit`` bytes of shared memory per block and compute capability ``cap``."""
+    return _config(fitting_configs(kernel, dtype, precision, block_d, smem_limit, cap)[0])
 
 
 def _config(cfg: tuple[int, int, int, int]) -> triton.Config:
@@ -203,18 +241,33 @@ def device_smem_limit() -> int:
     return limit
 
 
+_CAPABILITIES: dict[int, int] = {}
+
+
+def device_capability() -> int:
+    """Compute capability of the current CUDA device as major * 10 + minor (90 for H100/H200)."""
+    index = torch.cuda.current_device()
+    cap = _CAPABILITIES.get(index)
+    if cap is None:
+        major, minor = torch.cuda.get_device_capability(index)
+        cap = _CAPABILITIES[index] = 10 * major + minor
+    return cap
+
+
 def _pruner(kernel: str):
     def prune(configs, named_args, **kwargs):
         block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
         precision = kwargs.get("DOT_PRECISION", named_args.get("DOT_PRECISION"))
-        fits = fitting_configs(kernel, named_args["Q"].dtype, precision, block_d, device_smem_limit())
+        fits = fitting_configs(kernel, named_args["Q"].dtype, precision, block_d, device_smem_limit(),
+                               device_capability())
         return [_config(c) for c in fits]
 
     return prune
 
 
 def _every_config(kernel: str) -> list[triton.Config]:
-    seen = sorted({c for table in TILE_TABLES[kernel].values() for c in table})
+    tables = [*TILE_TABLES[kernel].values(), *SM80_TILE_TABLES[kernel].values()]
+    seen = sorted({c for table in tables for c in table})
     return [_config(c) for c in seen]
 
 
@@ -634,7 +687,8 @@ def _launch(kernel: str, blocks_of, args: tuple, consts: dict) -> None:
         return
     else:
         q = args[0]
-        cfg = pinned_config(kernel, q.dtype, consts["DOT_PRECISION"], consts["BLOCK_D"], device_smem_limit())
+        cfg = pinned_config(kernel, q.dtype, consts["DOT_PRECISION"], consts["BLOCK_D"], device_smem_limit(),
+                            device_capability())
     meta = dict(cfg.kwargs)
     _KERNELS[kernel][(blocks_of(meta),)](
         *args, **consts, **meta, num_warps=cfg.num_warps, num_stages=cfg.num_stages

@@ -30,6 +30,8 @@ NVIDIA GPUs, IEEE elsewhere; 16-bit inputs multiply exactly and accumulate in fl
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -185,17 +187,35 @@ def _finish_kernel(X, RX, DXH, COEF, DX, N, D, eps, BLOCK_R: tl.constexpr, BLOCK
         tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=m2)
 
 
-def _blocks(N: int, D: int, dtype: torch.dtype) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M = BLOCK_N, BLOCK_K, BLOCK_DO, warps of the tile kernels, rows per program of the row kernels).
+class _Config(NamedTuple):
+    """Launch parameters of the info_nce kernels for one (N, D, dtype)."""
 
-    Chosen from sm_90 builds (ptxas register/stack report): 64-row tiles with 8 warps compile without
-    spills for 16-bit inputs; float32 inputs (tf32x3 splits each operand in two) spill least with
-    32-row tiles and 8 warps."""
-    block = 64 if dtype in (torch.float16, torch.bfloat16) else 32
-    block = max(16, min(block, next_pow2(N)))  # tl.dot needs every dimension >= 16
-    block_k = max(16, min(64, next_pow2(D)))
-    block_do = max(16, min(256, next_pow2(D)))
-    return block, block_k, block_do, 8, max(1, min(64, next_pow2(N)))
+    block: int  # BLOCK_M = BLOCK_N of the logit tiles
+    block_k: int  # feature chunk of the logit tiles' dots
+    block_do: int  # features of d x^ per backward program
+    warps: int  # num_warps of the tile kernels (lse, bwd)
+    lse_stages: int  # num_stages of _lse_kernel
+    bwd_stages: int  # num_stages of _bwd_kernel
+    block_r: int  # rows per program of the row kernels (norm, finish; 4 warps)
+    block_kr: int  # feature chunk of the row kernels
+
+
+def _blocks(N: int, D: int, dtype: torch.dtype) -> _Config:
+    """The one configuration each kernel runs with (no autotuning), clamped to small N and D.
+
+    Chosen from sm_90 and sm_80 builds (cuobjdump register/stack report, checked by
+    tests/ops/test_triton_aot.py), with and without Triton's divisible-by-16 specialization of N and D:
+    none spills. 16-bit inputs: 64-row tiles, 32-feature chunks, 128 output features per backward program,
+    8 warps. Float32 (tf32x3 splits every operand in two, doubling the dot's registers): 32-row tiles,
+    32-feature chunks, 64 output features per backward program, and 2 pipeline stages for the forward
+    (3 made ptxas spill on sm_80). The row kernels: 32 x 64 tiles with 4 warps (64 x 64 spilled the
+    64-bit addresses of the unspecialized build)."""
+    wide = dtype in (torch.float16, torch.bfloat16)
+    block = max(16, min(64 if wide else 32, next_pow2(N)))  # tl.dot needs every dimension >= 16
+    block_k = max(16, min(32, next_pow2(D)))
+    block_do = max(16, min(128 if wide else 64, next_pow2(D)))
+    return _Config(block, block_k, block_do, 8, 3 if wide else 2, 3, max(1, min(32, next_pow2(N))),
+                   max(16, min(64, next_pow2(D))))
 
 
 def _g_scale(dtype: torch.dtype) -> float:
@@ -228,16 +248,17 @@ def forward(
     """
     a, b = a.contiguous(), b.contiguous()
     N, D = a.shape
-    block, block_k, _, warps, block_r = _blocks(N, D, a.dtype)
+    cfg = _blocks(N, D, a.dtype)
     prec = _dot_precision(a)
     stats = torch.zeros(4, N, dtype=torch.float32, device=a.device)
     ra, rb, lse_r, lse_c = stats.unbind(0)
-    _inv_norms(a, ra, eps, block_r, block_k)  # rows of stats are contiguous: written in place
-    _inv_norms(b, rb, eps, block_r, block_k)
+    _inv_norms(a, ra, eps, cfg.block_r, cfg.block_kr)  # rows of stats are contiguous: written in place
+    _inv_norms(b, rb, eps, cfg.block_r, cfg.block_kr)
     pos = torch.empty(N, dtype=torch.float32, device=a.device)
     inv_t = 1.0 / float(temperature)
-    grid = (triton.cdiv(N, block),)
-    common = dict(BLOCK_M=block, BLOCK_N=block, BLOCK_K=block_k, DOT_PRECISION=prec, num_warps=warps)
+    grid = (triton.cdiv(N, cfg.block),)
+    common = dict(BLOCK_M=cfg.block, BLOCK_N=cfg.block, BLOCK_K=cfg.block_k, DOT_PRECISION=prec,
+                  num_warps=cfg.warps, num_stages=cfg.lse_stages)
     _lse_kernel[grid](a, b, ra, rb, lse_r, pos, N, D, inv_t * _LOG2E, inv_t, WRITE_POS=True, **common)
     loss = (lse_r - pos).mean()
     if symmetric:
@@ -259,15 +280,15 @@ def backward(
     """Gradients ``(d loss/d a, d loss/d b)`` given the upstream scalar ``grad`` and :func:`forward`'s stats."""
     a, b = a.contiguous(), b.contiguous()
     N, D = a.shape
-    block, block_k, block_do, warps, block_r = _blocks(N, D, a.dtype)
+    cfg = _blocks(N, D, a.dtype)
     prec = _dot_precision(a)
     ra, rb, lse_r, lse_c = stats.unbind(0)
     # Device scalar (no host sync): grad * (1/2 if symmetric) / N.
     coef = (grad.reshape(1).to(torch.float32) * ((0.5 if symmetric else 1.0) / N)).contiguous()
     inv_t = 1.0 / float(temperature)
-    grid = (triton.cdiv(N, block), triton.cdiv(D, block_do))
-    common = dict(BLOCK_M=block, BLOCK_N=block, BLOCK_K=block_k, BLOCK_DO=block_do, DOT_PRECISION=prec,
-                  num_warps=warps)
+    grid = (triton.cdiv(N, cfg.block), triton.cdiv(D, cfg.block_do))
+    common = dict(BLOCK_M=cfg.block, BLOCK_N=cfg.block, BLOCK_K=cfg.block_k, BLOCK_DO=cfg.block_do,
+                  DOT_PRECISION=prec, num_warps=cfg.warps, num_stages=cfg.bwd_stages)
     diag = 1.0 + bool(symmetric)
     dxh = torch.empty(N, D, dtype=torch.float32, device=a.device)  # d x^ scratch, reused for both sides
     grads = []
@@ -280,7 +301,7 @@ def backward(
         _bwd_kernel[grid](x, y, rx, ry, lse_row, lse_col, dxh, N, D, inv_t * _LOG2E, inv_t,
                           ROW_TERM=row_term, COL_TERM=col_term, DIAG=diag, G_SCALE=_g_scale(a.dtype), **common)
         dx = torch.empty_like(x)
-        _finish_kernel[(triton.cdiv(N, block_r),)](x, rx, dxh, coef, dx, N, D, float(eps),
-                                                   BLOCK_R=block_r, BLOCK_K=block_k)
+        _finish_kernel[(triton.cdiv(N, cfg.block_r),)](x, rx, dxh, coef, dx, N, D, float(eps),
+                                                       BLOCK_R=cfg.block_r, BLOCK_K=cfg.block_kr)
         grads.append(dx)
     return grads[0], grads[1]

@@ -370,6 +370,7 @@ def gpu_host_path(monkeypatch, kern):
     calls = []
     monkeypatch.setattr(kern, "_interpreting", lambda: False)
     monkeypatch.setattr(kern, "device_smem_limit", lambda: 232448)
+    monkeypatch.setattr(kern, "device_capability", lambda: 90)
     monkeypatch.setattr(kern, "autotune_enabled", lambda: False)
     for name in ("fwd", "dkdv", "dq"):
         monkeypatch.setitem(kern._KERNELS, name, _Recorder(name, calls))

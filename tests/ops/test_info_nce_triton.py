@@ -106,7 +106,8 @@ def test_triton_wide_rows_span_several_feature_chunks_and_blocks(poisoned, symme
     from jepa.kernels.triton.info_nce import _blocks  # noqa: PLC0415
 
     n, d = 17, 300
-    _, block_k, block_do, _, _ = _blocks(n, d, torch.float32)
+    cfg = _blocks(n, d, torch.float32)
+    block_k, block_do = cfg.block_k, cfg.block_do
     assert d > 4 * block_k and d > block_do
     gen = torch.Generator().manual_seed(6)
     a = torch.randn(n, d, generator=gen).to(DEVICE).requires_grad_(True)

@@ -99,33 +99,36 @@ def _pinned_jobs() -> dict:
     """(cap, dtype, head dim, kernel) -> job of the pinned configuration."""
     jobs = {}
     # bf16 at every head size; float32 at every padded width, padded (24, 80; 96 pads to 128 like 80) and
-    # not (64, 128); fp16 shares bf16's tiles and code but for the dot's input type: one size. sm_80: the
-    # widest head size, where its smaller shared memory decides the tiles.
+    # not (64, 128); fp16 shares bf16's tiles and code but for the dot's input type: one size. sm_80 (its
+    # own tables, SM80_TILE_TABLES, and smaller shared memory): one head size per padded width and class.
     plan = {90: {"bf16": HEAD_DIMS, "fp32-tf32": (24, 64, 80, 128), "fp32-tf32x3": (24, 64, 80, 128),
                  "fp16": (64,)},
-            80: {"bf16": (128,), "fp32-tf32": (128,)}}
+            80: {"bf16": (24, 64, 80), "fp32-tf32": (24, 64, 128), "fp32-tf32x3": (24, 64, 96), "fp16": (128,)}}
     for cap, per_dtype in plan.items():
         for dtype_name, dims in per_dtype.items():
             dtype, precision = DTYPES[dtype_name]
             for d in dims:
                 for kernel in ("fwd", "dkdv", "dq"):
-                    cfg = kern.fitting_configs(kernel, dtype, precision, kern.padded_head_dim(d), SMEM[cap])[0]
+                    cfg = kern.fitting_configs(kernel, dtype, precision, kern.padded_head_dim(d), SMEM[cap], cap)[0]
                     jobs[("pinned", cap, dtype_name, d, kernel)] = _attn_job(kernel, dtype_name, d, cfg, cap, ptx=True)
     return jobs
 
 
 def _candidate_jobs(pinned: dict) -> dict:
-    """Every tile-table entry for sm_90 not already compiled as a pinned configuration."""
-    seen = {(k[4], kern.dot_class(*DTYPES[k[2]]), kern.padded_head_dim(k[3]), tuple(j["constexprs"][x] for x in ("BLOCK_M", "BLOCK_N")) + (j["num_warps"], j["num_stages"]))
-            for k, j in pinned.items() if k[1] == 90}
+    """Every tile-table entry a device of each architecture can select (sm_90: TILE_TABLES; sm_80: those
+    with SM80_TILE_TABLES replacing entries) not already compiled as a pinned configuration."""
+    seen = {(k[1], k[4], kern.dot_class(*DTYPES[k[2]]), kern.padded_head_dim(k[3]), tuple(j["constexprs"][x] for x in ("BLOCK_M", "BLOCK_N")) + (j["num_warps"], j["num_stages"]))
+            for k, j in pinned.items()}
     rep = {"16bit": "bf16", "tf32": "fp32-tf32", "tf32x3": "fp32-tf32x3"}
     jobs = {}
-    for kernel, tables in kern.TILE_TABLES.items():
-        for (cls, block_d), entries in tables.items():
-            for cfg in entries:
-                if (kernel, cls, block_d, tuple(cfg)) in seen:
-                    continue
-                jobs[("candidate", kernel, cls, block_d, tuple(cfg))] = _attn_job(kernel, rep[cls], block_d, cfg, 90)
+    for cap in (90, 80):
+        for kernel, tables in kern.TILE_TABLES.items():
+            for (cls, block_d) in tables:
+                dtype, precision = DTYPES[rep[cls]]
+                for cfg in kern.table_configs(kernel, dtype, precision, block_d, cap):
+                    if (cap, kernel, cls, block_d, tuple(cfg)) in seen:
+                        continue
+                    jobs[("candidate", cap, kernel, cls, block_d, tuple(cfg))] = _attn_job(kernel, rep[cls], block_d, cfg, cap)
     return jobs
 
 
@@ -156,31 +159,110 @@ def _jepa_loss_jobs(ones: bool) -> dict:
     return jobs
 
 
+_INFO_NCE_DIVISIBLE = {"_inv_norm_kernel": ["X", "OUT"], "_lse_kernel": ["X", "Y", "RX", "RY", "LSE", "POS"],
+                       "_bwd_kernel": ["X", "Y", "RX", "RY", "LSE_ROW", "LSE_COL", "DXH"],
+                       "_finish_kernel": ["X", "RX", "DXH", "DX"]}
+
+
 def _info_nce_jobs(ones: bool) -> dict:
+    """The launches of ``kernels/triton/info_nce.py`` with the configuration its ``_blocks`` picks.
+
+    ``ones``: bf16 with N = D = 1 (Triton's value-1 specialization) on sm_90. Otherwise, for sm_90 and
+    sm_80, fp32 (tf32x3 dots), fp16 (the G_SCALE path) and bf16 at large N and D (the largest tiles), once
+    with N and D of no particular alignment and once divisible by 16 (Triton specializes those: other
+    code, other register counts)."""
+    info = pytest.importorskip("jepa.kernels.triton.info_nce")
     mod = "jepa.kernels.triton.info_nce"
-    nd = {"N": "i32", "D": "i32"}
-    one = {"N": 1, "D": 1} if ones else {}
-    sig_nd = {} if ones else nd
     jobs = {}
-    # fp32 (tf32x3 dots) and fp16 (the G_SCALE path); bf16 (same code as fp16 but the type) with ones
-    variants = (("fp32", "tf32x3", 32, 1.0), ("fp16", "tf32", 64, 16384.0), ("bf16", "tf32", 64, 1.0))
-    for dt, prec, block, gs in (variants[2:] if ones else variants[:2]):
+    if ones:
+        plan = [(90, "bf16", False)]
+    else:
+        plan = [(cap, dt, div) for cap in (90, 80) for dt in ("fp32", "fp16", "bf16") for div in (False, True)]
+    torch_dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    for cap, dt, div in plan:
+        n = d = 1 if ones else 4096
+        cfg = info._blocks(n, d, torch_dt[dt])
+        prec = "tf32x3" if dt == "fp32" else "tf32"
+        one = {"N": 1, "D": 1} if ones else {}
+        sig_nd = {} if ones else {"N": "i32", "D": "i32"}
         p = f"*{dt}"
-        jobs[("info_nce_norm", dt, ones)] = {"module": mod, "kernel": "_inv_norm_kernel", "cap": 90, "num_warps": 4,
-            "signature": {"X": p, "OUT": "*fp32", "eps": "fp32", **sig_nd}, "constexprs": {"BLOCK_R": 64, "BLOCK_K": 64, **one}}
-        common = {"BLOCK_M": block, "BLOCK_N": block, "BLOCK_K": 64, "DOT_PRECISION": prec, **one}
-        jobs[("info_nce_lse", dt, ones)] = {"module": mod, "kernel": "_lse_kernel", "cap": 90, "num_warps": 8,
-            "signature": {"X": p, "Y": p, "RX": "*fp32", "RY": "*fp32", "LSE": "*fp32", "POS": "*fp32",
-                          "scale2": "fp32", "inv_t": "fp32", **sig_nd},
-            "constexprs": {**common, "WRITE_POS": True}}
-        jobs[("info_nce_bwd", dt, ones)] = {"module": mod, "kernel": "_bwd_kernel", "cap": 90, "num_warps": 8,
-            "signature": {"X": p, "Y": p, "RX": "*fp32", "RY": "*fp32", "LSE_ROW": "*fp32", "LSE_COL": "*fp32",
-                          "DXH": "*fp32", "scale2": "fp32", "inv_t": "fp32", **sig_nd},
-            "constexprs": {**common, "ROW_TERM": True, "COL_TERM": True, "DIAG": 2.0, "BLOCK_DO": 256, "G_SCALE": gs}}
-        jobs[("info_nce_finish", dt, ones)] = {"module": mod, "kernel": "_finish_kernel", "cap": 90, "num_warps": 4,
-            "signature": {"X": p, "RX": "*fp32", "DXH": "*fp32", "COEF": "*fp32", "DX": p, "eps": "fp32", **sig_nd},
-            "constexprs": {"BLOCK_R": 64, "BLOCK_K": 64, **one}}
+        tag = (cap, dt, div, ones)
+
+        def job(kernel, sig, consts, warps, stages=3):
+            divisible = (_INFO_NCE_DIVISIBLE[kernel] + ["N", "D"]) if div else []
+            return {"module": mod, "kernel": kernel, "cap": cap, "num_warps": warps, "num_stages": stages,
+                    "signature": {**sig, **sig_nd}, "constexprs": {**consts, **one}, "divisible": divisible}
+
+        rows = {"BLOCK_R": cfg.block_r, "BLOCK_K": cfg.block_kr}
+        jobs[("info_nce_norm",) + tag] = job("_inv_norm_kernel", {"X": p, "OUT": "*fp32", "eps": "fp32"}, rows, 4)
+        tiles = {"BLOCK_M": cfg.block, "BLOCK_N": cfg.block, "BLOCK_K": cfg.block_k, "DOT_PRECISION": prec}
+        jobs[("info_nce_lse",) + tag] = job(
+            "_lse_kernel", {"X": p, "Y": p, "RX": "*fp32", "RY": "*fp32", "LSE": "*fp32", "POS": "*fp32",
+                            "scale2": "fp32", "inv_t": "fp32"},
+            {**tiles, "WRITE_POS": True}, cfg.warps, cfg.lse_stages)
+        jobs[("info_nce_bwd",) + tag] = job(
+            "_bwd_kernel", {"X": p, "Y": p, "RX": "*fp32", "RY": "*fp32", "LSE_ROW": "*fp32", "LSE_COL": "*fp32",
+                            "DXH": "*fp32", "scale2": "fp32", "inv_t": "fp32"},
+            {**tiles, "ROW_TERM": True, "COL_TERM": True, "DIAG": 2.0, "BLOCK_DO": cfg.block_do,
+             "G_SCALE": info._g_scale(torch_dt[dt])}, cfg.warps, cfg.bwd_stages)
+        jobs[("info_nce_finish",) + tag] = job(
+            "_finish_kernel", {"X": p, "RX": "*fp32", "DXH": "*fp32", "COEF": "*fp32", "DX": p, "eps": "fp32"},
+            rows, 4)
     return jobs
+
+
+def test_info_nce_default_configs_fit_and_do_not_spill(compiled):
+    """Every info_nce kernel at the configuration the dispatcher launches, sm_90 and sm_80, every dtype."""
+    keys = [k for k in compiled if k[0].startswith("info_nce_") and not k[-1]]
+    assert len(keys) == 4 * 2 * 3 * 2
+    problems = []
+    for key in keys:
+        job, res = compiled[key]
+        if "error" in res:
+            problems.append(f"{key}: {res['error'][-400:]}")
+            continue
+        if res["shared"] > SMEM[job["cap"]]:
+            problems.append(f"{key}: {res['shared']} B of shared memory > the device's {SMEM[job['cap']]}")
+        if res["stack"] is None or res["stack"] > 0:
+            problems.append(f"{key}: {res['stack']} B stack frame (register spills), {res['regs']} registers")
+    assert not problems, "\n".join(problems)
+
+
+def _row_kernel_jobs() -> dict:
+    """jepa_loss (fp32 and bf16, the launch shape ``_launch_shape`` picks for D = 768 and 4096; rows wider
+    than 4096 run one whole row per program and spill at D = MAX_D = 16384, see kernels/README.md) and
+    the EMA at their launch configurations, for sm_90 and sm_80: the spill and shared-memory checks."""
+    from jepa.kernels.triton import jepa_loss as jl  # noqa: PLC0415
+
+    jobs = {}
+    for cap in (90, 80):
+        for dt in ("fp32", "bf16"):
+            for d in (768, 4096):
+                block_r, block_d, _, warps = jl._launch_shape(4096, d)
+                for key, job in _jepa_loss_jobs(False).items():
+                    if key[0] == "jepa_loss_finalize":
+                        continue
+                    job = json.loads(json.dumps(job).replace('"*fp32"', f'"*{dt}"') if dt != "fp32" else json.dumps(job))
+                    job["signature"].update(PARTIAL="*fp32", **({"COUNT": "*fp32"} if "COUNT" in job["signature"] else {}))
+                    job.update(cap=cap, num_warps=warps)
+                    job["constexprs"].update(BLOCK_R=block_r, BLOCK_D=block_d)
+                    jobs[("rowspill", cap, dt, d) + key] = job
+        for key, job in _ema_jobs().items():
+            jobs[("rowspill", cap) + key] = {**job, "cap": cap}
+    return jobs
+
+
+def test_row_kernels_do_not_spill_on_sm90_and_sm80(compiled):
+    keys = [k for k in compiled if k[0] == "rowspill"]
+    assert len(keys) == 2 * (2 * 2 * 4 + 3)
+    problems = []
+    for key in keys:
+        job, res = compiled[key]
+        if "error" in res:
+            problems.append(f"{key}: {res['error'][-400:]}")
+        elif res["stack"] is None or res["stack"] > 0 or res["shared"] > SMEM[job["cap"]]:
+            problems.append(f"{key}: {res['stack']} B stack frame, {res['regs']} registers, {res['shared']} B shared")
+    assert not problems, "\n".join(problems)
 
 
 def _ema_jobs() -> dict:
@@ -240,7 +322,7 @@ def compiled(tmp_path_factory):
     pinned = _pinned_jobs()
     jobs = {**pinned, **_candidate_jobs(pinned), **_jepa_loss_jobs(False), **_jepa_loss_jobs(True),
             **_info_nce_jobs(False), **_info_nce_jobs(True), **_ema_jobs(), **_value_one_attention_jobs(),
-            **_size_product_examples(), **_wide_offset_attention_jobs()}
+            **_size_product_examples(), **_wide_offset_attention_jobs(), **_row_kernel_jobs()}
     keys = list(jobs)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path_factory.mktemp("triton_cache"))
@@ -258,7 +340,7 @@ def _select(compiled, kind):
 
 def test_pinned_attention_configs_fit_do_not_spill_and_use_tensor_cores(compiled):
     pinned = _select(compiled, "pinned")
-    assert len(pinned) == 3 * (len(HEAD_DIMS) + 4 + 4 + 1 + 2)
+    assert len(pinned) == 3 * (len(HEAD_DIMS) + 4 + 4 + 1 + 10)
     problems = []
     for (kind, cap, dtype_name, d, kernel), (job, res) in pinned.items():
         name = f"sm_{cap} {dtype_name} d={d} {kernel} {job['constexprs']['BLOCK_M']}x{job['constexprs']['BLOCK_N']}"
@@ -267,7 +349,7 @@ def test_pinned_attention_configs_fit_do_not_spill_and_use_tensor_cores(compiled
             continue
         if res["shared"] > SMEM[cap]:
             problems.append(f"{name}: {res['shared']} B of shared memory > the device's {SMEM[cap]}")
-        if cap == 90 and res["stack"]:
+        if res["stack"]:
             problems.append(f"{name}: {res['stack']} B stack frame (register spills), {res['regs']} registers")
         wants = "wgmma" if cap >= 90 and job["constexprs"]["BLOCK_M" if kernel != "dkdv" else "BLOCK_N"] >= 64 else None
         if wants == "wgmma" and not res["wgmma"]:
@@ -292,7 +374,7 @@ def test_every_autotuning_candidate_compiles_without_spills_within_its_estimate(
         estimate = kern.smem_bytes(kernel, cls, c["BLOCK_D"], cfg)
         if res["shared"] > estimate:
             problems.append(f"{key}: compiled {res['shared']} B of shared memory > the pruner's estimate {estimate}")
-        if job["cap"] == 90 and res["stack"]:
+        if res["stack"]:
             problems.append(f"{key}: {res['stack']} B stack frame (register spills), {res['regs']} registers")
     assert not problems, "\n".join(problems)
 
@@ -309,6 +391,13 @@ def test_pruner_never_keeps_a_config_over_the_limit_and_falls_back_to_the_smalle
                 assert kept == (fits or [min(entries, key=sizes.get)])
                 pinned = kern.pinned_config(kernel, dtype, precision, block_d, limit)
                 assert (pinned.kwargs["BLOCK_M"], pinned.kwargs["BLOCK_N"], pinned.num_warps, pinned.num_stages) == kept[0]
+            # below compute capability 9.0 the SM80 entries replace the table's where listed
+            sm80 = kern.SM80_TILE_TABLES[kernel].get((cls, block_d), entries)
+            assert kern.table_configs(kernel, dtype, precision, block_d, 80) == sm80
+            assert kern.table_configs(kernel, dtype, precision, block_d, 86) == sm80
+            assert kern.table_configs(kernel, dtype, precision, block_d, 100) == entries
+            kept = kern.fitting_configs(kernel, dtype, precision, block_d, SMEM[80], 80)
+            assert kept == [c for c in sm80 if kern.smem_bytes(kernel, cls, block_d, c) <= SMEM[80]]
 
 
 def test_every_kernel_compiles_with_integer_arguments_of_one_and_without(compiled):
@@ -343,7 +432,7 @@ def test_no_kernel_multiplies_a_size_or_stride_in_32_bits(compiled):
     narrow_by_design = ("pinned", "candidate", "attention_ones")
     problems, errors = [], []
     for key, (job, res) in compiled.items():
-        if key[0] == "examples" or key[0] in narrow_by_design:
+        if key[0] in ("examples", "rowspill") or key[0] in narrow_by_design:
             continue
         if "error" in res:
             errors.append(f"{key}: {res['error'][-400:]}")
