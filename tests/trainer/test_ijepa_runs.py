@@ -22,7 +22,8 @@ import ijepa_worker  # noqa: E402
 
 
 def _env() -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    # no PYTHONPATH to the source tree: the workers import the installed jepa (with its compiled jepa._C)
+    return dict(os.environ, OMP_NUM_THREADS="1")
 
 
 def _run(mode: str, out: Path, folder: Path) -> subprocess.CompletedProcess:
