@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +87,33 @@ REGULARIZED_EMBEDDINGS = ("pooled", "tokens", "prediction")
 TARGET_NORMS = ("layer", "batch", "none")
 #: Anti-collapse regularizers of :class:`JEPALoss`: variance/covariance (VICReg-style), LeJEPA's SIGReg, none.
 REGULARIZERS = ("vc", "sigreg", "none")
+
+
+def _resolve_regularizer(regularizer: Any, owner: str, distributed: bool = True) -> tuple[str, "SIGRegLoss | None"]:
+    """``(name, sigreg)`` of a loss's ``regularizer`` argument: a :class:`SIGRegLoss` instance is used
+    as given; ``"sigreg"`` builds one (``distributed``: it reduces over ranks itself)."""
+    if isinstance(regularizer, SIGRegLoss):
+        return "sigreg", regularizer
+    check_choice("regularizer", regularizer, REGULARIZERS, owner=owner)
+    return regularizer, (SIGRegLoss(distributed=distributed) if regularizer == "sigreg" else None)
+
+
+def _regularizer_terms(loss: Any, z: torch.Tensor, out: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The weighted regularizer terms of ``loss`` (a :class:`JEPALoss` or :class:`IJEPALoss`) on the
+    rows ``z``; the unweighted ones go into ``out`` (``sigreg_loss``, or ``var_loss``/``cov_loss``)."""
+    w = loss.regularizer_weight
+    if loss.sigreg is not None:
+        out["sigreg_loss"] = loss.sigreg(z)
+        return [w * out["sigreg_loss"]]
+    weighted = []
+    var_loss, cov_loss = _variance_covariance(z, loss.var_gamma, 1e-4, loss.var_weight > 0, loss.cov_weight > 0)
+    if var_loss is not None:
+        out["var_loss"] = var_loss
+        weighted.append(w * loss.var_weight * var_loss)
+    if cov_loss is not None:
+        out["cov_loss"] = cov_loss
+        weighted.append(w * loss.cov_weight * cov_loss)
+    return weighted
 
 
 def _normalize(x: torch.Tensor, how: str, eps: float = 1e-5) -> torch.Tensor:
@@ -173,13 +201,8 @@ class JEPALoss(nn.Module):
             check_number(name, value, low=0, owner=owner)
         if not isinstance(stop_gradient, bool):
             raise TypeError(f"JEPALoss: stop_gradient must be a bool, got {type(stop_gradient).__name__}")
-        self.sigreg: SIGRegLoss | None = None
-        if isinstance(regularizer, SIGRegLoss):
-            self.sigreg, regularizer = regularizer, "sigreg"
-        check_choice("regularizer", regularizer, REGULARIZERS, owner=owner)
-        if regularizer == "sigreg" and self.sigreg is None:
-            # rows of the gathered prediction are already global: no second reduction over ranks
-            self.sigreg = SIGRegLoss(distributed=regularize != "prediction")
+        # rows of the gathered prediction are already global: a SIGReg built here does not reduce over ranks again
+        regularizer, self.sigreg = _resolve_regularizer(regularizer, owner, distributed=regularize != "prediction")
         if self.sigreg is not None and self.sigreg.distributed and regularize == "prediction":
             raise ValueError(
                 "JEPALoss: regularize='prediction' with a SIGRegLoss(distributed=True): the trainer gathers the prediction "
@@ -236,21 +259,11 @@ class JEPALoss(nn.Module):
         if self.global_weight > 0 and prediction.dim() == 3:
             out["global_loss"] = self._distance(prediction.mean(dim=1), target.mean(dim=1))
             weighted.append(self.global_weight * out["global_loss"])
-        w = self.regularizer_weight
         vc = self.regularizer == "vc" and (self.var_weight > 0 or self.cov_weight > 0)
-        if (vc or self.regularizer == "sigreg") and w > 0:
+        if (vc or self.regularizer == "sigreg") and self.regularizer_weight > 0:
             z = projection if (projection is not None and self.regularize == "pooled") else self._regularized(prediction, context)
-            if z is not None and self.sigreg is not None:
-                out["sigreg_loss"] = self.sigreg(z)
-                weighted.append(w * out["sigreg_loss"])
-            elif z is not None:
-                var_loss, cov_loss = _variance_covariance(z, self.var_gamma, 1e-4, self.var_weight > 0, self.cov_weight > 0)
-                if var_loss is not None:
-                    out["var_loss"] = var_loss
-                    weighted.append(w * self.var_weight * var_loss)
-                if cov_loss is not None:
-                    out["cov_loss"] = cov_loss
-                    weighted.append(w * self.cov_weight * cov_loss)
+            if z is not None:
+                weighted += _regularizer_terms(self, z, out)
         # every weight 0 (or no term applies to these shapes): a zero that still has a graph
         out["loss"] = sum(weighted[1:], weighted[0]) if weighted else prediction.sum() * 0.0
         return out
@@ -362,12 +375,7 @@ class IJEPALoss(nn.Module):
             raise TypeError(f"IJEPALoss: normalize_target must be a bool, got {normalize_target!r}")
         if not isinstance(stop_gradient, bool):
             raise TypeError(f"IJEPALoss: stop_gradient must be a bool, got {type(stop_gradient).__name__}")
-        self.sigreg: SIGRegLoss | None = None
-        if isinstance(regularizer, SIGRegLoss):
-            self.sigreg, regularizer = regularizer, "sigreg"
-        check_choice("regularizer", regularizer, REGULARIZERS, owner=owner)
-        if regularizer == "sigreg" and self.sigreg is None:
-            self.sigreg = SIGRegLoss()
+        regularizer, self.sigreg = _resolve_regularizer(regularizer, owner)
         self.loss, self.beta, self.normalize_target = loss, float(beta), normalize_target
         self.var_weight, self.cov_weight, self.var_gamma = float(var_weight), float(cov_weight), float(var_gamma)
         self.regularizer, self.regularizer_weight, self.stop_gradient = regularizer, float(regularizer_weight), stop_gradient
@@ -416,18 +424,8 @@ class IJEPALoss(nn.Module):
                     f"IJEPALoss: regularizer={self.regularizer!r} needs the model's 'projection' or 'pooled' output; "
                     "the model returned neither"
                 )
-            w = self.regularizer_weight
-            if self.sigreg is not None:
-                out["sigreg_loss"] = self.sigreg(z)
-                total = total + w * out["sigreg_loss"]
-            else:
-                var_loss, cov_loss = _variance_covariance(z, self.var_gamma, 1e-4, self.var_weight > 0, self.cov_weight > 0)
-                if var_loss is not None:
-                    out["var_loss"] = var_loss
-                    total = total + w * self.var_weight * var_loss
-                if cov_loss is not None:
-                    out["cov_loss"] = cov_loss
-                    total = total + w * self.cov_weight * cov_loss
+            for term in _regularizer_terms(self, z, out):
+                total = total + term
         out["loss"] = total
         return out
 
