@@ -35,6 +35,9 @@ Usage::
 
     python benchmarks/quality_images.py --threads 2 --seeds 0 1 2 --readme README.md
     python benchmarks/quality_images.py --recipes ema --seeds 0 --epochs 5        # a quick look
+    python benchmarks/quality_images.py --seeds 0 1 2 --out q.json --resume       # continue an interrupted one
+
+With ``--out`` the JSON is written after every run; ``--resume`` reuses the runs it holds.
 
 Training seconds depend on the machine and on its load (a shared machine is slower); the CPU
 seconds of each command (process, threads and loader workers) are what it costs wherever it runs
@@ -163,6 +166,28 @@ def replace_block(readme: Path, text: str) -> None:
     readme.write_text(f"{head}{START}\n{text}\n{END}{tail}")
 
 
+def _saved_runs(path: Path, epochs: int) -> dict[tuple[str, int], dict]:
+    """``{(recipe, seed): metrics}`` of the runs a previous call wrote to ``path`` with ``epochs``."""
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text())
+    if saved.get("epochs") != epochs:
+        return {}
+    return {(name, run["seed"]): run for name, rec in saved.get("recipes", {}).items()
+            for run in rec.get("runs", []) if "seed" in run}
+
+
+def _write_json(path: Path, results: dict[str, Any], done: dict[tuple[str, int], dict]) -> None:
+    """``results`` plus the saved runs of recipes this call did not run (kept for a later --resume)."""
+    out = json.loads(json.dumps(results))
+    for (name, _seed), metrics in done.items():
+        rec = out["recipes"].setdefault(name, {"overrides": RECIPES.get(name), "runs": []})
+        if not any(r.get("seed") == metrics["seed"] for r in rec["runs"]):
+            rec["runs"].append(metrics)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
@@ -174,7 +199,11 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--markdown", type=Path, default=None, help="write the tables as markdown here")
     p.add_argument("--readme", type=Path, default=None, help="replace the quality_images block of this file")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the runs already in --out (same recipe, seed and epochs) instead of training them again")
     args = p.parse_args()
+    if args.resume and args.out is None:
+        p.error("--resume reads the runs of --out: pass --out")
 
     from jepa.data import write_shapes_folder  # noqa: PLC0415
 
@@ -184,16 +213,23 @@ def main() -> int:
         write_shapes_folder(data, num_train=1200, num_val=300, image_size=32, seed=0)
     runs_dir = args.runs_dir or work / "runs"
     results: dict[str, Any] = {"environment": environment(), "epochs": args.epochs, "recipes": {}}
+    done = _saved_runs(args.out, args.epochs) if args.resume else {}
     blocks = []
     all_ok = True
     for name in args.recipes:
         config = recipe_config(name, work)
         runs = []
         for seed in args.seeds:
-            cmd = command(data, runs_dir / f"{name}_seed{seed}", seed, args.epochs, config)
-            metrics, wall, cpu = run(cmd, args.threads)
-            metrics["wall_seconds"], metrics["cpu_seconds"] = round(wall, 1), round(cpu, 1)
+            metrics = done.get((name, seed))
+            if metrics is None:
+                cmd = command(data, runs_dir / f"{name}_seed{seed}", seed, args.epochs, config)
+                metrics, wall, cpu = run(cmd, args.threads)
+                metrics["seed"], metrics["wall_seconds"], metrics["cpu_seconds"] = seed, round(wall, 1), round(cpu, 1)
+            wall, cpu = metrics["wall_seconds"], metrics["cpu_seconds"]
             runs.append(metrics)
+            if args.out:  # after every run: an interrupted comparison resumes with --resume
+                results["recipes"][name] = {"overrides": RECIPES[name], "runs": runs}
+                _write_json(args.out, results, done)
             pre, rnd, raw = (100 * metrics["probe"][k]["all"] for k in ("pretrained", "random_init", "raw_input"))
             print(f"{name} seed {seed}: probe all pretrained {pre:.1f} / random init {rnd:.1f} / raw {raw:.1f}; "
                   f"train {metrics['train_seconds']:.0f} s, command wall {wall:.0f} s, CPU {cpu:.0f} s", flush=True)
@@ -209,8 +245,7 @@ def main() -> int:
     markdown = made_by + "\n\n" + "\n\n".join(blocks)
     print("\n" + markdown)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
+        _write_json(args.out, results, done)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(markdown + "\n")
