@@ -291,7 +291,7 @@ def trainer_kwargs(config: Any, given: Mapping[str, Any] | None = None) -> dict[
         model = image_model(config, data.in_chans, pixel_mean, pixel_std)
         train_loader, val_loader = image_loaders(config, data, *((ctx.rank, ctx.world_size) if ctx else (0, 1)))
         loss_fn = image_loss(config)
-        probe_data = (data.probe_train, data.val) if data.labelled else (None, None)
+        probe_data = data.online_probe or (None, None)
     else:
         train_set, val_set = build_datasets(config)
         torch.manual_seed(t.seed)

@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from jepa.config import Config
 from jepa.data import (
@@ -58,6 +59,7 @@ __all__ = [
     "IMAGE_DATASETS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "ONLINE_PROBE_HOLDOUT",
     "ImageData",
     "RepeatableLoader",
     "auto_arch",
@@ -84,6 +86,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZE = ("dataset", "imagenet", "none")
 #: Images read to estimate the per-channel statistics with ``data.normalize: dataset``.
 STATS_SAMPLE = 2000
+ONLINE_PROBE_HOLDOUT = 0.1  # of every class of a folder's training images: what the online probe scores
 _DIGITS_SIZE = 8
 _MAX_AUTO_SIZE = 224
 
@@ -227,6 +230,12 @@ class ImageData:
         probe_test: what probes are scored on (``val`` for folders; the digits test split for digits).
         in_chans: image channels (3, or 1 for digits).
         labelled: whether the images have class labels (probes run only then).
+        online_probe: ``(fit, score)`` of the :class:`~jepa.trainer.callbacks.OnlineProbe`, the
+            probe ``best_model.pt`` follows, kept apart from ``probe_test`` (what the final probes
+            report), so the checkpoint is not chosen on the numbers it is judged by: for a folder
+            :data:`ONLINE_PROBE_HOLDOUT` of every class of the training images is scored and the
+            rest fitted; for digits the validation hold-out is scored and the rest of train fitted
+            (both through the evaluation transform). None: no labels.
     """
 
     train: Dataset
@@ -235,6 +244,7 @@ class ImageData:
     probe_test: Dataset
     in_chans: int
     labelled: bool
+    online_probe: tuple[Dataset, Dataset] | None = None
 
 
 def _train_tf(config: Config) -> Any:
@@ -256,7 +266,7 @@ def _digits_images(config: Config) -> ImageData:
         train=subset(kept, _train_tf(config)), val=subset(held, ev),
         probe_train=TensorImageDataset(images, labels, transform=ev),
         probe_test=TensorImageDataset(test.images[:, None], test.labels, transform=ev),
-        in_chans=1, labelled=True,
+        in_chans=1, labelled=True, online_probe=(subset(kept, ev), subset(held, ev)),
     )
 
 
@@ -271,7 +281,12 @@ def image_data(config: Config) -> ImageData:
     probe_train = copy.copy(train)  # the same files (after any skipped), through the evaluation transform
     probe_train.transform = eval_transform(d.image_size)
     labelled = bool(train.classes)
-    return ImageData(train=train, val=val, probe_train=probe_train, probe_test=val, in_chans=3, labelled=labelled)
+    online = None
+    if labelled:
+        fit, score = stratified_holdout(np.asarray(probe_train.labels), ONLINE_PROBE_HOLDOUT, d.split_seed)
+        online = (Subset(probe_train, fit.tolist()), Subset(probe_train, score.tolist()))
+    return ImageData(train=train, val=val, probe_train=probe_train, probe_test=val, in_chans=3, labelled=labelled,
+                     online_probe=online)
 
 
 def pixel_statistics(config: Config, data: ImageData) -> tuple[list[float] | None, list[float] | None]:

@@ -172,3 +172,39 @@ def test_digits_as_images_with_arch_set(tmp_path):
     assert image.shape == (1, 8, 8) and data.in_chans == 1 and 0 <= label < 10
     assert len(data.probe_test) == len(load_digits_split("test").labels)  # probes: fit on train, scored on test
     assert len(data.train) + len(data.val) == len(data.probe_train)
+
+
+def _files(subset):
+    return [subset.dataset.samples[i][0] for i in subset.indices]
+
+
+def test_online_probe_of_a_folder_is_kept_apart_from_the_split_the_final_probes_report(folder):
+    data = image_data(resolve_image_config(_config(folder), CPU))
+    fit, score = data.online_probe
+    train_files, val_files = [f for f, _ in data.probe_train.samples], [f for f, _ in data.probe_test.samples]
+    assert sorted(_files(fit) + _files(score)) == sorted(train_files)  # a partition of the training images
+    assert not set(_files(score)) & set(_files(fit))
+    assert not set(_files(score)) & set(val_files)  # best_model.pt is not chosen on the final probes' split
+    labels = data.probe_train.labels
+    for c in labels.unique().tolist():  # 10% of every class (at least one image) is scored
+        n = int((labels == c).sum())
+        assert sum(int(score[i][1] == c) for i in range(len(score))) == max(1, round(0.1 * n))
+    assert torch.equal(score[0][0], data.probe_train[score.indices[0]][0])  # the evaluation transform
+
+
+def test_online_probe_of_digits_images_fits_on_train_and_scores_the_validation_holdout():
+    cfg = config_from_dict({"model": {"arch": "vit_tiny", "vit": {"embed_dim": 32, "depth": 1, "num_heads": 2,
+                            "predictor_embed_dim": 16, "predictor_depth": 1}}, "training": {"device": "cpu"}})
+    data = image_data(resolve_image_config(cfg, CPU))
+    fit, score = data.online_probe
+    assert len(fit) == len(data.train) and len(score) == len(data.val)
+    assert torch.equal(score.images, data.val.images) and torch.equal(fit.images, data.train.images)
+    assert len(data.probe_test) == len(load_digits_split("test").labels)  # what the final probes report: untouched
+
+
+def test_jepa_trainer_online_probe_uses_the_held_out_slice(folder, tmp_path):
+    cfg = _config(folder)
+    cfg.logging.output_dir = str(tmp_path / "run")
+    trainer = JEPATrainer(cfg)
+    probe = next(cb for cb in trainer.callbacks if type(cb).__name__ == "OnlineProbe")
+    assert _files(probe.val_data) == _files(image_data(trainer.config).online_probe[1])
