@@ -471,7 +471,8 @@ class OnlineProbe(BaseCallback):
             samples keep it under a tenth of an epoch of the default digits run. None: all.
         seed: seed of that subset.
 
-    ``records`` keeps ``{"step", "val_accuracy", "val_knn_accuracy", "seconds"}`` per validation.
+    ``records`` keeps ``{"step", "val_accuracy", "val_knn_accuracy", "seconds"}`` per validation of this
+    process; ``start_step`` is the trainer's optimizer step when training (or a resumed run) started.
     """
 
     def __init__(self, train_data: Any = None, val_data: Any = None, k: int = 20, ridge: float = 1e-2,
@@ -486,6 +487,7 @@ class OnlineProbe(BaseCallback):
         self._train: tuple[Any, torch.Tensor] | None = None
         self._val: tuple[Any, torch.Tensor] | None = None
         self.records: list[dict[str, float]] = []
+        self.start_step = 0
 
     @property
     def active(self) -> bool:
@@ -493,6 +495,7 @@ class OnlineProbe(BaseCallback):
         return self.train_data is not None and self.val_data is not None
 
     def on_train_start(self, trainer: Any, model: Any) -> None:
+        self.start_step = int(getattr(trainer, "global_step", 0))  # after a resume: where this process starts
         for attr, loader in (("train_data", "_active_train_loader"), ("val_data", "_active_val_loader")):
             if getattr(self, attr) is None:
                 setattr(self, attr, labelled_data(getattr(getattr(trainer, loader, None), "dataset", None)))

@@ -36,7 +36,8 @@ def run_health(trainer: JEPATrainer, train_seconds: float | None = None) -> dict
 
     With ``train_seconds`` (the wall time of ``trainer.train()``) and an online probe that ran, also
     ``"probe_cost": {"probe_seconds", "epoch_seconds", "fraction_of_epoch"}``: the probe's mean seconds per
-    validation against the mean seconds of an epoch (training, validation and probe included)."""
+    validation against the mean seconds of an epoch (training, validation and probe included), both
+    of this process: after a resume, of the epochs it trained."""
     config = trainer.config
     monitors: dict[str, float] = {}
     cost: dict[str, float] = {}
@@ -44,8 +45,10 @@ def run_health(trainer: JEPATrainer, train_seconds: float | None = None) -> dict
         if isinstance(cb, OnlineProbe) and cb.records:
             monitors["val_accuracy"] = cb.records[-1]["val_accuracy"]
             monitors["val_knn_accuracy"] = cb.records[-1]["val_knn_accuracy"]
-            epochs = len(trainer.history.get("train_loss", []))
-            if train_seconds is not None and epochs:
+            # the epochs this process trained (a resumed run's earlier epochs are not in train_seconds)
+            steps_per_epoch = getattr(trainer, "total_steps", 0) / max(getattr(trainer, "max_epochs", 0) or 1, 1)
+            epochs = (trainer.global_step - cb.start_step) / steps_per_epoch if steps_per_epoch else 0
+            if train_seconds is not None and epochs > 0:
                 probe = sum(r["seconds"] for r in cb.records) / len(cb.records)
                 epoch = train_seconds / epochs
                 cost = {"probe_seconds": probe, "epoch_seconds": epoch, "fraction_of_epoch": probe / epoch}

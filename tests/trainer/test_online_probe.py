@@ -92,6 +92,20 @@ def test_best_model_pt_follows_the_probe_and_resumes_with_its_best(tmp_path):
     assert resumed.best_score == max(accs)
 
 
+def test_probe_cost_after_a_resume_counts_only_the_epochs_this_process_trained(tmp_path):
+    from jepa.trainer.experiment import run_health
+
+    JEPATrainer(_config(tmp_path, epochs=2)).train()
+    resumed = JEPATrainer(_config(tmp_path, epochs=5))
+    assert resumed.resume_from("auto") is not None
+    resumed.train()
+    assert len(resumed.history["train_loss"]) == 5  # the history spans both processes ...
+    (probe,) = [cb for cb in resumed.callbacks if isinstance(cb, OnlineProbe)]
+    assert len(probe.records) == 3  # ... the probe's records and the timed seconds only this one's 3 epochs
+    cost = run_health(resumed, train_seconds=6.0)["probe_cost"]
+    assert cost["epoch_seconds"] == pytest.approx(2.0)
+
+
 def test_loss_monitor_without_probe_and_config_errors(tmp_path):
     trainer = JEPATrainer(_config(tmp_path, probe=False))
     assert not any(isinstance(cb, OnlineProbe) for cb in trainer.callbacks) and trainer.best_monitor == "loss"
