@@ -66,6 +66,7 @@ class ModelConfig:
     ema_momentum_end: float = 1.0
     projector_hidden_dim: int = 256  # VICReg-style expander the regularizer acts on; 0 disables it
     projector_dim: int = 256
+    pool: str = "mean"  # the embedding probes read: "mean" over tokens | "flatten" (the token grid, T*D wide)
     arch: str | None = None  # None: token JEPA | "auto" | "vit_tiny" | "vit_small" | "vit_base" | "vit_large" | "vit_huge"
     patch_size: int | None = None  # ViT patch side in pixels (None: chosen for the image size)
     vit: VitConfig = field(default_factory=VitConfig)

@@ -14,6 +14,7 @@ from jepa.models._flat import flatten_pairs, has_sharded, local_tensors, still_f
 from jepa.models.base import BaseModel
 
 TARGET_MODES = ("ema", "shared", "none")
+POOL_MODES = ("mean", "flatten")
 
 
 class JEPA(BaseModel):
@@ -36,6 +37,11 @@ class JEPA(BaseModel):
         momentum_end: EMA momentum at the end; the schedule is a cosine from ``momentum`` to
             ``momentum_end`` over the number of optimizer steps set by
             :meth:`set_total_steps` (the trainer calls it).
+        projector: optional head on the mean-pooled context embedding (``forward_features``'s
+            ``projection``), what an anti-collapse regularizer acts on.
+        pool: how :meth:`embed` turns ``(B, T, D)`` token embeddings into one row per sample:
+            ``"mean"`` over tokens (``(B, D)``) or ``"flatten"`` (``(B, T*D)``: the whole token grid,
+            which keeps where things are; the digits default, whose 16 tokens are a 4x4 grid).
     """
 
     def __init__(
@@ -46,6 +52,7 @@ class JEPA(BaseModel):
         momentum: float = 0.996,
         momentum_end: float = 1.0,
         projector: nn.Module | None = None,
+        pool: str = "mean",
     ) -> None:
         super().__init__()
         if not isinstance(encoder, nn.Module):
@@ -57,11 +64,14 @@ class JEPA(BaseModel):
         for name, value in (("momentum", momentum), ("momentum_end", momentum_end)):
             if not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"JEPA: {name} must be in [0, 1], got {value!r}")
+        if pool not in POOL_MODES:
+            raise ValueError(f"JEPA: pool must be one of {POOL_MODES}, got {pool!r}")
         if projector is not None and not isinstance(projector, nn.Module):
             raise TypeError(f"JEPA: projector must be an nn.Module or None, got {type(projector).__name__}")
         self.encoder = encoder
         self.predictor = predictor
         self.projector = projector
+        self.pool = pool
         self.target_mode = target_encoder
         self.momentum_start = float(momentum)
         self.momentum_end = float(momentum_end)
@@ -125,10 +135,13 @@ class JEPA(BaseModel):
 
     @torch.no_grad()
     def embed(self, x: torch.Tensor, pooled: bool = True, use_target: bool = False) -> torch.Tensor:
-        """Embeddings for downstream use: mean over tokens when ``pooled``."""
+        """Embeddings for downstream use: one row per sample when ``pooled`` (``(B, T, D)`` tokens
+        averaged, or flattened with ``pool="flatten"``), else the encoder's output as is."""
         enc = self.target_encoder if (use_target and self.target_encoder is not None) else self.encoder
         z = enc(x)
-        return z.mean(dim=1) if pooled and z.dim() == 3 else z
+        if not pooled or z.dim() != 3:
+            return z
+        return z.flatten(1) if self.pool == "flatten" else z.mean(dim=1)
 
     # ------------------------------------------------------------------ EMA target
     def set_total_steps(self, total_steps: int) -> None:

@@ -23,6 +23,7 @@ from jepa.config import Config, config_from_dict, load_config
 from jepa.data import DigitsPairs, DigitsSplit
 from jepa.loggers import create_logger
 from jepa.models import JEPA, Encoder, Predictor, Projector, TransformerPredictor
+from jepa.models.jepa import POOL_MODES
 from jepa.trainer.batches import resolve_device
 from jepa.trainer.callbacks import EarlyStopping, LiDAR, OnlineProbe, labelled_data
 from jepa.trainer.checks import check_choice, check_int, check_number
@@ -157,6 +158,7 @@ def model_from_config(config: Config, input_dim: int, num_tokens: int) -> JEPA:
         momentum=m.ema_momentum,
         momentum_end=m.ema_momentum_end,
         projector=projector,
+        pool=check_choice("model.pool", m.pool, POOL_MODES),
     )
 
 

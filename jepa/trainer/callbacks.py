@@ -323,6 +323,14 @@ class CustomLogging(BaseCallback):
             log.info("epoch %d batch %d: %s", getattr(trainer, "current_epoch", 0), batch_idx, ", ".join(f"{k}={v:.5g}" for k, v in scalars.items()))
 
 
+def _rank_room(dim: float, max_rank: float, samples: str) -> str:
+    """What a rank threshold is a fraction of: the embedding width, or when the samples measured
+    are fewer, the most rank they allow."""
+    if max_rank >= dim:
+        return f"{int(dim)} dims"
+    return f"{int(max_rank)}, the most rank {samples} allow ({int(dim)} dims)"
+
+
 class CollapseMonitor(BaseCallback):
     """Watch for representation collapse during training.
 
@@ -330,8 +338,9 @@ class CollapseMonitor(BaseCallback):
     validation loader, else of the training loader, or ``batch`` when given) with the online
     encoder, and logs its effective rank (RankMe) and mean per-dimension std as
     ``collapse/effective_rank`` and ``collapse/embedding_std``; values are kept in ``records``.
-    Warns once when the effective rank falls under ``rank_fraction`` of the embedding width or
-    the embeddings stop varying (mean std < 1e-3).
+    Warns once when the effective rank falls under ``rank_fraction`` of the embedding width (of the
+    batch size when that is smaller: a batch of N rows has rank at most N) or the embeddings stop
+    varying (mean std < 1e-3).
     """
 
     def __init__(self, every_n_steps: int = 100, rank_fraction: float = 0.1, batch: Any = None) -> None:
@@ -355,7 +364,8 @@ class CollapseMonitor(BaseCallback):
             z = model.embed(x).float()
         rank = effective_rank(z) if len(z) > 1 else float("nan")
         std = float(z.std(dim=0).mean()) if len(z) > 1 else float("nan")
-        return {"effective_rank": rank, "embedding_std": std, "embedding_dim": float(z.shape[1])}
+        return {"effective_rank": rank, "embedding_std": std, "embedding_dim": float(z.shape[1]),
+                "max_rank": float(min(z.shape[1], len(z)))}
 
     def on_batch_end(self, trainer: Any, model: Any, outputs: dict[str, Any], batch: Any, batch_idx: int) -> None:
         step = int(trainer.global_step)
@@ -373,12 +383,12 @@ class CollapseMonitor(BaseCallback):
         m = self.measure(trainer, model)
         self.records.append({"step": step, **m})
         trainer._log({"collapse/effective_rank": m["effective_rank"], "collapse/embedding_std": m["embedding_std"]}, step)
-        limit = self.rank_fraction * m["embedding_dim"]
+        limit = self.rank_fraction * m["max_rank"]
         if not self.warned and (m["effective_rank"] < limit or m["embedding_std"] < 1e-3):
             self.warned = True
             if m["effective_rank"] < limit:
                 metric, value, bound = "RankMe effective rank", m["effective_rank"], limit
-                detail = f"{self.rank_fraction:.0%} of {int(m['embedding_dim'])} dims; embedding std {m['embedding_std']:.3g}"
+                detail = f"{self.rank_fraction:.0%} of {_rank_room(m['embedding_dim'], m['max_rank'], 'held-out samples')}; embedding std {m['embedding_std']:.3g}"
             else:
                 metric, value, bound, detail = "embedding std", m["embedding_std"], 1e-3, "the embeddings stopped varying"
             _warn_collapse(step, metric, value, bound, detail, trainer)
@@ -533,7 +543,8 @@ class LiDAR(BaseCallback):
     the end of training), ``num_views`` augmented views of each of ``num_samples`` held-out samples are
     embedded with the online encoder and :func:`~jepa.trainer.health.lidar` of them is logged as
     ``collapse/lidar``; values are kept in ``records``. Warns once, naming the step and what to try,
-    when LiDAR falls under ``rank_fraction`` of the embedding width.
+    when LiDAR falls under ``rank_fraction`` of the embedding width (of ``num_samples - 1``, the most
+    rank the discriminant of that many samples has, when smaller).
 
     The views are drawn once when training starts from the validation dataset (else the training
     dataset): item ``i``'s view ``v`` is the dataset's own augmentation with the global RNGs seeded
@@ -579,7 +590,7 @@ class LiDAR(BaseCallback):
         with evaluating(model), torch.no_grad():
             z = model.embed(x).float()
         z = z.reshape(-1, self.num_views, z.reshape(len(z), -1).shape[1])
-        return {"lidar": lidar(z), "embedding_dim": float(z.shape[-1])}
+        return {"lidar": lidar(z), "embedding_dim": float(z.shape[-1]), "max_rank": float(min(z.shape[-1], len(z) - 1))}
 
     def on_batch_end(self, trainer: Any, model: Any, outputs: dict[str, Any], batch: Any, batch_idx: int) -> None:
         if int(trainer.global_step) % self.every_n_steps == 0:
@@ -596,7 +607,8 @@ class LiDAR(BaseCallback):
         m = self.measure(trainer, model)
         self.records.append({"step": step, **m})
         trainer._log({"collapse/lidar": m["lidar"]}, step)
-        limit = self.rank_fraction * m["embedding_dim"]
+        limit = self.rank_fraction * m["max_rank"]
         if not self.warned and m["lidar"] < limit:
             self.warned = True
-            _warn_collapse(step, "LiDAR", m["lidar"], limit, f"{self.rank_fraction:.0%} of {int(m['embedding_dim'])} dims", trainer)
+            room = _rank_room(m["embedding_dim"], m["max_rank"], "held-out samples less one")
+            _warn_collapse(step, "LiDAR", m["lidar"], limit, f"{self.rank_fraction:.0%} of {room}", trainer)

@@ -123,7 +123,7 @@ class JEPAEvaluator:
             of the model: :class:`~jepa.trainer.losses.IJEPALoss` for an :class:`~jepa.models.IJEPA`,
             else :class:`~jepa.trainer.losses.JEPALoss`).
         collapse_rank_fraction: embeddings count as ``collapsed`` when their effective rank is
-            below this fraction of the embedding dimension ...
+            below this fraction of the embedding dimension (of the number of samples, when fewer) ...
         collapse_std_threshold: ... or when their mean per-dimension std is below this value.
         mixed_precision: None, ``"bf16"`` or ``"fp16"``: run the forward passes of :meth:`evaluate`
             under autocast with that dtype (as a trainer with that setting validates).
@@ -199,7 +199,9 @@ class JEPAEvaluator:
             **stats,
             "effective_rank": rank,
             "embedding_dim": dim,
-            "collapsed": _collapse_flag(rank, dim, stats["embedding_std_mean"], self.collapse_rank_fraction, self.collapse_std_threshold),
+            # a rank is at most the number of samples: fewer samples than dims bound it, not the width
+            "collapsed": _collapse_flag(rank, min(dim, int(z.shape[0])), stats["embedding_std_mean"], self.collapse_rank_fraction,
+                                        self.collapse_std_threshold),
         }
 
     # ------------------------------------------------------------------ public API

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from jepa.config import Config, ConfigError, config_from_dict, load_config, save_config, shipped_configs
 
@@ -76,3 +77,15 @@ def test_shipped_recipes_are_config_choices():
                                   ("none", "none", "online target, no regularizer")]:
         cfg.model.target_encoder, cfg.loss.regularizer = target, reg
         assert recipe_name(cfg) == expected
+
+
+def test_model_pool_reaches_the_model_and_bad_values_are_named(tmp_path):
+    from jepa.trainer import JEPATrainer
+
+    cfg = config_from_dict({"model": {"pool": "flatten", "hidden_dim": 16, "encoder_layers": 1},
+                            "logging": {"output_dir": str(tmp_path), "loggers": [], "progress_bar": False}})
+    trainer = JEPATrainer(cfg)
+    assert trainer.model.pool == "flatten" and trainer.model.embed(torch.zeros(2, 16, 4)).shape == (2, 16 * 16)
+    cfg.model.pool = "max"
+    with pytest.raises(ValueError, match=r"model.pool.*'max'"):
+        JEPATrainer(cfg)

@@ -247,3 +247,20 @@ def test_replacing_param_data_behind_the_models_back_is_detected():
     model.update_target_encoder()
     for t, b, o in zip(model.target_encoder.parameters(), before, online):
         torch.testing.assert_close(t, 0.9 * b + 0.1 * o)
+
+
+def test_jepa_pool_flatten_embeds_the_token_grid_and_is_recorded():
+    from jepa.models import JEPA, Encoder, Predictor
+
+    torch.manual_seed(0)
+    enc = Encoder(hidden_dim=8, input_dim=4, num_layers=1, num_heads=2, max_seq_len=16)
+    x = torch.randn(3, 16, 4)
+    flat = JEPA(enc, Predictor(hidden_dim=8), pool="flatten").eval()
+    mean = JEPA(enc, Predictor(hidden_dim=8)).eval()
+    with torch.no_grad():
+        tokens = enc.eval()(x)
+    assert torch.equal(flat.embed(x), tokens.reshape(3, 16 * 8))  # row i = sample i's tokens in order
+    assert torch.allclose(mean.embed(x), tokens.mean(1)) and torch.equal(flat.embed(x, pooled=False), tokens)
+    assert flat.config["pool"] == "flatten" and mean.config["pool"] == "mean"
+    with pytest.raises(ValueError, match="pool must be one of"):
+        JEPA(enc, Predictor(hidden_dim=8), pool="max")

@@ -250,8 +250,8 @@ def test_rankme_is_the_collapse_monitor_and_its_warning_names_metric_step_and_re
     assert RankMe is CollapseMonitor
     torch.manual_seed(0)
     model = JEPA(_Const(64), nn.Identity(), target_encoder="none")
-    x, y = _pairs(d=64)
-    loader = DataLoader(TensorDataset(x, y), batch_size=10)
+    x, y = _pairs(n=80, d=64)
+    loader = DataLoader(TensorDataset(x, y), batch_size=20)  # 20 held-out rows: the rank bound is 10% of 20
     from jepa.trainer.losses import JEPALoss
 
     trainer = create_trainer(model, device="cpu", save_dir=tmp_path, progress_bar=False, collapse_check_every_n_steps=3,
@@ -287,3 +287,32 @@ def test_run_report_names_recipe_best_rule_and_last_monitors(tmp_path):
     cost = run_health(trainer, train_seconds=8.0)["probe_cost"]
     mean = sum(r["seconds"] for r in probe.records) / len(probe.records)
     assert cost == pytest.approx({"probe_seconds": mean, "epoch_seconds": 8.0, "fraction_of_epoch": mean / 8.0})
+
+
+def test_monitors_bound_ranks_by_the_samples_they_measure_when_embeddings_are_wider():
+    """Flattened token grids (model.pool: flatten) are wider than the held-out batch: a healthy
+    encoder must not be called collapsed for a rank the samples cannot exceed; a collapsed one still is."""
+    torch.manual_seed(0)
+    healthy = JEPA(Encoder(hidden_dim=16, num_layers=1, num_heads=2), Predictor(hidden_dim=16), pool="flatten")
+    data = _Aug(n=12, t=8)  # 8 tokens x 16 = 128-wide embeddings of 12 samples
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lid, trainer = LiDAR(every_n_steps=1, num_samples=12, num_views=3, rank_fraction=0.2), _Trainer(data, healthy)
+        lid.on_train_start(trainer, healthy)
+        trainer.global_step = 1
+        lid.on_batch_end(trainer, healthy, {}, None, 0)
+        rec = lid.records[-1]
+        assert rec["embedding_dim"] == 128 and rec["max_rank"] == 11  # 12 samples: a discriminant of rank <= 11
+        assert 0.2 * 11 <= rec["lidar"] < 0.2 * 128  # healthy for its samples, "collapsed" against the width
+        mon = CollapseMonitor(every_n_steps=1, rank_fraction=0.3)
+        mon.on_train_start(trainer, healthy)  # the loader's first batch: 4 samples
+        mon.on_batch_end(trainer, healthy, {}, None, 0)
+        rec = mon.records[-1]
+        assert rec["max_rank"] == 4 and 0.3 * 4 <= rec["effective_rank"] < 0.3 * 128
+    collapsed = JEPA(_Const(16), nn.Identity(), pool="flatten")
+    mon = CollapseMonitor(every_n_steps=1, rank_fraction=0.3)
+    trainer = _Trainer(data, collapsed)
+    mon.on_train_start(trainer, collapsed)
+    trainer.global_step = 5
+    with pytest.warns(RuntimeWarning, match=r"at step 5: RankMe effective rank .*30% of 4, the most rank held-out samples allow \(128 dims\)"):
+        mon.on_batch_end(trainer, collapsed, {}, None, 0)
