@@ -36,6 +36,7 @@ Usage::
     python benchmarks/quality_images.py --threads 2 --seeds 0 1 2 --readme README.md
     python benchmarks/quality_images.py --recipes ema --seeds 0 --epochs 5        # a quick look
     python benchmarks/quality_images.py --seeds 0 1 2 --out q.json --resume       # continue an interrupted one
+    python benchmarks/quality_images.py --seeds 0 1 2 --out q.json --resume --saved-only --readme README.md
 
 With ``--out`` the JSON is written after every run; ``--resume`` reuses the runs it holds.
 
@@ -201,9 +202,13 @@ def main() -> int:
     p.add_argument("--readme", type=Path, default=None, help="replace the quality_images block of this file")
     p.add_argument("--resume", action="store_true",
                    help="reuse the runs already in --out (same recipe, seed and epochs) instead of training them again")
+    p.add_argument("--saved-only", action="store_true",
+                   help="with --resume: tables of the saved runs only (a recipe shows the seeds it has), training nothing")
     args = p.parse_args()
     if args.resume and args.out is None:
         p.error("--resume reads the runs of --out: pass --out")
+    if args.saved_only and not args.resume:
+        p.error("--saved-only needs --resume (and --out)")
 
     from jepa.data import write_shapes_folder  # noqa: PLC0415
 
@@ -219,7 +224,10 @@ def main() -> int:
     for name in args.recipes:
         config = recipe_config(name, work)
         runs = []
-        for seed in args.seeds:
+        seeds = [s for s in args.seeds if (name, s) in done] if args.saved_only else args.seeds
+        if not seeds:
+            continue
+        for seed in seeds:
             metrics = done.get((name, seed))
             if metrics is None:
                 cmd = command(data, runs_dir / f"{name}_seed{seed}", seed, args.epochs, config)
@@ -235,13 +243,16 @@ def main() -> int:
                   f"train {metrics['train_seconds']:.0f} s, command wall {wall:.0f} s, CPU {cpu:.0f} s", flush=True)
         text, ok = table(name, runs, args.epochs)
         all_ok &= ok
-        shown = " ".join(command(Path("DIR"), Path("runs/shapes"), args.seeds[0], args.epochs, None)[:10])
+        shown = " ".join(command(Path("DIR"), Path("runs/shapes"), seeds[0], args.epochs, None)[:10])
         extra = f" --config <ijepa + {json.dumps(RECIPES[name])}>" if config is not None else " (the shipped default)"
-        blocks.append(f"{text}\n\nCommand (per seed S): `{shown.replace(f'--seed {args.seeds[0]}', '--seed S')}{extra}`")
+        blocks.append(f"{text}\n\nCommand (per seed S): `{shown.replace(f'--seed {seeds[0]}', '--seed S')}{extra}`")
         results["recipes"][name] = {"overrides": RECIPES[name], "runs": runs, "meets_target": ok}
     made_by = (f"`python benchmarks/quality_images.py --recipes {' '.join(args.recipes)} --seeds {' '.join(map(str, args.seeds))}"
-               f"{f' --epochs {args.epochs}' if args.epochs != 30 else ''}{f' --threads {args.threads}' if args.threads else ''}` "
-               f"made these tables ({results['environment'].get('cpu_count')} CPUs, load {results['environment'].get('loadavg_1m')}).")
+               f"{f' --epochs {args.epochs}' if args.epochs != 30 else ''}{f' --threads {args.threads}' if args.threads else ''}"
+               f"{f' --out {args.out.name} --resume --saved-only' if args.saved_only else ''}` "
+               + (f"made these tables from the runs that calls with --resume and the same --out trained and saved "
+                  f"(the per-run wall and CPU seconds are theirs)." if args.saved_only else
+                  f"made these tables ({results['environment'].get('cpu_count')} CPUs, load {results['environment'].get('loadavg_1m')})."))
     markdown = made_by + "\n\n" + "\n\n".join(blocks)
     print("\n" + markdown)
     if args.out:
