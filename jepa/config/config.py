@@ -66,7 +66,7 @@ class ModelConfig:
     ema_momentum_end: float = 1.0
     projector_hidden_dim: int = 256  # VICReg-style expander the regularizer acts on; 0 disables it
     projector_dim: int = 256
-    pool: str = "mean"  # the embedding probes read: "mean" over tokens | "flatten" (the token grid, T*D wide)
+    pool: str = "flatten"  # the embedding probes read: "mean" over tokens | "flatten" (the token grid, T*D wide)
     arch: str | None = None  # None: token JEPA | "auto" | "vit_tiny" | "vit_small" | "vit_base" | "vit_large" | "vit_huge"
     patch_size: int | None = None  # ViT patch side in pixels (None: chosen for the image size)
     vit: VitConfig = field(default_factory=VitConfig)
@@ -96,7 +96,7 @@ class LossConfig:
     global_weight: float = 1.0  # token-pooled prediction term
     var_weight: float = 1.0
     var_gamma: float = 1.0
-    cov_weight: float = 6.0
+    cov_weight: float = 1.0
     regularize: str = "pooled"  # "pooled" | "tokens" | "prediction"
     regularizer: str = "vc"  # "vc" (variance/covariance) | "sigreg" (LeJEPA) | "none"
     regularizer_weight: float = 1.0
@@ -144,7 +144,7 @@ class TrainingConfig:
 
     epochs: int = 100
     batch_size: int = 64
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     weight_decay: float = 0.05
     weight_decay_end: float | None = None  # cosine schedule of the weight decay up to this value (I-JEPA: 0.04 -> 0.4)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

@@ -250,7 +250,8 @@ class JEPAEvaluator:
         return metrics
 
     def encode(self, data: Any, batch_size: int = 256) -> torch.Tensor:
-        """Pooled context-encoder embeddings, one row per sample: an ``(N, D)`` CPU tensor.
+        """Context-encoder embeddings, one row per sample (``model.embed``: tokens averaged, or
+        flattened with ``pool="flatten"``): an ``(N, D)`` CPU tensor.
 
         ``data`` is a tensor/array of samples (``(N, T, D)`` tokens or whatever the encoder
         takes), a :class:`~torch.utils.data.Dataset` (items are tensors, or tuples/dicts whose
