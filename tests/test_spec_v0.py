@@ -57,7 +57,8 @@ def test_evaluation_example(config):
     test_metrics = evaluator.evaluate(test_dataloader)
     data_samples = trainer.val_loader.dataset.data.tokens[:10]
     embeddings = evaluator.encode(data_samples)
-    assert embeddings.shape == (10, config.model.hidden_dim) and "loss" in test_metrics
+    # one row per sample: the digits default flattens the 16 tokens (model.pool: flatten)
+    assert embeddings.shape == (10, data_samples.shape[1] * config.model.hidden_dim) and "loss" in test_metrics
 
 
 def test_training_utilities_example(config):

@@ -88,7 +88,7 @@ def test_config_training_api_page(default_config_file, torchrun_env, capsys):
     ns: dict = {"__name__": "doc_example"}
     run_page("training-api/v0.md", ns)
     assert "Starting epoch 0" in capsys.readouterr().out  # the custom callback ran
-    assert ns["embeddings"].shape == (10, ns["config"].model.hidden_dim)
+    assert ns["embeddings"].shape == (10, 16 * ns["config"].model.hidden_dim)  # the flattened 4x4 token grid (model.pool)
     assert 0.5 < ns["downstream_results"]["linear"]["accuracy"] <= 1.0  # digits: a working probe
     assert ns["epoch"] == 10 and Path("checkpoints/epoch_10.pth").is_file() and ns["metrics"]["mse"] >= 0
     assert Path("logs/metrics.csv").is_file() and Path("artifacts/best/config.json").is_file()
