@@ -18,11 +18,8 @@ def _blobs(n_per_class=30, classes=4, dim=6, spread=1.0, seed=0):
     return z, y
 
 
-def test_ridge_probe_matches_a_numpy_least_squares_classifier():
-    ztr, ytr = _blobs(seed=1, spread=2.5)
-    zte, yte = _blobs(seed=2, spread=2.5)
-    ytr, yte = ytr * 3 + 7, yte * 3 + 7  # labels need not be 0..C-1
-    ridge = 0.05
+def _numpy_ridge_scores(ztr, ytr, zte, ridge):
+    """Primal ridge on ``[standardized Z, 1]`` with the bias unpenalised: the independent oracle."""
     x = ztr.double().numpy()
     mean, std = x.mean(0), x.std(0)
     a = np.hstack([(x - mean) / std, np.ones((len(x), 1))])
@@ -32,7 +29,18 @@ def test_ridge_probe_matches_a_numpy_least_squares_classifier():
     penalty[-1, -1] = 0
     w = np.linalg.solve(a.T @ a + penalty, a.T @ onehot)
     at = np.hstack([(zte.double().numpy() - mean) / std, np.ones((len(zte), 1))])
-    expected = float((classes[(at @ w).argmax(1)] == yte.numpy()).mean())
+    return classes, at @ w
+
+
+@pytest.mark.parametrize("dim", [8, 203])  # 203 > 120 training samples: the dual (N x N) solve
+def test_ridge_probe_matches_a_numpy_least_squares_classifier(dim):
+    ztr, ytr = _blobs(seed=1, spread=2.5 * (dim / 6) ** 0.5, dim=dim)
+    zte, yte = _blobs(seed=2, spread=2.5 * (dim / 6) ** 0.5, dim=dim)
+    assert (len(ztr) < dim) == (dim == 203)
+    ytr, yte = ytr * 3 + 7, yte * 3 + 7  # labels need not be 0..C-1
+    ridge = 0.05
+    classes, scores = _numpy_ridge_scores(ztr, ytr, zte, ridge)
+    expected = float((classes[scores.argmax(1)] == yte.numpy()).mean())
     got = ridge_probe_accuracy(ztr, ytr, zte, yte, ridge=ridge)
     assert got == pytest.approx(expected, abs=1e-12) and 0.4 < got < 1.0  # overlapping blobs: not trivial
 

@@ -43,9 +43,9 @@ def _config(tmp_path, epochs=2, **validation):
 
 def _probe_now(model, trainer, seed=0):
     """The probe's numbers recomputed here from the clean digits of both splits (its documented
-    512-sample training subset)."""
+    384-sample training subset)."""
     (xtr, ytr), (xva, yva) = labelled_data(trainer.train_loader.dataset), labelled_data(trainer.val_loader.dataset)
-    keep = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed))[:512].sort().values
+    keep = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed))[:384].sort().values
     xtr, ytr = xtr[keep], ytr[keep]
     model.eval()
     with torch.no_grad():
