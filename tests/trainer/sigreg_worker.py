@@ -9,6 +9,7 @@ the parameter gradients after DistributedDataParallel of a linear model whose ou
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 
@@ -58,6 +59,13 @@ def main() -> None:
          "param_grads": {n: p.grad for n, p in net.named_parameters()}},
         out / f"rank{rank}.pt",
     )
+    # Tear down as jepa's strategies do: with the group still registered, drop the DDP wrapper (its
+    # reducer holds the group) once no collective is in flight. Destroying the group first left the
+    # reducer to free it at exit, and ~ProcessGroupGloo joined a gloo thread that waited for the GIL
+    # the exiting main thread held: an occasional hang after the results were saved.
+    dist.barrier()
+    del ddp, value_ddp
+    gc.collect()
     dist.destroy_process_group()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,24 +20,15 @@ HERE = Path(__file__).resolve().parent
 WORKER = HERE / "ddp_worker.py"
 sys.path.insert(0, str(HERE))
 import ddp_worker  # noqa: E402
+from torchrun_util import RENDEZVOUS, torchrun, worker_env  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TRITON_INTERPRET=env.get("TRITON_INTERPRET", "1"))
-    # the worker imports the installed jepa, like a user's script
-    env.pop("WORLD_SIZE", None)
-    env.pop("RANK", None)
-    env.pop("LOCAL_RANK", None)
-    return env
-
-
 def _torchrun(args: list[str], *, timeout: float = 240, nproc: int = 2, extra: list[str] | None = None, cwd=None):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=0",
-           "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", *(extra or []), *args]
-    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    # the worker imports the installed jepa, like a user's script
+    env = worker_env(TRITON_INTERPRET=os.environ.get("TRITON_INTERPRET", "1"))
+    return torchrun(args, nproc=nproc, timeout=timeout, launcher=[*RENDEZVOUS, *(extra or [])], env=env, cwd=cwd)
 
 
 def _reference(tmp_path: Path, epochs: int, accumulation: int = 1) -> dict[str, torch.Tensor]:

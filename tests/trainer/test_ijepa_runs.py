@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from jepa.data import write_shapes_folder
@@ -19,6 +17,7 @@ from jepa.data import write_shapes_folder
 WORKER = Path(__file__).resolve().parent / "ijepa_worker.py"
 sys.path.insert(0, str(WORKER.parent))
 import ijepa_worker  # noqa: E402
+from torchrun_util import torchrun  # noqa: E402
 
 
 def _env() -> dict:
@@ -58,12 +57,6 @@ def test_sigkill_mid_epoch_then_resume_with_worker_masks_is_bit_identical(tmp_pa
     assert int(a["ema_step"]) == result["global_step"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_ddp_two_processes_draw_their_own_masks_and_step_as_the_mean_of_their_losses(tmp_path):
     """Each rank draws masks in its loader worker from its own seed; the update of the one step equals
     SGD on the mean of the ranks' prediction losses plus the variance/covariance term of the
@@ -74,9 +67,7 @@ def test_ddp_two_processes_draw_their_own_masks_and_step_as_the_mean_of_their_lo
     folder = write_shapes_folder(tmp_path / "images", num_train=8, num_val=4, image_size=16, num_classes=2)
     out = tmp_path / "ddp"
     out.mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           str(WORKER), "ddp", str(out), str(folder)]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = torchrun([str(WORKER), "ddp", str(out), str(folder)], timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     infos = [json.loads((out / f"info_rank{r}.json").read_text()) for r in (0, 1)]
     assert all(i["sampler"] == "DistributedSampler" and i["workers"] == 1 and i["steps"] == 1 for i in infos)

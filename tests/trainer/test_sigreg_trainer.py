@@ -5,8 +5,6 @@ count every row twice (checked to differ)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,12 +21,9 @@ def test_two_ranks_through_the_trainer_match_one_process_with_both_batches(tmp_p
     sys.path.insert(0, str(HERE))
     import sigreg_trainer_worker as w  # noqa: PLC0415
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        env.pop(name, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
-           "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", str(WORKER), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    from torchrun_util import torchrun  # noqa: PLC0415
+
+    proc = torchrun([str(WORKER), str(tmp_path)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
 

@@ -5,7 +5,6 @@ included), and the EMA target follows."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,16 +16,13 @@ HERE = Path(__file__).resolve().parent
 WORKER = HERE / "world_model_ddp_worker.py"
 sys.path.insert(0, str(HERE))
 import world_model_ddp_worker as worker  # noqa: E402
+from torchrun_util import torchrun  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
 
 def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
-           "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", str(WORKER), *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    return torchrun([str(WORKER), *args])
 
 
 @pytest.mark.parametrize("regularizer", ["sigreg"])  # (vc takes the same gathered path; one torchrun run keeps this short)
