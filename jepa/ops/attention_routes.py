@@ -109,7 +109,15 @@ def route(q: torch.Tensor, k: torch.Tensor, causal: bool) -> str:
     return load_routes().get(bucket(arch, q.dtype, q.shape[-1], q.shape[-2], k.shape[-2], causal), "torch")
 
 
-@torch.compiler.assume_constant_result
+def _assume_constant_result(fn):
+    """``torch.compiler.assume_constant_result(fn)`` without its ``import torch._dynamo`` (a second at every
+    ``import jepa``, so at every ``jepa`` command): the decorator only sets this attribute, which dynamo
+    reads when it traces a call (tests/ops/test_attention.py checks it is still what torch sets)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result
 def _arch_if_routed(device: torch.device) -> str:
     """Loads the route table (filling the cache :func:`route` then reads) and returns ``device``'s
     architecture, or ``""`` when the table is empty (no CUDA query then).

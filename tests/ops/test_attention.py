@@ -351,3 +351,25 @@ def test_unmasked_block_compiles_fullgraph_on_cuda_with_auto_routing(tmp_path, m
     finally:
         torch._dynamo.reset()
         attention_routes.clear_cache()
+
+
+def test_route_arch_is_marked_constant_the_way_torch_compiler_marks_it():
+    """jepa marks ``_arch_if_routed`` for dynamo itself (torch.compiler's decorator imports torch._dynamo,
+    a second at every ``import jepa``): the marks must be the ones torch's decorator sets."""
+    import jepa.ops.attention_routes as routes  # noqa: PLC0415
+
+    def probe() -> str:
+        return ""
+
+    marked = torch.compiler.assume_constant_result(probe)
+    assert vars(marked) and all(getattr(routes._arch_if_routed, k, object()) == v for k, v in vars(marked).items())
+
+
+def test_importing_jepa_and_its_cli_does_not_import_dynamo():
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    code = "import sys, jepa, jepa.cli.main, jepa.trainer; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
