@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 WORKER = HERE / "ddp_worker.py"
 sys.path.insert(0, str(HERE))
 import ddp_worker  # noqa: E402
-from torchrun_util import RENDEZVOUS, torchrun, worker_env  # noqa: E402
+from torchrun_util import torchrun, worker_env  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 def _torchrun(args: list[str], *, timeout: float = 240, nproc: int = 2, extra: list[str] | None = None, cwd=None):
     # the worker imports the installed jepa, like a user's script
     env = worker_env(TRITON_INTERPRET=os.environ.get("TRITON_INTERPRET", "1"))
-    return torchrun(args, nproc=nproc, timeout=timeout, launcher=[*RENDEZVOUS, *(extra or [])], env=env, cwd=cwd)
+    return torchrun(args, nproc=nproc, timeout=timeout, extra=extra, env=env, cwd=cwd)
 
 
 def _reference(tmp_path: Path, epochs: int, accumulation: int = 1) -> dict[str, torch.Tensor]:

@@ -47,12 +47,12 @@ def worker_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def torchrun(args: list[str], *, nproc: int = 2, timeout: float = 240, launcher: list[str] | None = None,
+def torchrun(args: list[str], *, nproc: int = 2, timeout: float = 240, extra: list[str] | None = None,
              env: dict[str, str] | None = None, cwd=None) -> subprocess.CompletedProcess:
-    """``python -m torch.distributed.run --nproc_per_node=nproc <launcher> <args>``; returns the completed
-    process (check ``returncode``), or fails the test after ``timeout`` seconds with its output."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           *(RENDEZVOUS if launcher is None else launcher), *args]
+    """``python -m torch.distributed.run --nproc_per_node=nproc <rendezvous on a free port> <extra> <args>``;
+    returns the completed process (check ``returncode``), or fails the test after ``timeout`` seconds with
+    its output."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *RENDEZVOUS, *(extra or []), *args]
     proc = subprocess.Popen(cmd, env=worker_env() if env is None else env, cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
